@@ -1,0 +1,20 @@
+"""stabkit: see why deep networks explode, vanish, overflow and underflow, in JAX.
+
+Public API (each module's docstring has the details):
+
+* :mod:`stabkit.softmax`: stable ``logsumexp``, ``log_softmax``, ``softmax``,
+  ``softmax_cross_entropy`` (masks included) and the textbook ``naive_*`` versions.
+* :mod:`stabkit.reproduce`: the registry behind ``stabkit reproduce``.
+"""
+
+from stabkit.reproduce import Claim, reproduce, save_json
+from stabkit.softmax import (
+    log_softmax,
+    logsumexp,
+    naive_log_softmax,
+    naive_softmax,
+    softmax,
+    softmax_cross_entropy,
+)
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from stabkit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,95 @@
+"""Input validation shared by every public function.
+
+Every check raises ``TypeError`` or ``ValueError`` whose message names the argument, the bad value
+and what would have been valid. Checks run on static information only (shapes, dtypes, Python
+values), so they cost nothing under ``jit`` and never force a device-to-host transfer.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_floating_dtype(dtype: Any) -> bool:
+    """True for every inexact real dtype JAX knows, the ml_dtypes float8 formats included."""
+    try:
+        return bool(jnp.issubdtype(dtype, jnp.floating))
+    except TypeError:
+        return False
+
+
+def floating_array(x: Any, name: str = "x") -> jax.Array:
+    """``x`` as a JAX array of a real floating dtype; TypeError names the dtype otherwise.
+
+    Python scalars and lists become the default float dtype; NumPy float64 input stays float64 only
+    where x64 is enabled (JAX's usual rule).
+    """
+    if isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a floating-point array, got the bool {x!r}")
+    if isinstance(x, (int, float)):
+        x = float(x)
+    try:
+        arr = jnp.asarray(x)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"{name} must be a floating-point array, got {type(x).__name__}: {err}"
+        ) from err
+    if not is_floating_dtype(arr.dtype):
+        raise TypeError(
+            f"{name} must have a real floating-point dtype (float16, bfloat16, float32, float64, "
+            f"...), got dtype {arr.dtype}"
+        )
+    return arr
+
+
+def normalize_axis(axis: Any, ndim: int, name: str = "axis") -> int:
+    """A single axis as a non-negative int; ValueError if it is out of range for ``ndim``."""
+    if isinstance(axis, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int, got the bool {axis!r}")
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(axis).__name__} {axis!r}") from None
+    if ndim == 0:
+        raise ValueError(f"{name}={axis} is out of range: the input is a scalar (0 dimensions)")
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"{name}={axis} is out of range for an input with {ndim} dimensions "
+            f"(valid: {-ndim}..{ndim - 1})"
+        )
+    return axis % ndim
+
+
+def positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``; TypeError/ValueError naming it otherwise."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int, got the bool {value!r}")
+    try:
+        out = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+    if out < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {out}")
+    return out
+
+
+def finite_float(value: Any, name: str, *, positive: bool = False, nonzero: bool = False) -> float:
+    """``value`` as a finite Python float (optionally > 0 or != 0); raises naming it otherwise."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number, got the bool {value!r}")
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}") from None
+    if not np.isfinite(out):
+        raise ValueError(f"{name} must be finite, got {out}")
+    if positive and out <= 0:
+        raise ValueError(f"{name} must be > 0, got {out}")
+    if nonzero and out == 0:
+        raise ValueError(f"{name} must be non-zero, got {out}")
+    return out

@@ -1,0 +1,254 @@
+"""The registry behind ``stabkit reproduce``: run every study, collect its claims, write a report.
+
+A study is a flat script in ``experiments/`` that imports only public ``stabkit`` names and defines
+
+* ``NAME`` (str): a short identifier, also the stem of its output files;
+* ``TITLE`` (str): one line for the report;
+* ``ORDER`` (int, optional): position in the report (lower first, default 100);
+* ``run(out: pathlib.Path, *, quick: bool) -> list[Claim]``: writes ``out/NAME*.png`` figures and
+  ``out/NAME.json`` numbers (use :func:`save_json`), and returns one :class:`Claim` per statement it
+  checks against theory.
+
+``reproduce`` runs them in order and writes ``out/report.md``: per study its figures and a table of
+claim, theory, measurement and PASS/FAIL. A study that raises is reported as a FAIL with the error,
+and the others still run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import pathlib
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Iterable, Sequence
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Claim", "StudyResult", "experiment_dir", "find_experiments", "reproduce", "save_json"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """One checked statement: what is claimed, what theory predicts, what was measured, verdict."""
+
+    claim: str
+    theory: str
+    measured: str
+    passed: bool
+
+    def __post_init__(self):
+        for field in ("claim", "theory", "measured"):
+            if not isinstance(getattr(self, field), str):
+                raise TypeError(f"Claim.{field} must be a str, got {getattr(self, field)!r}")
+        object.__setattr__(self, "passed", bool(self.passed))
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyResult:
+    """The outcome of one study: its claims, the files it wrote, its run time and any error."""
+
+    name: str
+    title: str
+    claims: tuple[Claim, ...]
+    figures: tuple[str, ...]
+    seconds: float
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and all(c.passed for c in self.claims)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
+    if hasattr(obj, "_asdict"):
+        return _jsonable(obj._asdict())
+    if isinstance(obj, (np.ndarray, np.generic)) or type(obj).__module__.startswith("jax"):
+        arr = np.asarray(obj)
+        if arr.dtype.kind in "fc" or arr.dtype.kind == "V" or "float" in str(arr.dtype):
+            arr = arr.astype(np.float64)
+        return _jsonable(arr.tolist())
+    if isinstance(obj, float):
+        # JSON has no inf/NaN: write them as strings a reader can map back with float().
+        return obj if math.isfinite(obj) else str(obj)
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, pathlib.Path):
+        return str(obj)
+    return str(obj)
+
+
+def save_json(path: str | pathlib.Path, obj: Any) -> pathlib.Path:
+    """Write ``obj`` as indented JSON; arrays become lists and inf/NaN become "inf"/"-inf"/"nan".
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> p = save_json(pathlib.Path(tempfile.mkdtemp()) / "x.json", {"a": float("inf")})
+        >>> p.read_text()
+        '{\\n  "a": "inf"\\n}'
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_jsonable(obj), indent=2, allow_nan=False))
+    return path
+
+
+def experiment_dir() -> pathlib.Path:
+    """Where the studies live: the checkout's ``experiments/`` or the copy inside the wheel."""
+    here = pathlib.Path(__file__).resolve().parent
+    for candidate in (here.parent / "experiments", here / "_experiments"):
+        if candidate.is_dir() and any(candidate.glob("*.py")):
+            return candidate
+    raise FileNotFoundError(
+        f"no experiments found next to {here} (looked in ../experiments and _experiments)"
+    )
+
+
+def _load(path: pathlib.Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"stabkit_experiment_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def find_experiments(directory: str | pathlib.Path | None = None) -> dict[str, ModuleType]:
+    """All studies in ``directory`` (default :func:`experiment_dir`), by NAME, in report order."""
+    directory = experiment_dir() if directory is None else pathlib.Path(directory)
+    found = []
+    for path in sorted(directory.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        module = _load(path)
+        if not (hasattr(module, "NAME") and callable(getattr(module, "run", None))):
+            continue
+        found.append((getattr(module, "ORDER", 100), module.NAME, module))
+    found.sort(key=lambda t: (t[0], t[1]))
+    names = [name for _, name, _ in found]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise ValueError(f"duplicate experiment NAME(s) in {directory}: {sorted(dupes)}")
+    return {name: module for _, name, module in found}
+
+
+def _environment() -> dict[str, str]:
+    import jax
+
+    return {
+        "python": platform.python_version(),
+        "machine": f"{platform.system()} {platform.machine()}",
+        "jax": jax.__version__,
+        "devices": ", ".join(str(d) for d in jax.devices()),
+    }
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _write_report(out: pathlib.Path, results: Sequence[StudyResult], quick: bool) -> pathlib.Path:
+    env = _environment()
+    n_claims = sum(len(r.claims) for r in results)
+    n_pass = sum(c.passed for r in results for c in r.claims)
+    lines = [
+        "# stabkit reproduce",
+        "",
+        f"{n_pass}/{n_claims} claims PASS in {len(results)} studies"
+        + (" (quick mode)" if quick else "")
+        + ".",
+        "",
+        "Environment: " + "; ".join(f"{k} {v}" for k, v in env.items()) + ".",
+        "",
+    ]
+    for r in results:
+        verdict = "PASS" if r.passed else "FAIL"
+        lines += [f"## {r.title} (`{r.name}`, {verdict}, {r.seconds:.1f} s)", ""]
+        lines += [f"![{r.name}]({fig})" for fig in r.figures]
+        if r.figures:
+            lines.append("")
+        if r.error:
+            lines += ["**The study raised an error:**", "", "```", r.error.rstrip(), "```", ""]
+        if r.claims:
+            lines += ["| claim | theory | measured | verdict |", "|---|---|---|---|"]
+            lines += [
+                f"| {_escape(c.claim)} | {_escape(c.theory)} | {_escape(c.measured)} | "
+                f"{'PASS' if c.passed else 'FAIL'} |"
+                for c in r.claims
+            ]
+            lines.append("")
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def reproduce(
+    out: str | pathlib.Path = "stabkit-results",
+    *,
+    only: Iterable[str] | None = None,
+    quick: bool = False,
+    directory: str | pathlib.Path | None = None,
+    echo: bool = True,
+) -> list[StudyResult]:
+    """Run the studies (all, or those named in ``only``) and write ``out/report.md``.
+
+    Args:
+        out: output directory; created if needed.
+        only: names of the studies to run; ValueError lists the valid names for an unknown one.
+        quick: ask each study for its reduced version (smaller grids, fewer repeats).
+        directory: where to look for studies (default :func:`experiment_dir`).
+        echo: print one line per study and per claim as they finish.
+
+    Returns:
+        One :class:`StudyResult` per study, in report order.
+    """
+    out = pathlib.Path(out)
+    studies = find_experiments(directory)
+    if only is not None:
+        only = list(only)
+        unknown = [n for n in only if n not in studies]
+        if unknown:
+            raise ValueError(f"unknown experiment(s) {unknown}; valid: {sorted(studies)}")
+        studies = {n: m for n, m in studies.items() if n in only}
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name, module in studies.items():
+        title = getattr(module, "TITLE", name)
+        if echo:
+            print(f"[{name}] {title} ...", flush=True)
+        start = time.perf_counter()
+        error, claims = None, ()
+        try:
+            claims = tuple(module.run(out, quick=quick))
+            for c in claims:
+                if not isinstance(c, Claim):
+                    raise TypeError(f"experiment {name} returned {c!r}, not a Claim")
+        except Exception:  # a broken study is reported, and the others still run
+            error = traceback.format_exc()
+        seconds = time.perf_counter() - start
+        figures = tuple(sorted(p.name for p in out.glob(f"{name}*.png")))
+        result = StudyResult(name, title, claims, figures, seconds, error)
+        results.append(result)
+        if echo:
+            for c in claims:
+                print(f"  {'PASS' if c.passed else 'FAIL'}  {c.claim}: {c.measured}", flush=True)
+            if error:
+                print(f"  FAIL  the study raised:\n{error}", flush=True)
+            print(f"  ({seconds:.1f} s)", flush=True)
+    report = _write_report(out, results, quick)
+    if echo:
+        n = sum(len(r.claims) for r in results)
+        k = sum(c.passed for r in results for c in r.claims)
+        print(f"{k}/{n} claims PASS; report: {report}", flush=True)
+    return results

@@ -1,0 +1,42 @@
+"""Shared test settings: the dtypes under test, one tolerance table, hypothesis profile."""
+
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+# JAX compiles on first call, so the first example of a property test can be slow.
+settings.register_profile(
+    "stabkit",
+    deadline=None,
+    max_examples=40,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile("stabkit")
+
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+# Unit roundoff-based tolerances, in units of the dtype's eps, for results compared against a
+# float64 / mpmath reference. float16/bfloat16 are computed in float32 and rounded once, so they
+# must be within 1 ulp of the correctly rounded reference; float32/float64 within a few ulps.
+ULPS = {"float16": 1, "bfloat16": 1, "float32": 4, "float64": 4}
+
+
+def np_dtype(name):
+    """The NumPy dtype object for a name, bfloat16 and float8 included."""
+    return np.dtype(getattr(ml_dtypes, name)) if hasattr(ml_dtypes, name) else np.dtype(name)
+
+
+def eps(name):
+    return float(ml_dtypes.finfo(np_dtype(name)).eps)
+
+
+@pytest.fixture(params=DTYPES)
+def dtype(request):
+    """Each dtype under test, by name. float64 tests enter ``jax.enable_x64`` themselves."""
+    return request.param
+
+
+def jdtype(name):
+    return jnp.dtype(np_dtype(name))
