@@ -4,9 +4,11 @@ Public API (each module's docstring has the details):
 
 * :mod:`stabkit.softmax`: stable ``logsumexp``, ``log_softmax``, ``softmax``,
   ``softmax_cross_entropy`` (masks included) and the textbook ``naive_*`` versions.
+* :mod:`stabkit.precision`: ``census`` of normal/subnormal/zero/inf/NaN entries, by bit pattern.
 * :mod:`stabkit.reproduce`: the registry behind ``stabkit reproduce``.
 """
 
+from stabkit.precision import SUPPORTED_DTYPES, Census, census
 from stabkit.reproduce import Claim, reproduce, save_json
 from stabkit.softmax import (
     log_softmax,
