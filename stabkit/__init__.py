@@ -7,9 +7,25 @@ Public API (each module's docstring has the details):
 * :mod:`stabkit.precision`: dtype ``limits``, the backend ``probe`` (subnormals flushed or kept,
   overflow, ``0 * inf``), exact ``overflow_depth``/``underflow_depth`` of ``x0 * scale**k`` beside
   the closed form, the device ``chain``, and a ``census`` of normal/subnormal/zero/inf/NaN entries.
+* :mod:`stabkit.activations`, :mod:`stabkit.init`: activations by name (``get_activation``, their
+  ``derivative`` by ``jax.jvp``) and initializers by name (``get_initializer``: scaled identity,
+  gaussian, orthogonal, glorot, he, lecun, standard).
+* :mod:`stabkit.nets`, :mod:`stabkit.tracing`: a functional MLP (``mlp_init``/``mlp_apply``,
+  hidden layers under ``lax.scan``) and its per-layer forward/backward ``trace`` (RMS, census,
+  saturation, first inf/NaN/zero layer; depth is data), beside the deep-linear closed forms
+  ``deep_linear_gain`` and ``deep_linear_theory``.
 * :mod:`stabkit.reproduce`: the registry behind ``stabkit reproduce``.
 """
 
+from stabkit.activations import (
+    activation_names,
+    derivative,
+    get_activation,
+    select_activation,
+    value_and_derivative,
+)
+from stabkit.init import get_initializer, initializer_names
+from stabkit.nets import MLPParams, mlp_apply, mlp_init
 from stabkit.precision import (
     SUPPORTED_DTYPES,
     Behaviour,
@@ -32,6 +48,14 @@ from stabkit.softmax import (
     naive_softmax,
     softmax,
     softmax_cross_entropy,
+)
+from stabkit.tracing import (
+    DeepLinearTheory,
+    Trace,
+    deep_linear_gain,
+    deep_linear_theory,
+    loss_names,
+    trace,
 )
 
 __version__ = "0.1.0"

@@ -1,0 +1,364 @@
+"""Weight and bias initializers as ``jax.nn.initializers`` define them: ``init(key, shape, dtype)``.
+
+The note's first cause of exploding and vanishing signals is the initial weights: with
+:math:`W = aI` every layer multiplies the signal by :math:`a`, so :math:`a = 1.5` explodes as
+:math:`1.5^{l}` and :math:`a = 0.5` vanishes as :math:`0.5^{l}`. The random initializers below set
+the weight variance from the fan-in (and fan-out) so that a chosen activation keeps the signal's
+scale: LeCun (variance :math:`1/n_{in}`, for tanh/selu), Glorot/Xavier (:math:`2/(n_{in}+n_{out})`,
+for tanh/sigmoid), He (:math:`2/n_{in}`, for relu), and an orthogonal matrix (all singular values
+equal to the gain).
+
+Every factory takes one multiplier (``a``, ``sigma_w`` or ``gain``) and returns
+``init(key, shape, dtype)``. A weight matrix has shape ``(fan_in, fan_out)`` (a layer computes
+``h @ W``); bias initializers accept any shape. Samples are drawn in float32 (float64 for float64),
+scaled, and rounded once to ``dtype``. The multiplier may be a traced scalar (under ``jit`` or
+``vmap``), in which case it is not validated; the result is then ``multiplier * unit draw``.
+
+Unlike ``jax.nn.initializers.he_normal`` and friends (a truncated normal rescaled to the same
+variance), the ``*_normal`` initializers here draw a plain normal, so the variances below hold
+exactly in distribution.
+
+Names (:func:`initializer_names`) and what the multiplier means:
+
+==================  ==========  ==========================================================
+name                multiplier  distribution of each entry (``n`` = fan_in, ``m`` = fan_out)
+==================  ==========  ==========================================================
+``scaled_identity`` ``a``       ``a`` on the diagonal, 0 elsewhere (rectangular: scaled eye)
+``gaussian``        ``sigma_w`` :math:`N(0, \\sigma_w^2 / n)`
+``orthogonal``      ``gain``    ``gain`` times a Haar-random matrix with orthonormal rows/cols
+``glorot_normal``   ``gain``    :math:`N(0, g^2 \\cdot 2/(n+m))`; alias ``xavier_normal``
+``glorot_uniform``  ``gain``    :math:`U[\\pm g\\sqrt{6/(n+m)}]`; alias ``xavier_uniform``
+``he_normal``       ``gain``    :math:`N(0, g^2 \\cdot 2/n)`
+``he_uniform``      ``gain``    :math:`U[\\pm g\\sqrt{6/n}]`
+``lecun_normal``    ``gain``    :math:`N(0, g^2/n)`
+``lecun_uniform``   ``gain``    :math:`U[\\pm g\\sqrt{3/n}]`
+``standard``        ``gain``    :math:`U[\\pm g/\\sqrt{n}]`, variance :math:`g^2/(3n)`
+==================  ==========  ==========================================================
+
+References:
+    X. Glorot and Y. Bengio, "Understanding the difficulty of training deep feedforward neural
+    networks", AISTATS 2010 (eq. 1: the "standard" initialization; eq. 16: normalized/Xavier).
+    K. He et al., "Delving Deep into Rectifiers", ICCV 2015 (sec. 2.2). A. Saxe et al., "Exact
+    solutions to the nonlinear dynamics of learning in deep linear neural networks", ICLR 2014
+    (orthogonal initialization).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.typing import DTypeLike
+
+from stabkit._checks import finite_float, is_floating_dtype
+
+__all__ = [
+    "Initializer",
+    "bias_normal",
+    "get_initializer",
+    "glorot_normal",
+    "glorot_uniform",
+    "he_normal",
+    "he_uniform",
+    "initializer_names",
+    "lecun_normal",
+    "lecun_uniform",
+    "orthogonal",
+    "scaled_identity",
+    "standard",
+    "zeros",
+]
+
+Initializer = Callable[..., jax.Array]
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def _multiplier(value: Any, name: str, *, nonnegative: bool) -> Any:
+    """A finite float, or a traced scalar passed through unchecked (a sweep's data)."""
+    if isinstance(value, jax.core.Tracer):
+        return value
+    out = finite_float(value, name)
+    if nonnegative and out < 0:
+        raise ValueError(f"{name} must be >= 0, got {out}")
+    return out
+
+
+def _dtype(dtype: DTypeLike) -> jnp.dtype:
+    if not is_floating_dtype(dtype):
+        raise TypeError(f"dtype must be a floating-point dtype, got {dtype!r}")
+    return jnp.dtype(dtype)
+
+
+def _matrix_shape(shape: Sequence[int]) -> tuple[int, int]:
+    try:
+        dims = tuple(operator.index(s) for s in shape)
+    except TypeError:
+        dims = ()
+    if len(dims) != 2 or min(dims) < 1:
+        raise ValueError(
+            f"a weight initializer needs a 2-D shape (fan_in, fan_out) of positive ints, got "
+            f"{tuple(shape)!r}"
+        )
+    return dims
+
+
+def _sample_dtype(dtype: jnp.dtype) -> jnp.dtype:
+    # Draw in float32 (float64 for float64) and round once: sampling directly in float16 would
+    # quantize the uniform bits and the normal's tails before scaling.
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _normal(key, shape, dtype, std):
+    sdt = _sample_dtype(dtype)
+    return (std * jax.random.normal(key, shape, sdt)).astype(dtype)
+
+
+def _uniform(key, shape, dtype, limit):
+    sdt = _sample_dtype(dtype)
+    return (limit * jax.random.uniform(key, shape, sdt, minval=-1.0, maxval=1.0)).astype(dtype)
+
+
+def _fan_init(param: str, value: Any, kind: str, variance: Callable[[int, int], float]):
+    """An init drawing N(0, v) or U with variance v, v = value^2 * variance(fan_in, fan_out)."""
+    mult = _multiplier(value, param, nonnegative=True)
+
+    def init(key, shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
+        n, m = _matrix_shape(shape)
+        dtype = _dtype(dtype)
+        std = mult * math.sqrt(variance(n, m))
+        if kind == "normal":
+            return _normal(key, (n, m), dtype, std)
+        return _uniform(key, (n, m), dtype, std * math.sqrt(3.0))  # U[-L, L] has variance L^2/3
+
+    return init
+
+
+# ----------------------------------------------------------------------------------- initializers
+
+
+def scaled_identity(a: float = 1.0) -> Initializer:
+    """``W = a I``: the note's example (``a`` = 1.5 explodes, 0.5 vanishes); rectangular: ``a`` eye.
+
+    The key is ignored: the matrix is deterministic.
+
+    Args:
+        a: the diagonal value, any finite real (or a traced scalar).
+
+    Examples:
+        >>> scaled_identity(1.5)(jax.random.key(0), (2, 3), jnp.float16)
+        Array([[1.5, 0. , 0. ],
+               [0. , 1.5, 0. ]], dtype=float16)
+    """
+    a = _multiplier(a, "a", nonnegative=False)
+
+    def init(key, shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
+        del key  # deterministic
+        n, m = _matrix_shape(shape)
+        dtype = _dtype(dtype)
+        return (a * jnp.eye(n, m, dtype=_sample_dtype(dtype))).astype(dtype)
+
+    return init
+
+
+def gaussian(sigma_w: float = 1.0) -> Initializer:
+    """Entries i.i.d. :math:`N(0, \\sigma_w^2 / n_{in})`, the mean-field parametrization.
+
+    ``sigma_w = 1`` is LeCun's variance, ``sqrt(2)`` is He's; for tanh the order-to-chaos
+    transition sits near ``sigma_w = 1`` (Poole et al. 2016, Schoenholz et al. 2017).
+
+    Examples:
+        >>> w = gaussian(2.0)(jax.random.key(0), (1000, 200))
+        >>> round(float(w.var() * 1000), 1)  # sigma_w^2 = 4
+        4.0
+    """
+    return _fan_init("sigma_w", sigma_w, "normal", lambda n, m: 1.0 / n)
+
+
+def orthogonal(gain: float = 1.0) -> Initializer:
+    """``gain`` times a Haar-random matrix with orthonormal columns (or rows, if wider than tall).
+
+    Drawn as the Q of a QR factorization of a Gaussian matrix, with the signs of R's diagonal
+    folded in so that the distribution is uniform (Mezzadri 2007). Every singular value equals
+    ``gain``, so a deep linear orthogonal net preserves norms exactly (Saxe et al. 2014).
+
+    Examples:
+        >>> w = orthogonal(2.0)(jax.random.key(0), (4, 4))
+        >>> bool(jnp.allclose(w.T @ w, 4.0 * jnp.eye(4), atol=1e-5))
+        True
+    """
+    gain = _multiplier(gain, "gain", nonnegative=True)
+
+    def init(key, shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
+        n, m = _matrix_shape(shape)
+        dtype = _dtype(dtype)
+        tall = (max(n, m), min(n, m))
+        a = jax.random.normal(key, tall, _sample_dtype(dtype))
+        q, r = jnp.linalg.qr(a)
+        q = q * jnp.sign(jnp.diagonal(r))  # sign(0) = 0 has probability zero
+        q = q if n >= m else q.T
+        return (gain * q).astype(dtype)
+
+    return init
+
+
+def glorot_normal(gain: float = 1.0) -> Initializer:
+    """Glorot/Xavier normal: :math:`N(0, g^2 \\cdot 2 / (n_{in} + n_{out}))` (their eq. 16)."""
+    return _fan_init("gain", gain, "normal", lambda n, m: 2.0 / (n + m))
+
+
+def glorot_uniform(gain: float = 1.0) -> Initializer:
+    """Glorot/Xavier uniform: :math:`U[\\pm g\\sqrt{6 / (n_{in} + n_{out})}]` (their eq. 16)."""
+    return _fan_init("gain", gain, "uniform", lambda n, m: 2.0 / (n + m))
+
+
+def he_normal(gain: float = 1.0) -> Initializer:
+    """He/Kaiming normal for relu: :math:`N(0, g^2 \\cdot 2 / n_{in})` (plain, not truncated)."""
+    return _fan_init("gain", gain, "normal", lambda n, m: 2.0 / n)
+
+
+def he_uniform(gain: float = 1.0) -> Initializer:
+    """He/Kaiming uniform for relu: :math:`U[\\pm g\\sqrt{6 / n_{in}}]`."""
+    return _fan_init("gain", gain, "uniform", lambda n, m: 2.0 / n)
+
+
+def lecun_normal(gain: float = 1.0) -> Initializer:
+    """LeCun normal: :math:`N(0, g^2 / n_{in})` (plain, not truncated); same as ``gaussian``."""
+    return _fan_init("gain", gain, "normal", lambda n, m: 1.0 / n)
+
+
+def lecun_uniform(gain: float = 1.0) -> Initializer:
+    """LeCun uniform: :math:`U[\\pm g\\sqrt{3 / n_{in}}]`."""
+    return _fan_init("gain", gain, "uniform", lambda n, m: 1.0 / n)
+
+
+def standard(gain: float = 1.0) -> Initializer:
+    """Glorot & Bengio's "standard" :math:`U[\\pm g / \\sqrt{n_{in}}]` (their eq. 1).
+
+    Its variance :math:`g^2 / (3 n_{in})` is a third of LeCun's, so a deep tanh net initialized
+    this way sees its signal shrink layer by layer (Glorot & Bengio 2010, sec. 4.2.1).
+
+    Examples:
+        >>> w = standard()(jax.random.key(0), (100, 1000))
+        >>> bool(jnp.abs(w).max() <= 0.1)
+        True
+    """
+    return _fan_init("gain", gain, "uniform", lambda n, m: 1.0 / (3.0 * n))
+
+
+# ----------------------------------------------------------------------------------------- biases
+
+
+def zeros() -> Initializer:
+    """Zero biases (the note's :math:`b^{[i]} = 0`).
+
+    Examples:
+        >>> zeros()(jax.random.key(0), (3,), jnp.bfloat16)
+        Array([0, 0, 0], dtype=bfloat16)
+    """
+
+    def init(key, shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
+        del key
+        return jnp.zeros(shape, _dtype(dtype))
+
+    return init
+
+
+def bias_normal(sigma_b: float) -> Initializer:
+    """Biases i.i.d. :math:`N(0, \\sigma_b^2)` (no fan scaling); ``sigma_b = 0`` gives zeros.
+
+    Examples:
+        >>> b = bias_normal(0.5)(jax.random.key(1), (10000,))
+        >>> round(float(b.std()), 1)
+        0.5
+    """
+    sigma_b = _multiplier(sigma_b, "sigma_b", nonnegative=True)
+    if not isinstance(sigma_b, jax.core.Tracer) and sigma_b == 0:
+        return zeros()
+
+    def init(key, shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
+        return _normal(key, tuple(shape), _dtype(dtype), sigma_b)
+
+    return init
+
+
+# --------------------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, tuple[Callable[..., Initializer], str]] = {
+    "scaled_identity": (scaled_identity, "a"),
+    "gaussian": (gaussian, "sigma_w"),
+    "orthogonal": (orthogonal, "gain"),
+    "glorot_normal": (glorot_normal, "gain"),
+    "glorot_uniform": (glorot_uniform, "gain"),
+    "xavier_normal": (glorot_normal, "gain"),
+    "xavier_uniform": (glorot_uniform, "gain"),
+    "he_normal": (he_normal, "gain"),
+    "he_uniform": (he_uniform, "gain"),
+    "lecun_normal": (lecun_normal, "gain"),
+    "lecun_uniform": (lecun_uniform, "gain"),
+    "standard": (standard, "gain"),
+}
+
+
+def initializer_names() -> tuple[str, ...]:
+    """The registered weight-initializer names, sorted (aliases included).
+
+    Examples:
+        >>> "scaled_identity" in initializer_names()
+        True
+    """
+    return tuple(sorted(_REGISTRY))
+
+
+def get_initializer(init: str | Initializer, scale: float | None = None) -> Initializer:
+    """A weight initializer by name (with an optional multiplier), or a callable unchanged.
+
+    Args:
+        init: a name from :func:`initializer_names`, or any ``init(key, shape, dtype)`` callable,
+            e.g. one from ``jax.nn.initializers``.
+        scale: the named factory's multiplier (``a``, ``sigma_w`` or ``gain``, see the module
+            table); ``None`` keeps its default of 1. Only with a name.
+
+    Returns:
+        The initializer ``init(key, shape, dtype)``.
+
+    Raises:
+        ValueError: an unknown name (the message lists the valid ones), a bad multiplier, or a
+            ``scale`` given with a callable.
+        TypeError: ``init`` is neither a string nor a callable.
+
+    Examples:
+        >>> w = get_initializer("scaled_identity", 0.5)(jax.random.key(0), (2, 2), jnp.float32)
+        >>> w
+        Array([[0.5, 0. ],
+               [0. , 0.5]], dtype=float32)
+        >>> w = get_initializer(jax.nn.initializers.he_normal())(jax.random.key(0), (3, 2))
+        >>> get_initializer("kaiming")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown initializer 'kaiming'; valid names: gaussian, glorot_normal, ...
+    """
+    if isinstance(init, str):
+        try:
+            factory, _ = _REGISTRY[init]
+        except KeyError:
+            raise ValueError(
+                f"unknown initializer {init!r}; valid names: {', '.join(initializer_names())} "
+                "(or pass any init(key, shape, dtype) callable)"
+            ) from None
+        return factory() if scale is None else factory(scale)
+    if callable(init):
+        if scale is not None:
+            raise ValueError(
+                f"scale={scale!r} applies only to a named initializer; a callable carries its own"
+            )
+        return init
+    raise TypeError(
+        f"init must be a name ({', '.join(initializer_names())}) or an init(key, shape, dtype) "
+        f"callable, got {type(init).__name__} {init!r}"
+    )

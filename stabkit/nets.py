@@ -1,0 +1,351 @@
+"""A functional MLP as an ``init``/``apply`` pair whose hidden layers run under ``lax.scan``.
+
+The network is the note's: ``depth`` hidden layers, each a weight matrix and an activation, then a
+linear readout,
+
+.. math::
+
+    h^{0} = x,\\quad z^{l} = h^{l-1} W^{l} + b^{l},\\quad h^{l} = \\phi(z^{l})
+    \\ (l = 1..D),\\quad \\hat y = h^{D+1} = h^{D} W^{D+1} + b^{D+1},\\quad D = \\mathrm{depth}.
+
+So the net has ``depth + 1`` weight matrices and the note's :math:`l` (its count of matrices, the
+last one being the output layer) is ``depth + 1``: with :math:`W = aI`, zero biases and the linear
+activation, :math:`\\hat y = a^{\\mathrm{depth}+1} x`. Rows are examples (``x`` has shape
+``(batch, in_dim)``), so a layer computes ``h @ W``; for the note's symmetric :math:`aI` this is
+the same as its :math:`W x`.
+
+The parameters are a plain pytree, :class:`MLPParams`, with the ``depth - 1`` square
+hidden-to-hidden layers stacked along a leading axis: compile time does not grow with depth. **Depth
+is data**: :func:`mlp_apply` (and :func:`stabkit.trace`) take an optional ``depth`` no larger than
+the depth the parameters were built for, possibly a traced integer; layers beyond it pass their
+input through unchanged, so one compiled function serves every depth, and ``vmap`` runs several
+depths at once. Layer ``l``'s weights depend only on the key and ``l`` (``jax.random.fold_in``), so
+the parameters of a shallower net are a prefix of a deeper one's: masking a deep net equals building
+a shallow one.
+
+Matrix products use ``Precision.HIGHEST``, so that float32 means float32 on accelerators whose
+default would round float32 inputs to TF32 or bfloat16.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
+
+from stabkit._checks import floating_array, is_floating_dtype, positive_int
+from stabkit.activations import Activation, get_activation
+from stabkit.init import Initializer, bias_normal, get_initializer
+
+__all__ = ["MLPParams", "mlp_apply", "mlp_init"]
+
+_PRECISION = jax.lax.Precision.HIGHEST
+
+
+class MLPParams(NamedTuple):
+    """The parameters of an MLP with ``depth`` hidden layers (a pytree of arrays, one dtype).
+
+    Attributes:
+        w_in: ``(in_dim, width)``, the first hidden layer's weights (layer 1).
+        b_in: ``(width,)``.
+        w_hidden: ``(depth - 1, width, width)``, layers 2..depth stacked (empty when depth is 1).
+        b_hidden: ``(depth - 1, width)``.
+        w_out: ``(width, out_dim)``, the linear readout (layer depth + 1).
+        b_out: ``(out_dim,)``.
+    """
+
+    w_in: jax.Array
+    b_in: jax.Array
+    w_hidden: jax.Array
+    b_hidden: jax.Array
+    w_out: jax.Array
+    b_out: jax.Array
+
+    @property
+    def max_depth(self) -> int:
+        """The number of hidden layers the parameters hold."""
+        return self.w_hidden.shape[-3] + 1
+
+    @property
+    def width(self) -> int:
+        return self.w_in.shape[-1]
+
+    @property
+    def in_dim(self) -> int:
+        return self.w_in.shape[-2]
+
+    @property
+    def out_dim(self) -> int:
+        return self.w_out.shape[-1]
+
+    @property
+    def dtype(self) -> jnp.dtype:
+        return self.w_in.dtype
+
+
+def _check_key(key: Any) -> None:
+    if isinstance(key, jax.Array) and (
+        jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+        or (key.dtype == jnp.uint32 and key.shape[-1:] == (2,))
+    ):
+        return
+    raise TypeError(
+        f"key must be a JAX PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)), got "
+        f"{type(key).__name__} {key!r}"
+    )
+
+
+def _draw(init: Initializer, key, shape: tuple[int, ...], dtype: jnp.dtype, what: str):
+    w = init(key, shape, dtype)
+    if tuple(w.shape) != shape or w.dtype != dtype:
+        raise ValueError(
+            f"the {what} initializer returned shape {tuple(w.shape)} dtype {w.dtype}, expected "
+            f"{shape} {dtype}"
+        )
+    return w
+
+
+def mlp_init(
+    key: jax.Array,
+    *,
+    depth: int,
+    width: int,
+    in_dim: int | None = None,
+    out_dim: int | None = None,
+    init: str | Initializer = "gaussian",
+    scale: float | None = None,
+    bias_std: float = 0.0,
+    dtype: DTypeLike = jnp.float32,
+) -> MLPParams:
+    """Parameters of an MLP with ``depth`` hidden layers of ``width`` units and a linear readout.
+
+    Every weight matrix (the first layer, the hidden stack and the readout) is drawn with the same
+    initializer; biases are zero or :math:`N(0, \\mathrm{bias\\_std}^2)`. Layer ``l`` (1..depth,
+    readout 0) draws from ``fold_in(fold_in(key, 0), l)``, its bias from ``fold_in(fold_in(key,
+    1), l)``: a deeper net extends a shallower one with the same key. Works under ``jit`` and
+    ``vmap`` (over keys, and over ``scale``/``bias_std`` as traced scalars).
+
+    Args:
+        key: a PRNG key.
+        depth: the number of hidden layers, >= 1 (``depth + 1`` weight matrices in all).
+        width: units per hidden layer, >= 1.
+        in_dim: input features; default ``width``.
+        out_dim: outputs; default ``width`` (a square net, as in the note).
+        init: a name from :func:`stabkit.init.initializer_names` or an ``init(key, shape, dtype)``
+            callable (``jax.nn.initializers`` included).
+        scale: the named initializer's multiplier (``a``, ``sigma_w`` or ``gain``); default 1.
+        bias_std: standard deviation of the biases; 0 (default) gives zeros.
+        dtype: the parameters' floating dtype.
+
+    Returns:
+        An :class:`MLPParams`.
+
+    Raises:
+        ValueError: a size < 1, an unknown initializer name, a bad multiplier.
+        TypeError: a non-floating dtype or a bad key.
+
+    Examples:
+        The note's network: width 2, :math:`W = 1.5 I`, zero biases.
+
+        >>> p = mlp_init(jax.random.key(0), depth=3, width=2, init="scaled_identity", scale=1.5)
+        >>> p.w_hidden.shape, p.max_depth
+        ((2, 2, 2), 3)
+        >>> mlp_apply(p, jnp.array([1.0, 2.0]), activation="linear")  # 1.5**4 * x
+        Array([ 5.0625, 10.125 ], dtype=float32)
+    """
+    _check_key(key)
+    depth = positive_int(depth, "depth")
+    width = positive_int(width, "width")
+    in_dim = width if in_dim is None else positive_int(in_dim, "in_dim")
+    out_dim = width if out_dim is None else positive_int(out_dim, "out_dim")
+    if not is_floating_dtype(dtype):
+        raise TypeError(f"dtype must be a floating-point dtype, got {dtype!r}")
+    dtype = jnp.dtype(dtype)
+    w_init = get_initializer(init, scale)
+    b_init = bias_normal(bias_std)
+    kw, kb = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+
+    def hidden(layer):
+        w = _draw(w_init, jax.random.fold_in(kw, layer), (width, width), dtype, "weight")
+        b = _draw(b_init, jax.random.fold_in(kb, layer), (width,), dtype, "bias")
+        return w, b
+
+    w_hidden, b_hidden = jax.vmap(hidden)(jnp.arange(2, depth + 1))
+    return MLPParams(
+        w_in=_draw(w_init, jax.random.fold_in(kw, 1), (in_dim, width), dtype, "weight"),
+        b_in=_draw(b_init, jax.random.fold_in(kb, 1), (width,), dtype, "bias"),
+        w_hidden=w_hidden,
+        b_hidden=b_hidden,
+        w_out=_draw(w_init, jax.random.fold_in(kw, 0), (width, out_dim), dtype, "weight"),
+        b_out=_draw(b_init, jax.random.fold_in(kb, 0), (out_dim,), dtype, "bias"),
+    )
+
+
+# ------------------------------------------------------------------------------ shared internals
+
+
+def _check_params(params: Any) -> MLPParams:
+    """``params`` if it is a consistent :class:`MLPParams` (shapes and one floating dtype)."""
+    if not isinstance(params, MLPParams):
+        raise TypeError(f"params must be an MLPParams (from mlp_init), got {type(params).__name__}")
+    shapes = {f: tuple(getattr(jnp.asarray(a), "shape", ())) for f, a in params._asdict().items()}
+    dtypes = {f: jnp.asarray(a).dtype for f, a in params._asdict().items()}
+    if len(set(dtypes.values())) != 1 or not is_floating_dtype(params.dtype):
+        raise TypeError(f"params must share one floating dtype, got {dtypes}")
+    if len(shapes["w_in"]) != 2 or len(shapes["w_hidden"]) != 3 or len(shapes["w_out"]) != 2:
+        raise ValueError(f"params have the wrong ranks: {shapes}")
+    n_in, w = shapes["w_in"]
+    d, out = shapes["w_hidden"][0], shapes["w_out"][1]
+    expected = {
+        "w_in": (n_in, w),
+        "b_in": (w,),
+        "w_hidden": (d, w, w),
+        "b_hidden": (d, w),
+        "w_out": (w, out),
+        "b_out": (out,),
+    }
+    if shapes != expected:
+        raise ValueError(f"params have inconsistent shapes {shapes}; expected {expected}")
+    return params
+
+
+def _check_x(x: Any, params: MLPParams) -> tuple[jax.Array, bool]:
+    """``x`` as a ``(batch, in_dim)`` array of the parameters' dtype, and whether it was 1-D."""
+    x = floating_array(x, "x")
+    if x.ndim not in (1, 2) or x.shape[-1] != params.in_dim or x.size == 0:
+        raise ValueError(
+            f"x must have shape (batch, {params.in_dim}) or ({params.in_dim},), got {x.shape}"
+        )
+    return jnp.atleast_2d(x).astype(params.dtype), x.ndim == 1
+
+
+def _check_depth(depth: Any, max_depth: int) -> jax.Array:
+    """``depth`` as an int32 scalar in 1..max_depth; a traced value is clipped, not checked."""
+    if depth is None:
+        return jnp.asarray(max_depth, jnp.int32)
+    if isinstance(depth, jax.core.Tracer):
+        if depth.ndim != 0 or not jnp.issubdtype(depth.dtype, jnp.integer):
+            raise TypeError(f"depth must be an integer scalar, got {depth.dtype}{depth.shape}")
+        return jnp.clip(depth, 1, max_depth).astype(jnp.int32)
+    try:
+        value = operator.index(depth)
+    except TypeError:
+        if getattr(depth, "ndim", None) == 0 and jnp.issubdtype(depth.dtype, jnp.integer):
+            value = int(depth)
+        else:
+            raise TypeError(f"depth must be an int, got {type(depth).__name__} {depth!r}") from None
+    value = positive_int(value, "depth")
+    if value > max_depth:
+        raise ValueError(f"depth={value} exceeds the {max_depth} hidden layers the params hold")
+    return jnp.asarray(value, jnp.int32)
+
+
+def _dense(h: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.matmul(h, w, precision=_PRECISION) + b
+
+
+def _forward(
+    params: MLPParams,
+    x: jax.Array,
+    depth: jax.Array,
+    phi: Activation,
+    *,
+    perturb: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+    layer_stats: Callable[[jax.Array, jax.Array], Any] | None = None,
+):
+    """Run the net on ``x`` ``(batch, in_dim)``; returns the output and the stacked layer stats.
+
+    ``perturb = (dz, dh, dy)`` are added to every pre-activation ``(depth_max, batch, width)``,
+    post-activation (same shape) and the output: the gradient of the loss with respect to them is
+    the gradient with respect to those intermediates. ``layer_stats(z, h)`` is evaluated for each
+    hidden layer and its results stacked along a leading layer axis (``max_depth`` long; entries
+    beyond ``depth`` describe discarded computations and must be masked by the caller).
+    """
+    dz, dh, dy = perturb if perturb is not None else (None, None, None)
+
+    def layer(h_in, w, b, dz_l, dh_l):
+        z = _dense(h_in, w, b)
+        z = z if dz_l is None else z + dz_l
+        h = phi(z)
+        h = h if dh_l is None else h + dh_l
+        stats = None if layer_stats is None else layer_stats(z, h)
+        return h, stats
+
+    # Layer 1 always exists (depth >= 1) and changes the width, so it runs outside the scan.
+    h, stats1 = layer(x, params.w_in, params.b_in, *(None if d is None else d[0] for d in (dz, dh)))
+
+    def body(h, inputs):
+        index, w, b, dz_l, dh_l = inputs
+        active = index <= depth
+        # The double `where`: an inactive layer computes on zeros, so that its discarded branch and
+        # that branch's (zero-weighted) gradient stay finite and cannot turn 0 * inf into a NaN in
+        # the layers that count.
+        h_in = jnp.where(active, h, jnp.zeros_like(h))
+        h_new, stats = layer(h_in, w, b, dz_l, dh_l)
+        return jnp.where(active, h_new, h), stats
+
+    n = params.max_depth - 1
+    xs = (
+        jnp.arange(2, n + 2, dtype=jnp.int32),
+        params.w_hidden,
+        params.b_hidden,
+        None if dz is None else dz[1:],
+        None if dh is None else dh[1:],
+    )
+    h, stats = jax.lax.scan(body, h, xs, length=n)
+    out = _dense(h, params.w_out, params.b_out)
+    out = out if dy is None else out + dy
+    if layer_stats is not None:
+        stats = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), stats1, stats)
+    return out, stats
+
+
+@partial(jax.jit, static_argnames=("phi",))
+def _apply_jit(params: MLPParams, x: jax.Array, depth: jax.Array, phi: Activation) -> jax.Array:
+    return _forward(params, x, depth, phi)[0]
+
+
+def mlp_apply(
+    params: MLPParams,
+    x: ArrayLike,
+    *,
+    activation: str | Activation,
+    depth: int | jax.Array | None = None,
+) -> jax.Array:
+    """The MLP's output for ``x``, running the hidden layers with ``lax.scan``.
+
+    Compiled once per (shapes, dtype, activation); ``depth`` is data. Pass the same callable object
+    (or a name) to reuse a compilation: a new lambda at every call compiles at every call.
+
+    Args:
+        params: from :func:`mlp_init`.
+        x: ``(batch, in_dim)`` or ``(in_dim,)``; cast to the parameters' dtype.
+        activation: a name from :func:`stabkit.activations.activation_names` or an elementwise
+            callable, applied after every hidden layer (not after the readout).
+        depth: hidden layers to use, 1..``params.max_depth``; default all. May be a traced int32
+            scalar (then clipped to that range, not checked); deeper layers are skipped.
+
+    Returns:
+        ``(batch, out_dim)``, or ``(out_dim,)`` for a 1-D ``x``, in the parameters' dtype.
+
+    Raises:
+        ValueError: ``x`` has the wrong shape, ``depth`` is out of range, an unknown activation.
+        TypeError: non-floating ``x``, parameters that are not an :class:`MLPParams`.
+
+    Examples:
+        >>> p = mlp_init(jax.random.key(0), depth=8, width=2, init="scaled_identity", scale=0.5)
+        >>> x = jnp.ones(2)
+        >>> mlp_apply(p, x, activation="linear", depth=3)  # 0.5 ** (3 + 1)
+        Array([0.0625, 0.0625], dtype=float32)
+    """
+    params = _check_params(params)
+    phi = get_activation(activation)
+    x2, was_1d = _check_x(x, params)
+    depth = _check_depth(depth, params.max_depth)
+    out = _apply_jit(params, x2, depth, phi)
+    return out[0] if was_1d else out
