@@ -45,6 +45,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -254,6 +255,7 @@ def standard(gain: float = 1.0) -> Initializer:
 # ----------------------------------------------------------------------------------------- biases
 
 
+@functools.cache
 def zeros() -> Initializer:
     """Zero biases (the note's :math:`b^{[i]} = 0`).
 
@@ -278,9 +280,17 @@ def bias_normal(sigma_b: float) -> Initializer:
         0.5
     """
     sigma_b = _multiplier(sigma_b, "sigma_b", nonnegative=True)
-    if not isinstance(sigma_b, jax.core.Tracer) and sigma_b == 0:
-        return zeros()
+    if not isinstance(sigma_b, jax.core.Tracer):
+        return _bias_normal_cached(sigma_b)
+    return _bias_normal(sigma_b)
 
+
+@functools.lru_cache(maxsize=256)
+def _bias_normal_cached(sigma_b: float) -> Initializer:
+    return zeros() if sigma_b == 0 else _bias_normal(sigma_b)
+
+
+def _bias_normal(sigma_b: Any) -> Initializer:
     def init(key, shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
         return _normal(key, tuple(shape), _dtype(dtype), sigma_b)
 
@@ -303,6 +313,12 @@ _REGISTRY: dict[str, tuple[Callable[..., Initializer], str]] = {
     "lecun_uniform": (lecun_uniform, "gain"),
     "standard": (standard, "gain"),
 }
+
+
+@functools.lru_cache(maxsize=256)
+def _cached(factory: Callable[..., Initializer], scale: float | None) -> Initializer:
+    # The same object for the same (name, scale), so that jit caches keyed on it hit.
+    return factory() if scale is None else factory(scale)
 
 
 def initializer_names() -> tuple[str, ...]:
@@ -351,7 +367,9 @@ def get_initializer(init: str | Initializer, scale: float | None = None) -> Init
                 f"unknown initializer {init!r}; valid names: {', '.join(initializer_names())} "
                 "(or pass any init(key, shape, dtype) callable)"
             ) from None
-        return factory() if scale is None else factory(scale)
+        if isinstance(scale, jax.core.Tracer):
+            return factory(scale)
+        return _cached(factory, None if scale is None else finite_float(scale, "scale"))
     if callable(init):
         if scale is not None:
             raise ValueError(

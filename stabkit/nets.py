@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
 from stabkit._checks import floating_array, is_floating_dtype, positive_int
@@ -168,6 +169,18 @@ def mlp_init(
     dtype = jnp.dtype(dtype)
     w_init = get_initializer(init, scale)
     b_init = bias_normal(bias_std)
+    return _init_jit(key, w_init, b_init, depth, width, in_dim, out_dim, dtype)
+
+
+# One compiled kernel per (initializers, sizes, dtype); named initializers are cached objects, so
+# building many nets of one shape compiles once. XLA's backend optimizations are off: the kernel
+# runs once per net, and they would triple its compile time (on CPU, 0.5 s instead of 1.7 s).
+@partial(
+    jax.jit,
+    static_argnums=(1, 2, 3, 4, 5, 6, 7),
+    compiler_options={"xla_backend_optimization_level": 0},
+)
+def _init_jit(key, w_init, b_init, depth, width, in_dim, out_dim, dtype) -> MLPParams:
     kw, kb = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
 
     def hidden(layer):
@@ -228,6 +241,8 @@ def _check_depth(depth: Any, max_depth: int) -> jax.Array:
     """``depth`` as an int32 scalar in 1..max_depth; a traced value is clipped, not checked."""
     if depth is None:
         return jnp.asarray(max_depth, jnp.int32)
+    if isinstance(depth, (bool, np.bool_)):
+        raise TypeError(f"depth must be an int, got the bool {depth!r}")
     if isinstance(depth, jax.core.Tracer):
         if depth.ndim != 0 or not jnp.issubdtype(depth.dtype, jnp.integer):
             raise TypeError(f"depth must be an integer scalar, got {depth.dtype}{depth.shape}")
