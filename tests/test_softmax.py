@@ -1,0 +1,543 @@
+"""stabkit.softmax against float64 / mpmath references, in every dtype, with masks and non-finites.
+
+Tolerances (stated once, used throughout):
+
+* float16 / bfloat16: computed in float32 and rounded once, so within 1 ulp of the correctly rounded
+  reference (``ULPS`` in conftest), plus float32's own error scaled to the row,
+  ``4 * eps32 * max|x|``, which matters only where the result is near 0.
+* float32 / float64: within ``ULPS`` (4) ulps of the dtype, measured against the larger of the
+  result and the row's magnitude where the result is near 0 (log_softmax of a dominant entry).
+* A result whose reference lies in the dtype's subnormal range may be 0 where the backend flushes
+  subnormals (XLA:CPU does for float32, bfloat16 and float64).
+"""
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import mpmath
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import stabkit as sk
+from tests.conftest import DTYPES, ULPS, eps, np_dtype
+
+INF = np.inf
+FUNCS = ("logsumexp", "log_softmax", "softmax")
+
+
+def x64(dtype):
+    """float64 needs x64; every other dtype runs in the default mode."""
+    return jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+
+
+def arr(values, dtype):
+    return jnp.asarray(np.asarray(values, dtype=np.float64).astype(np_dtype(dtype)))
+
+
+# ---------------------------------------------------------------- references (float64 / mpmath)
+
+
+def ref_rows(x, where=None, prec=80):
+    """(logsumexp, log_softmax, softmax) of each row of a 2-D float64 array, with mpmath.
+
+    Masked or -inf entries are left out; they get -inf / 0. Used for small arrays only.
+    """
+    x = np.asarray(x, np.float64)
+    mask = np.ones_like(x, bool) if where is None else np.broadcast_to(where, x.shape)
+    lse = np.empty(x.shape[0])
+    logp = np.full(x.shape, -INF)
+    p = np.zeros(x.shape)
+    with mpmath.workprec(prec):
+        for i, row in enumerate(x):
+            vals = [mpmath.mpf(float(v)) for v, m in zip(row, mask[i]) if m and v != -INF]
+            if not vals:
+                lse[i] = -INF
+                continue
+            total = mpmath.fsum(mpmath.exp(v) for v in vals)
+            lse_i = mpmath.log(total)
+            lse[i] = float(lse_i)
+            for j, v in enumerate(row):
+                if mask[i, j] and v != -INF:
+                    logp[i, j] = float(mpmath.mpf(float(v)) - lse_i)
+                    p[i, j] = float(mpmath.exp(mpmath.mpf(float(v)) - lse_i))
+    return lse, logp, p
+
+
+def assert_close(out, ref, dtype, scale=None, ulps=None):
+    """|out - ref| <= ulps * ulp(ref in dtype) (+ float32 error at ``scale`` for half formats)."""
+    out = np.asarray(out).astype(np.float64)
+    ref = np.asarray(ref, np.float64)
+    ulps = ULPS[dtype] if ulps is None else ulps
+    same_nonfinite = (out == ref) | (np.isnan(out) & np.isnan(ref))
+    finite = np.isfinite(ref)
+    assert np.array_equal(np.isfinite(out), finite), (out, ref)
+    assert np.all(same_nonfinite | finite), (out, ref)
+    ref_d = ref.astype(np_dtype(dtype))
+    with np.errstate(over="ignore"):  # spacing of a value near max is inf: no constraint
+        tol = ulps * np.spacing(np.abs(ref_d)).astype(np.float64)
+    if scale is not None:
+        scale = np.asarray(scale, np.float64)
+        if dtype in ("float32", "float64"):
+            tol = np.maximum(tol, ulps * eps(dtype) * scale)
+        else:
+            tol = tol + 4 * eps("float32") * scale
+    err = np.where(finite, np.abs(out - ref), 0.0)
+    # A result in the dtype's subnormal range may be flushed to 0: XLA on CPU flushes float32,
+    # bfloat16 and float64 subnormals (stabkit.probe measures it). Anything else must be close.
+    flushed = (out == 0) & (np.abs(ref) < float(ml_dtypes.finfo(np_dtype(dtype)).smallest_normal))
+    bad = (err > tol) & ~flushed
+    assert not bad.any(), f"{dtype}: max err {err.max()} vs tol at {np.argwhere(bad)[:5]}"
+
+
+# ------------------------------------------------------------------------------ ordinary inputs
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_ordinary_inputs_match_mpmath(dtype, scale):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((12, 9)) * scale).astype(np_dtype(dtype)).astype(np.float64)
+    lse_r, logp_r, p_r = ref_rows(x)
+    rowmax = np.max(np.abs(x), axis=1, keepdims=True)
+    with x64(dtype):
+        xj = arr(x, dtype)
+        lse, logp, p = sk.logsumexp(xj), sk.log_softmax(xj), sk.softmax(xj)
+        for out in (lse, logp, p):
+            assert out.dtype == jnp.dtype(np_dtype(dtype))
+    assert_close(lse, lse_r, dtype, scale=rowmax[:, 0])
+    assert_close(logp, logp_r, dtype, scale=rowmax)
+    # exp(x - m) carries the relative error of its argument: eps * |x - m|.
+    spread = np.abs(x - x.max(axis=1, keepdims=True))
+    assert_close(p, p_r, dtype, scale=p_r * (1 + spread))
+
+
+def test_reduces_over_other_axes_and_keepdims(dtype):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 5, 4)).astype(np_dtype(dtype))
+    with x64(dtype):
+        xj = jnp.asarray(x)
+        for axis in (0, 1, -1, (0, 2)):
+            out = sk.logsumexp(xj, axis=axis, keepdims=True)
+            moved = np.moveaxis(
+                x.astype(np.float64), np.atleast_1d(axis), -1 - np.arange(np.size(axis))
+            )
+            flat = moved.reshape(-1, int(np.prod([x.shape[a] for a in np.atleast_1d(axis)])))
+            ref = ref_rows(flat)[0]
+            assert_close(np.asarray(out).reshape(-1), ref, dtype, scale=np.abs(flat).max(1))
+            p = sk.softmax(xj, axis=axis)
+            np.testing.assert_allclose(
+                np.asarray(p, np.float64).sum(axis=axis), 1.0, atol=8 * eps(dtype)
+            )
+
+
+# ------------------------------------------------------------------------- n equal inputs c
+
+
+def all_finite_values(dtype):
+    """Every finite value of a 16-bit format, or a log-spaced sample of wider ones with the ends."""
+    nd = np_dtype(dtype)
+    if nd.itemsize == 2:
+        values = np.arange(2**16, dtype=np.uint16).view(nd)
+        with np.errstate(invalid="ignore"):
+            return values[np.isfinite(values.astype(np.float32))]
+    fi = np.finfo(nd) if dtype != "bfloat16" else None
+    pos = np.concatenate(
+        [
+            np.exp2(
+                np.linspace(np.log2(float(fi.smallest_subnormal)), np.log2(float(fi.max)), 4000)[
+                    :-1
+                ]
+            ),
+            [fi.smallest_subnormal, fi.smallest_normal, fi.eps, 1.0, fi.max],
+            [np.nextafter(fi.max, 0, dtype=nd)],
+        ]
+    ).astype(nd)
+    return np.concatenate([pos, -pos, [0.0]]).astype(nd)
+
+
+@pytest.mark.parametrize("n", [1, 3, 7])
+def test_equal_inputs_every_finite_c(dtype, n):
+    """softmax = 1/n, log_softmax = -log n, logsumexp = c + log n, rounded in the dtype."""
+    nd = np_dtype(dtype)
+    c = all_finite_values(dtype)
+    with x64(dtype):
+        x = jnp.asarray(np.repeat(c[:, None], n, axis=1))
+        p, logp, lse = sk.softmax(x), sk.log_softmax(x), sk.logsumexp(x)
+    p, logp, lse = (np.asarray(a) for a in (p, logp, lse))
+    assert np.all(p == np.asarray(1 / n).astype(nd)), "softmax of equal inputs must be 1/n"
+    # -log n: exact after rounding for the half formats; float32/float64 within XLA's log error
+    # (XLA:CPU's float32 log(7) is 1 ulp from the correctly rounded value).
+    if dtype in ("float16", "bfloat16"):
+        assert np.all(logp == np.asarray(-np.log(n)).astype(nd)), "log_softmax must be -log n"
+    assert_close(logp, np.full(logp.shape, -np.log(n)), dtype)
+    # c + log n with mpmath for float64 near its max; float64 reference suffices otherwise.
+    if dtype == "float64":
+        with mpmath.workprec(120):
+            ref = np.array([float(mpmath.mpf(float(v)) + mpmath.log(n)) for v in c])
+    else:
+        ref = c.astype(np.float64) + np.log(n)
+    # Near c = -log n the sum cancels: the error is then measured against |c| (the row's scale).
+    assert_close(lse, ref, dtype, scale=np.abs(c.astype(np.float64)))
+
+
+def test_naive_fails_where_the_note_says():
+    """Naive softmax of equal c: NaN in float16 for c >= 12 and c <= -20, float32 at +-1000."""
+    c16 = np.array([12, 15, 100, 65504, -20, -30, -65504], np.float16)
+    x = jnp.asarray(np.repeat(c16[:, None], 4, axis=1))
+    assert np.all(np.isnan(np.asarray(sk.naive_softmax(x), np.float64)))
+    assert np.all(np.isnan(np.asarray(sk.naive_log_softmax(x), np.float64)))
+    assert np.all(np.asarray(sk.softmax(x)) == np.float16(0.25))
+    ok16 = jnp.asarray(np.repeat(np.array([-10, 0, 5], np.float16)[:, None], 4, axis=1))
+    assert np.allclose(np.asarray(sk.naive_softmax(ok16), np.float64), 0.25, atol=1e-3)
+    # Before exp(c) itself overflows, the sum of n terms does: 4 e^10 > 65504, so 0 instead of 1/4.
+    assert np.all(np.asarray(sk.naive_softmax(jnp.full(4, 10.0, jnp.float16))) == 0)
+    x32 = jnp.full((2, 4), 1000.0).at[1].set(-1000.0)
+    assert np.all(np.isnan(np.asarray(sk.naive_softmax(x32))))
+    assert np.all(np.asarray(sk.softmax(x32)) == np.float32(0.25))
+    assert np.all(np.asarray(sk.log_softmax(x32)) == np.float32(-np.log(4)))
+
+
+# --------------------------------------------------------------- -inf, masks, empty rows, NaN
+
+
+def grads(fn_name, x, where=None, cot=None):
+    """Gradient of sum(cot * f(x)) for each function; cot skips -inf outputs."""
+    f = getattr(sk, fn_name)
+
+    def loss(x):
+        out = f(x, where=where)
+        c = jnp.ones_like(out) if cot is None else cot
+        return jnp.sum(jnp.where(c != 0, c * out, 0.0))
+
+    return jax.grad(loss)(x)
+
+
+def test_neg_inf_and_masked_entries(dtype):
+    with x64(dtype):
+        base = arr([[0.5, -INF, 2.0, -1.0], [3.0, 1.0, -INF, -INF]], dtype)
+        mask = jnp.array([[True, True, True, False], [True, True, True, True]])
+        cot = jnp.asarray(np.random.default_rng(2).standard_normal((2, 4))).astype(base.dtype)
+        for fn in FUNCS:
+            out = np.asarray(getattr(sk, fn)(base, where=mask), np.float64)
+            g = np.asarray(grads(fn, base, mask, cot if fn != "logsumexp" else None), np.float64)
+            excluded = ~np.asarray(mask) | np.isneginf(np.asarray(base, np.float64))
+            assert np.all(g[excluded] == 0), f"{fn}: gradient at excluded entries must be 0"
+            assert np.all(np.isfinite(g)), f"{fn}: gradients must be finite"
+            if fn == "softmax":
+                assert np.all(out[excluded] == 0)
+            if fn == "log_softmax":
+                assert np.all(np.isneginf(out[excluded]))
+        # the valid entries match the same functions on the sliced rows
+        for i in range(2):
+            keep = ~excluded[i]
+            sliced = base[i][jnp.asarray(keep)]
+            np.testing.assert_array_equal(
+                np.asarray(sk.log_softmax(base, where=mask)[i][jnp.asarray(keep)]),
+                np.asarray(sk.log_softmax(sliced)),
+            )
+            np.testing.assert_array_equal(
+                np.asarray(sk.logsumexp(base, where=mask)[i]), np.asarray(sk.logsumexp(sliced))
+            )
+            g_full = grads("log_softmax", base, mask, cot)[i][jnp.asarray(keep)]
+            g_sliced = jax.grad(
+                lambda s, c=cot[i][jnp.asarray(keep)]: jnp.sum(c * sk.log_softmax(s))
+            )(sliced)
+            np.testing.assert_allclose(
+                np.asarray(g_full, np.float64), np.asarray(g_sliced, np.float64), rtol=0, atol=0
+            )
+
+
+@pytest.mark.parametrize("how", ["neg_inf", "masked"])
+def test_empty_rows_give_neg_inf_zero_and_zero_gradients(dtype, how):
+    with x64(dtype):
+        x = arr([[-INF, -INF, -INF], [1.0, 2.0, 3.0]], dtype)
+        mask = None
+        if how == "masked":
+            x = arr([[1.0, 5.0, -2.0], [1.0, 2.0, 3.0]], dtype)
+            mask = jnp.array([[False] * 3, [True] * 3])
+        lse = np.asarray(sk.logsumexp(x, where=mask), np.float64)
+        assert np.isneginf(lse[0]) and np.isfinite(lse[1])
+        assert np.all(np.asarray(sk.softmax(x, where=mask), np.float64)[0] == 0)
+        assert np.all(np.isneginf(np.asarray(sk.log_softmax(x, where=mask), np.float64)[0]))
+        cot = jnp.ones_like(x).at[0].set(0)  # log_softmax's -inf outputs are not summed
+        for fn in FUNCS:
+            g = np.asarray(grads(fn, x, mask, cot if fn == "log_softmax" else None), np.float64)
+            assert np.all(g[0] == 0), f"{fn} gradient on an empty row must be 0, got {g[0]}"
+            assert np.all(np.isfinite(g))
+        # gradient of the values themselves (not only of a masked sum) in the empty row
+        for fn in ("softmax", "logsumexp"):
+            jac = jax.jacobian(lambda x, fn=fn: getattr(sk, fn)(x, where=mask))(x)
+            assert np.all(np.asarray(jac, np.float64)[0] == 0)
+        # second derivatives stay clean too
+        hess = jax.hessian(lambda r: sk.logsumexp(r, where=None if mask is None else mask[0]))(x[0])
+        assert np.all(np.asarray(hess, np.float64) == 0)
+
+
+def test_nan_propagates_to_its_row_only(dtype):
+    with x64(dtype):
+        x = arr([[1.0, np.nan, -INF], [1.0, 2.0, 3.0]], dtype)
+        mask = jnp.array([True, True, False])
+        for fn in FUNCS:
+            for m in (None, mask):
+                out = np.asarray(getattr(sk, fn)(x, where=m), np.float64)
+                assert np.all(np.isnan(out[0])), f"{fn}: NaN must not be hidden: {out[0]}"
+                assert np.all(np.isfinite(out[1]) | np.isneginf(out[1]))
+        g = np.asarray(jax.grad(lambda x: sk.logsumexp(x).sum())(x), np.float64)
+        assert np.isnan(g[0]).any() and np.all(np.isfinite(g[1]))
+
+
+def test_pos_inf_is_the_limit_of_growing_entries(dtype):
+    """+inf: logsumexp +inf; k entries at +inf share the mass (1/k, -log k); others 0 / -inf."""
+    with x64(dtype):
+        x = arr([[INF, 1.0, INF, -INF], [INF, 0.0, 0.0, 0.0]], dtype)
+        lse = np.asarray(sk.logsumexp(x), np.float64)
+        assert np.all(lse == INF)
+        p = np.asarray(sk.softmax(x), np.float64)
+        np.testing.assert_array_equal(p, [[0.5, 0, 0.5, 0], [1, 0, 0, 0]])
+        logp = np.asarray(sk.log_softmax(x), np.float64)
+        expected = np.asarray(np.asarray(-np.log(2.0)).astype(np_dtype(dtype)), np.float64)
+        np.testing.assert_array_equal(
+            logp, [[expected, -INF, expected, -INF], [0, -INF, -INF, -INF]]
+        )
+        # and it is the limit: with the infinities replaced by a huge finite value
+        big = float(np.finfo(np.float32).max) if dtype != "float16" else 65504.0
+        finite = arr([[big, 1.0, big, -INF]], dtype)
+        np.testing.assert_array_equal(np.asarray(sk.softmax(finite), np.float64), p[:1])
+        g = np.asarray(jax.grad(lambda x: sk.logsumexp(x).sum())(x), np.float64)
+        assert np.all(np.isfinite(g)) and np.all(g[:, 0] == 0)
+
+
+# ------------------------------------------------------------------------ transformations
+
+
+def test_jit_vmap_match_eager():
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((5, 6)), jnp.float32)
+    mask = jnp.asarray(np.random.default_rng(4).random((5, 6)) > 0.3)
+    for fn in FUNCS:
+        f = getattr(sk, fn)
+        eager = f(x, where=mask)
+        np.testing.assert_array_equal(jax.jit(lambda x, m, f=f: f(x, where=m))(x, mask), eager)
+        np.testing.assert_array_equal(jax.vmap(lambda r, m, f=f: f(r, where=m))(x, mask), eager)
+
+
+def test_gradients_match_float64_closed_form_and_finite_differences():
+    rng = np.random.default_rng(5)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.standard_normal((4, 5)) * 3)
+        c = jnp.asarray(rng.standard_normal((4, 5)))
+        p = np.exp(np.asarray(x) - np.log(np.exp(np.asarray(x)).sum(1, keepdims=True)))
+        # closed forms: d lse = p; d <c, log_softmax> = c - p sum(c); d <c, softmax> = p(c - <p,c>)
+        g = jax.grad(lambda x: sk.logsumexp(x).sum())(x)
+        np.testing.assert_allclose(g, p, rtol=1e-14, atol=1e-15)
+        g = jax.grad(lambda x: jnp.sum(c * sk.log_softmax(x)))(x)
+        np.testing.assert_allclose(g, c - p * np.asarray(c).sum(1, keepdims=True), atol=1e-14)
+        g = jax.grad(lambda x: jnp.sum(c * sk.softmax(x)))(x)
+        ref = p * (np.asarray(c) - (p * np.asarray(c)).sum(1, keepdims=True))
+        np.testing.assert_allclose(g, ref, atol=1e-14)
+        # Hessian of logsumexp: diag(p) - p p^T
+        h = jax.hessian(sk.logsumexp)(x[0])
+        np.testing.assert_allclose(h, np.diag(p[0]) - np.outer(p[0], p[0]), atol=1e-14)
+        # finite differences, forward and reverse, to second order, with a mask
+        mask = jnp.array([True, False, True, True, True])
+        from jax.test_util import check_grads
+
+        row = x[0].at[1].set(-1.0)
+        for fn, order in (("logsumexp", 2), ("log_softmax", 1), ("softmax", 1)):
+            f = getattr(sk, fn)
+            check_grads(lambda x, f=f: f(x, where=mask), (row,), order=order, atol=1e-6, rtol=1e-6)
+        check_grads(
+            lambda x: sk.softmax_cross_entropy(x, jnp.array([0, 2, 4, 1])),
+            (x,),
+            order=1,
+            atol=1e-6,
+            rtol=1e-6,
+        )
+
+
+def test_jvp_shift_invariance():
+    x = jnp.array([1.0, 2.0, -jnp.inf, 0.5])
+    primal, tangent = jax.jvp(sk.log_softmax, (x,), (jnp.ones_like(x),))
+    assert np.all(np.asarray(tangent) == 0)
+    _, t = jax.jvp(sk.logsumexp, (x,), (jnp.ones_like(x),))
+    assert float(t) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_float16_gradient_at_scale_matches_float32():
+    """grad of log_softmax(x).sum() over 50,000 float16 entries in [-30, 5]: finite, 1 ulp."""
+    x16 = jnp.linspace(-30, 5, 50_000).astype(jnp.float16)
+    g16 = jax.grad(lambda x: sk.log_softmax(x).sum().astype(jnp.float32))(x16)
+    g32 = jax.grad(lambda x: sk.log_softmax(x).sum())(x16.astype(jnp.float32))
+    assert g16.dtype == jnp.float16
+    assert bool(jnp.all(jnp.isfinite(g16)))
+    assert_close(g16, np.asarray(g32, np.float64), "float16", ulps=1)
+    # 2-D, reduced over a long axis, where float16 sums would overflow
+    x2 = jnp.tile(jnp.linspace(-30, 5, 40_000), (3, 1)).astype(jnp.float16)
+    lse = sk.logsumexp(x2)
+    assert bool(jnp.all(jnp.isfinite(lse)))
+    ref = np.log(np.exp(np.asarray(x2[0], np.float64)).sum())
+    assert abs(float(lse[0]) - ref) <= float(np.spacing(np.float16(ref)))
+
+
+# ---------------------------------------------------------------------------- cross-entropy
+
+
+def test_cross_entropy_matches_reference(dtype):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((6, 5)).astype(np_dtype(dtype)).astype(np.float64)
+    labels = rng.integers(0, 5, 6)
+    _, logp, _ = ref_rows(x)
+    ref = -logp[np.arange(6), labels]
+    probs = rng.dirichlet(np.ones(5), 6)
+    ref_soft = -(probs * logp).sum(1)
+    with x64(dtype):
+        xj = arr(x, dtype)
+        out = sk.softmax_cross_entropy(xj, jnp.asarray(labels))
+        out_soft = sk.softmax_cross_entropy(xj, jnp.asarray(probs, xj.dtype))
+        onehot = sk.softmax_cross_entropy(xj, jax.nn.one_hot(labels, 5, dtype=xj.dtype))
+    assert out.dtype == xj.dtype
+    assert_close(out, ref, dtype, scale=np.abs(x).max(1) + 1, ulps=2 * ULPS[dtype])
+    if dtype in ("float32", "float64"):
+        assert_close(out_soft, ref_soft, dtype, scale=np.abs(x).max(1) + 1, ulps=8)
+    np.testing.assert_array_equal(np.asarray(onehot), np.asarray(out))
+
+
+def test_cross_entropy_neg_inf_logits():
+    x = jnp.array([[2.0, -jnp.inf, 0.0], [2.0, -jnp.inf, 0.0], [-jnp.inf, -jnp.inf, -jnp.inf]])
+    y = jnp.array([0, 1, 0])
+    loss = sk.softmax_cross_entropy(x, y)
+    assert float(loss[0]) == pytest.approx(np.log1p(np.exp(-2.0)), rel=1e-6)
+    assert float(loss[1]) == INF and float(loss[2]) == INF
+    g = np.asarray(jax.grad(lambda x: sk.softmax_cross_entropy(x, y)[0])(x))
+    p = np.exp([2.0, 0.0]) / np.exp([2.0, 0.0]).sum()
+    np.testing.assert_allclose(g[0], [p[0] - 1, 0, p[1]], rtol=1e-6)
+    g1 = np.asarray(jax.grad(lambda x: sk.softmax_cross_entropy(x, y)[1])(x))
+    assert np.all(np.isfinite(g1)) and g1[1, 1] == 0
+    np.testing.assert_allclose(g1[1], [p[0], 0, p[1]], rtol=1e-6)  # the limit of the gradient
+    g2 = np.asarray(jax.grad(lambda x: sk.softmax_cross_entropy(x, y)[2])(x))
+    assert np.all(g2 == 0)
+    # the same through a mask, and with probability labels
+    mask = jnp.array([True, False, True])
+    xm = jnp.array([2.0, 7.0, 0.0])
+    assert float(sk.softmax_cross_entropy(xm, jnp.array(0), where=mask)) == pytest.approx(
+        float(loss[0]), rel=1e-6
+    )
+    soft = jnp.array([0.5, 0.0, 0.5])
+    val, gs = jax.value_and_grad(sk.softmax_cross_entropy)(x[0], soft)
+    assert np.isfinite(float(val)) and np.all(np.isfinite(np.asarray(gs))) and gs[1] == 0
+    assert np.isnan(float(sk.softmax_cross_entropy(jnp.array([1.0, jnp.nan]), jnp.array(0))))
+
+
+def test_cross_entropy_label_out_of_range_under_jit_is_nan():
+    f = jax.jit(sk.softmax_cross_entropy)
+    out = np.asarray(f(jnp.zeros((3, 4)), jnp.array([0, 4, -1])))
+    assert np.isfinite(out[0]) and np.isnan(out[1]) and np.isnan(out[2])
+
+
+# ---------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("fn", FUNCS)
+def test_bad_input_raises_naming_the_value(fn):
+    f = getattr(sk, fn)
+    with pytest.raises(TypeError, match="int32"):
+        f(jnp.arange(3))
+    with pytest.raises(TypeError, match="bool"):
+        f(True)
+    with pytest.raises(ValueError, match="axis=2"):
+        f(jnp.ones((2, 3)), axis=2)
+    with pytest.raises(ValueError, match=r"\(4,\)"):
+        f(jnp.ones((2, 3)), where=jnp.ones(4, bool))
+    with pytest.raises(TypeError, match="float32"):
+        f(jnp.ones((2, 3)), where=jnp.ones(3))
+    with pytest.raises(TypeError, match="axis"):
+        f(jnp.ones(3), axis=1.5)
+
+
+def test_cross_entropy_bad_labels():
+    x = jnp.zeros((2, 3))
+    with pytest.raises(ValueError, match=r"\[3\]"):
+        sk.softmax_cross_entropy(x, jnp.array([0, 3]))
+    with pytest.raises(ValueError, match=r"\[-1\]"):
+        sk.softmax_cross_entropy(x, jnp.array([-1, 0]))
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        sk.softmax_cross_entropy(x, jnp.array([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"\(2, 3\)"):
+        sk.softmax_cross_entropy(x, jnp.ones((2, 4)))
+    with pytest.raises(TypeError, match="bool"):
+        sk.softmax_cross_entropy(x, jnp.array([True, False]))
+    with pytest.raises(TypeError, match="int32"):
+        sk.softmax_cross_entropy(jnp.zeros((2, 3), jnp.int32), jnp.array([0, 1]))
+
+
+# ------------------------------------------------------------------------ property tests
+
+
+def float_rows(dtype, min_value=-1e4, max_value=1e4):
+    nd = np_dtype(dtype)
+    lim = min(max_value, float(np.finfo(nd).max) if dtype != "bfloat16" else max_value)
+    return hnp.arrays(
+        nd,
+        st.tuples(st.integers(1, 4), st.integers(1, 9)),
+        elements=st.floats(-lim, lim, width=32 if dtype == "bfloat16" else nd.itemsize * 8),
+    )
+
+
+@pytest.mark.parametrize("dtype_", ["float16", "bfloat16", "float32"])
+@given(data=st.data())
+def test_property_sums_to_one_dtype_preserved_shift_invariant(dtype_, data):
+    x = data.draw(float_rows(dtype_, -300, 300))
+    xj = jnp.asarray(x)
+    p = sk.softmax(xj)
+    assert p.dtype == xj.dtype and sk.log_softmax(xj).dtype == xj.dtype
+    total = np.asarray(p, np.float64).sum(-1)
+    np.testing.assert_allclose(total, 1.0, atol=x.shape[-1] * eps(dtype_))
+    # shift invariance, with a shift that is exact in float32 (a power of two)
+    shift = data.draw(st.sampled_from([-64.0, -1.0, 0.5, 8.0, 256.0]))
+    a = sk.log_softmax(xj.astype(jnp.float32))
+    b = sk.log_softmax(xj.astype(jnp.float32) + shift)
+    scale = np.abs(np.asarray(xj, np.float64)).max() + abs(shift)
+    np.testing.assert_allclose(a, b, atol=4 * eps("float32") * scale)
+
+
+@given(data=st.data())
+def test_property_masked_equals_sliced(data):
+    x = data.draw(hnp.arrays(np.float32, st.integers(2, 12), elements=st.floats(-50, 50, width=32)))
+    mask = data.draw(hnp.arrays(np.bool_, x.shape))
+    keep = np.flatnonzero(mask)
+    xj, mj = jnp.asarray(x), jnp.asarray(mask)
+    if keep.size == 0:
+        assert float(sk.logsumexp(xj, where=mj)) == -INF
+        return
+    np.testing.assert_array_equal(
+        np.asarray(sk.log_softmax(xj, where=mj))[keep], np.asarray(sk.log_softmax(xj[keep]))
+    )
+    # exp may be vectorized differently for the two shapes: equal up to 2 ulps.
+    np.testing.assert_allclose(
+        np.asarray(sk.softmax(xj, where=mj))[keep],
+        np.asarray(sk.softmax(xj[keep])),
+        rtol=2 * eps("float32"),
+        atol=0,
+    )
+    assert np.all(np.asarray(sk.softmax(xj, where=mj))[~mask] == 0)
+
+
+@pytest.mark.parametrize("dtype_", DTYPES)
+@given(data=st.data())
+def test_property_finite_at_finfo_max(dtype_, data):
+    nd = np_dtype(dtype_)
+    big = float(np.finfo(nd).max) if dtype_ != "bfloat16" else float(np.float64(3.3895314e38))
+    n = data.draw(st.integers(1, 8))
+    signs = data.draw(hnp.arrays(np.int8, n, elements=st.sampled_from([-1, 1])))
+    with x64(dtype_):
+        x = jnp.asarray((signs * big).astype(nd))
+        for fn in ("log_softmax", "softmax", "logsumexp"):
+            out = np.asarray(getattr(sk, fn)(x), np.float64)
+            # +max - (-max) overflows to -inf, a correctly rounded log-probability
+            assert not np.isnan(out).any()
+        assert np.all(np.isfinite(np.asarray(sk.logsumexp(x), np.float64)))
+        p = np.asarray(sk.softmax(x), np.float64)
+        assert np.all(np.isfinite(p)) and abs(p.sum() - 1) <= n * eps(dtype_)
