@@ -205,7 +205,7 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None
 
 
 def softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None) -> jax.Array:
-    r"""Stable :math:`\operatorname{softmax}(x)_i = e^{x_i - m} / \sum_j e^{x_j - m}`, ``m = max x``.
+    r"""Stable :math:`\operatorname{softmax}(x)_i = e^{x_i - m} / \sum_j e^{x_j - m}`, m = max x.
 
     Args:
         x: floating-point array, any dtype; float16/bfloat16/float8 are computed in float32.

@@ -54,7 +54,9 @@ def ref_rows(x, where=None, prec=80):
     p = np.zeros(x.shape)
     with mpmath.workprec(prec):
         for i, row in enumerate(x):
-            vals = [mpmath.mpf(float(v)) for v, m in zip(row, mask[i]) if m and v != -INF]
+            vals = [
+                mpmath.mpf(float(v)) for v, m in zip(row, mask[i], strict=True) if m and v != -INF
+            ]
             if not vals:
                 lse[i] = -INF
                 continue
@@ -243,9 +245,8 @@ def test_neg_inf_and_masked_entries(dtype):
                 np.asarray(sk.logsumexp(base, where=mask)[i]), np.asarray(sk.logsumexp(sliced))
             )
             g_full = grads("log_softmax", base, mask, cot)[i][jnp.asarray(keep)]
-            g_sliced = jax.grad(
-                lambda s, c=cot[i][jnp.asarray(keep)]: jnp.sum(c * sk.log_softmax(s))
-            )(sliced)
+            c_i = cot[i][jnp.asarray(keep)]
+            g_sliced = jax.grad(lambda s, c_i=c_i: jnp.sum(c_i * sk.log_softmax(s)))(sliced)
             np.testing.assert_allclose(
                 np.asarray(g_full, np.float64), np.asarray(g_sliced, np.float64), rtol=0, atol=0
             )
@@ -360,7 +361,7 @@ def test_gradients_match_float64_closed_form_and_finite_differences():
 
 def test_jvp_shift_invariance():
     x = jnp.array([1.0, 2.0, -jnp.inf, 0.5])
-    primal, tangent = jax.jvp(sk.log_softmax, (x,), (jnp.ones_like(x),))
+    _, tangent = jax.jvp(sk.log_softmax, (x,), (jnp.ones_like(x),))
     assert np.all(np.asarray(tangent) == 0)
     _, t = jax.jvp(sk.logsumexp, (x,), (jnp.ones_like(x),))
     assert float(t) == pytest.approx(1.0, abs=1e-6)
