@@ -33,6 +33,7 @@ import json
 import math
 import types
 from collections.abc import Mapping
+from fractions import Fraction
 from typing import Any, NamedTuple
 
 import jax
@@ -565,32 +566,39 @@ def _simulate(
 
     The product of two values of a format with at most 24 significant bits is exact in float64,
     so rounding it once into the dtype is the correctly rounded product; float64 products are
-    rounded by the host's IEEE multiply (the host keeps subnormals).
+    rounded by the host's IEEE multiply (the host keeps subnormals). Flushing follows what XLA:CPU
+    does (the tests check it on the device): subnormal inputs are read as 0, and a result whose
+    exact value is below ``tiny`` is 0 even where it would round up to ``tiny`` (tininess is
+    detected before rounding).
     """
     dt = _np_dtype(fmt)
     tiny = _limits(fmt.name).tiny
-    zero = 0.0
 
-    def rnd(v: float) -> float:
-        if fmt.bits != 64:
-            v = float(np.asarray(v).astype(dt).astype(np.float64))
-        if flush and 0 < abs(v) < tiny:
-            v = math.copysign(zero, v) if fmt.has_negative_zero else zero
-        return v
+    def flushed(v: float) -> float:
+        return math.copysign(0.0, v) if fmt.has_negative_zero else 0.0  # fnuz: no -0
 
-    x = rnd(x0)  # with flushing a subnormal x0 is read as 0
+    def times(x: float) -> float:
+        p = x * scale  # exact, except for float64 where it is the rounded IEEE product
+        if flush and abs(p) <= tiny:
+            if fmt.bits != 64 and abs(p) < tiny:
+                return flushed(p)
+            if fmt.bits == 64 and Fraction(x) * Fraction(scale) < tiny:  # exact, rare
+                return flushed(p)
+        return p if fmt.bits == 64 else float(np.asarray(p).astype(dt).astype(np.float64))
+
+    x = flushed(x0) if flush and abs(x0) < tiny else x0  # denormals-are-zero on input
     with np.errstate(over="ignore", invalid="ignore"):
         for k in range(1, max_steps + 1):
-            y = rnd(x * scale)
+            y = times(x)
             if (not math.isfinite(y)) if overflow else (y == 0):
                 return k, y
             if abs(y) == abs(x):  # a fixed point: the chain never gets there
                 return None, y
             x = y
-    lim = _limits(fmt.name)
     raise ValueError(
-        f"the chain did not {'overflow' if overflow else 'underflow'} within max_steps={max_steps} "
-        f"steps ({fmt.name}, scale={scale}, x0={x0}, {lim}); pass a larger max_steps"
+        f"the {fmt.name} chain x0={x0}, scale={scale} did not "
+        f"{'overflow' if overflow else 'underflow'} within max_steps={max_steps} steps; "
+        "pass a larger max_steps"
     )
 
 
@@ -599,11 +607,11 @@ def _first_step_beyond(x0: float, scale: float, threshold: float, grow: bool) ->
     a, s = abs(x0), abs(scale)
     k = (math.log(threshold) - math.log(a)) / math.log(s)
     n = math.floor(k) + 1
-    if abs(k - round(k)) <= 1e-9 * max(1.0, abs(k)):
+    if abs(k) <= 4096 and abs(k - round(k)) <= 1e-9 * max(1.0, abs(k)):
         # On (or within float error of) an integer the comparison is decided exactly: every
-        # value involved is a dyadic rational, so Fraction arithmetic is exact.
-        from fractions import Fraction
-
+        # value involved is a dyadic rational, so Fraction arithmetic is exact. An exactly
+        # integral k needs |scale|**k to be dyadic-commensurate with threshold / |x0|, which
+        # for k beyond a few thousand only a power-of-two scale could be, and those are shorter.
         m = round(k)
         v = Fraction(a) * Fraction(s) ** m if m >= 0 else Fraction(a) / Fraction(s) ** -m
         beyond = v > Fraction(threshold) if grow else v < Fraction(threshold)
@@ -614,6 +622,7 @@ def _first_step_beyond(x0: float, scale: float, threshold: float, grow: bool) ->
 def _depth(kind, scale, dtype, x0, flush, max_steps) -> Depth:
     fmt = _format(dtype)
     s, x = _chain_args(scale, x0, fmt)
+    scale = finite_float(scale, "scale")
     overflow = kind == "overflow"
     if overflow and not abs(scale) > 1:
         raise ValueError(
@@ -703,14 +712,16 @@ def underflow_depth(
         scale: the factor, ``0 < |scale| < 1``; rounded to ``dtype`` first, as on a device.
         dtype: a supported dtype (see :data:`SUPPORTED_DTYPES`).
         x0: starting value, finite and non-zero in ``dtype`` (negative values are fine).
-        flush: ``True`` flushes subnormal inputs and results to zero (XLA:CPU for float32,
-            bfloat16 and float64), ``False`` keeps IEEE subnormals, ``None`` (default) follows
-            :func:`probe` of the default device.
+        flush: ``True`` flushes subnormal inputs and results to zero as XLA:CPU does for
+            float32, bfloat16 and float64 (a result is flushed when its exact value is below
+            ``tiny``); ``False`` keeps IEEE subnormals; ``None`` (default) follows :func:`probe`
+            of the default device.
         max_steps: give up (ValueError) after this many simulated steps.
 
     Returns:
         A :class:`Depth` with ``kind="underflow"``. ``step`` is None when the chain gets stuck at a
-        subnormal fixed point (for a scale close to 1, ``x * scale`` rounds back to ``x``).
+        subnormal fixed point (for a scale close to 1, ``x * scale`` rounds back to ``x``), which
+        can only happen with subnormals kept.
 
     Raises:
         ValueError: as :func:`overflow_depth`, with ``|scale| >= 1`` invalid.
