@@ -76,28 +76,39 @@ def test_registry_matches_the_issue():
     assert stabkit.activation_names() == NAMES
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_value_and_derivative_match_float64_formulas(name):
-    f_ref, df_ref = REFERENCE[name]
+def all_activations(z):
+    """Every registered activation and its derivative, in one compiled function."""
+    return {name: value_and_derivative(name)(z) for name in NAMES}
+
+
+@pytest.fixture(scope="module")
+def float64_values():
     with jax.enable_x64(True):
-        z = jnp.asarray(GRID, jnp.float64)
-        y, dy = value_and_derivative(name)(z)
-        assert y.dtype == dy.dtype == jnp.float64
-        np.testing.assert_allclose(np.asarray(y), f_ref(GRID), rtol=1e-13, atol=1e-15)
-        # atol: the references themselves cancel (gelu_tanh's 1 + tanh(u) for u << 0).
-        np.testing.assert_allclose(np.asarray(dy), df_ref(GRID), rtol=1e-12, atol=1e-14)
-        np.testing.assert_array_equal(np.asarray(derivative(name)(z)), np.asarray(dy))
+        out = jax.jit(all_activations)(jnp.asarray(GRID, jnp.float64))
+        derivs = jax.jit(lambda z: {n: derivative(n)(z) for n in NAMES})(GRID)
+    return out, derivs
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_value_and_derivative_match_float64_formulas(float64_values, name):
+    f_ref, df_ref = REFERENCE[name]
+    out, derivs = float64_values
+    y, dy = out[name]
+    assert y.dtype == dy.dtype == np.float64
+    np.testing.assert_allclose(np.asarray(y), f_ref(GRID), rtol=1e-13, atol=1e-15)
+    # atol: the references themselves cancel (gelu_tanh's 1 + tanh(u) for u << 0).
+    np.testing.assert_allclose(np.asarray(dy), df_ref(GRID), rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(np.asarray(derivs[name]), np.asarray(dy))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_shape_and_dtype_preserved(name, dtype):
+def test_shape_and_dtype_preserved(dtype):
     with jax.enable_x64(dtype == "float64"):
-        z = jnp.linspace(-3, 3, 12, dtype=jdtype(dtype)).reshape(3, 4)
-        y, dy = value_and_derivative(name)(z)
-        assert y.shape == dy.shape == (3, 4)
-        assert y.dtype == dy.dtype == jdtype(dtype)
-        assert bool(jnp.all(jnp.isfinite(dy)))
+        z = jnp.asarray(np.linspace(-3, 3, 12).reshape(3, 4), jdtype(dtype))
+        for name, (y, dy) in jax.jit(all_activations)(z).items():
+            assert y.shape == dy.shape == (3, 4), name
+            assert y.dtype == dy.dtype == jdtype(dtype), name
+            assert bool(jnp.all(jnp.isfinite(dy))), name
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -119,16 +130,19 @@ def test_relu_derivative_is_one_or_zero():
     np.testing.assert_array_equal(d, [0.0, 0.0, 0.0, 1.0])
 
 
-@given(st.lists(st.floats(-20, 20, width=32), min_size=1, max_size=16))
+SMOOTH = ("tanh", "sigmoid", "gelu", "softplus")
+_by_jvp = jax.jit(lambda z: [derivative(n)(z) for n in SMOOTH])
+_by_grad = jax.jit(lambda z: [jax.vmap(jax.grad(get_activation(n)))(z) for n in SMOOTH])
+
+
+@given(st.lists(st.floats(-20, 20, width=32), min_size=16, max_size=16))
 def test_jvp_with_ones_equals_elementwise_grad(values):
     """For an elementwise function the jvp with ones is the diagonal of the Jacobian."""
     z = jnp.asarray(values, jnp.float32)
-    for name in ("tanh", "sigmoid", "gelu", "softplus"):
-        fn = get_activation(name)
-        expected = jax.vmap(jax.grad(fn))(z)
+    for name, a, b in zip(SMOOTH, _by_jvp(z), _by_grad(z), strict=True):
         # The same formula compiled differently (fused or not): equal to 2 ulps of 1, the scale of
         # the cancelling 1 - tanh(z)^2.
-        np.testing.assert_allclose(derivative(name)(z), expected, rtol=2.4e-7, atol=2.4e-7)
+        np.testing.assert_allclose(a, b, rtol=2.4e-7, atol=2.4e-7, err_msg=name)
 
 
 def test_user_callable():
