@@ -384,8 +384,6 @@ def test_chain_default_steps_and_compiles_once():
     for scale in (1.25, 1.75, 2.0, -1.5):
         precision.chain(scale, "float32", 3.0, steps=50)
     assert precision._chain_kernel._cache_size() - before == 1
-    with jax.enable_x64(True):
-        pass
     xs = precision.chain(0.5, "float64", steps=3)  # float64 even outside enable_x64
     assert xs.dtype == np.float64 and xs.tolist() == [1.0, 0.5, 0.25, 0.125]
 
