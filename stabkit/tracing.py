@@ -218,13 +218,19 @@ def loss_names() -> tuple[str, ...]:
 
 
 def _rms(v: jax.Array, axis: Any = None) -> jax.Array:
-    """RMS over ``axis`` without overflow: scaled by the max, which is exact for equal entries."""
+    """RMS over ``axis`` that cannot overflow while the entries are finite.
+
+    The entries are divided by their max in two steps of ``sqrt(max)``, so the squares are at most
+    1. One step would not do: XLA computes ``v / s`` as ``v * (1 / s)``, and ``1 / s`` is
+    subnormal, flushed to 0 on CPU, once ``s`` exceeds 2^126 in float32: every entry would become
+    0. Each ``1 / sqrt(s)`` stays a normal number.
+    """
     v = v.astype(_stat_dtype(v.dtype))
     m = jnp.max(jnp.abs(v), axis=axis, keepdims=True)
     # A non-finite max leaves the scale at 1, so inf/NaN entries still give inf/NaN.
-    s = jnp.where((m > 0) & jnp.isfinite(m), m, jnp.ones_like(m))
-    r = jnp.sqrt(jnp.mean(jnp.square(v / s), axis=axis, keepdims=True)) * s
-    return jnp.squeeze(r, axis=axis) if axis is not None else r.reshape(())
+    r = jnp.sqrt(jnp.where((m > 0) & jnp.isfinite(m), m, jnp.ones_like(m)))
+    out = jnp.sqrt(jnp.mean(jnp.square(v / r / r), axis=axis, keepdims=True)) * r * r
+    return jnp.squeeze(out, axis=axis) if axis is not None else out.reshape(())
 
 
 def _absmax(v: jax.Array, axis: Any = None) -> jax.Array:

@@ -38,8 +38,9 @@ def unrolled(params, x, activation, depth):
 
 @pytest.fixture(scope="module")
 def net():
-    p = mlp_init(KEY, depth=6, width=8, in_dim=3, out_dim=2, init="gaussian", scale=1.5,
-                 bias_std=0.2)  # fmt: skip
+    p = mlp_init(
+        KEY, depth=6, width=8, in_dim=3, out_dim=2, init="gaussian", scale=1.5, bias_std=0.2
+    )
     x = jax.random.normal(jax.random.key(1), (5, 3))
     return p, x
 
@@ -106,8 +107,9 @@ def test_depth_is_data_one_compilation(net):
     for d, out in enumerate(outs, start=1):
         np.testing.assert_allclose(out, np_forward(p, x, "tanh", d), rtol=1e-5, atol=1e-6)
     for d in (1, 2):  # bit for bit (each new depth compiles a new shallow net: keep it short)
-        shallow = mlp_init(KEY, depth=d, width=8, in_dim=3, out_dim=2, init="gaussian",
-                           scale=1.5, bias_std=0.2)  # fmt: skip
+        shallow = mlp_init(
+            KEY, depth=d, width=8, in_dim=3, out_dim=2, init="gaussian", scale=1.5, bias_std=0.2
+        )
         np.testing.assert_array_equal(outs[d - 1], mlp_apply(shallow, x, activation="tanh"))
 
 
@@ -156,8 +158,9 @@ def test_the_notes_output_is_a_to_the_l_times_x(dtype, a):
     depth = 12
     x = np.array([[0.75, -1.25], [2.0, 0.5]])
     with jax.enable_x64(dtype == "float64"):
-        p = mlp_init(KEY, depth=depth, width=2, init="scaled_identity", scale=a,
-                     dtype=jdtype(dtype))  # fmt: skip
+        p = mlp_init(
+            KEY, depth=depth, width=2, init="scaled_identity", scale=a, dtype=jdtype(dtype)
+        )
         out = jax.vmap(lambda d: mlp_apply(p, x, activation="linear", depth=d))(jnp.arange(1, 13))
         out = np.asarray(out, np.float64)
     for d in range(1, depth + 1):

@@ -131,8 +131,11 @@ def test_structure_padding_and_census(small):
         np.testing.assert_array_equal(total, np.asarray(t.units) * x.shape[0])
     assert int(t.depth) == 2
     np.testing.assert_allclose(t.output_rms, t.post_rms[3])
-    np.testing.assert_allclose(t.output_rms, jnp.sqrt(jnp.mean(mlp_apply(params, x,
-                               activation="tanh", depth=2) ** 2)), rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        t.output_rms,
+        jnp.sqrt(jnp.mean(mlp_apply(params, x, activation="tanh", depth=2) ** 2)),
+        rtol=1e-6,
+    )
     for first in ("inf_forward", "nan_forward", "zero_forward", "inf_backward", "zero_backward"):
         assert int(getattr(t, "first_" + first)) == -1
     assert int(t.first_nonfinite_forward) == int(t.first_nonfinite_backward) == -1
