@@ -13,17 +13,18 @@ this module also gets right what :mod:`jax.nn` and :mod:`optax` get wrong:
   ``log_softmax = -inf``, and every gradient is 0, never NaN (``jax.nn.logsumexp`` gives NaN
   gradients, ``jax.nn.log_softmax`` NaN values).
 * **NaN** anywhere in a row makes that row's outputs NaN: a NaN is a result to report, not to hide.
-* **+inf**: the limit of a row whose ``k`` largest entries grow together. ``logsumexp = +inf``; the
-  ``+inf`` entries share the mass, ``softmax = 1/k`` and ``log_softmax = -log k`` there, and the
-  rest get 0 and ``-inf`` (``jax.nn`` returns NaN for the whole row). Gradients with respect to
-  ``+inf`` entries are 0.
+* **+inf**: ``logsumexp = +inf`` (its true value); ``softmax`` and ``log_softmax`` of that row are
+  NaN, as ``inf / inf`` is: an infinite logit means an overflow already happened upstream, and a NaN
+  reports it where a guessed limit would hide it.
 * **Half precision** (float16, bfloat16 and the float8 formats) is computed in float32 and rounded
   once to the input dtype, so a sum of tens of thousands of terms cannot overflow and the result is
   within one ulp of the correctly rounded value.
 
-Gradients come from ordinary JAX autodiff through "double ``where``" guards (every branch that a
-``where`` discards is itself finite), so ``jit``, ``vmap``, ``grad``, ``jvp`` and higher derivatives
-all work.
+Derivatives come from ``custom_jvp`` rules (exact on valid entries, exactly 0 on -inf or masked
+ones, no ``0 * inf`` on empty rows) written with differentiable operations, so ``jit``, ``vmap``,
+``grad``, ``jvp`` and higher derivatives all work, and reverse mode keeps only the output as a
+residual. The forward pass is the same max / sum-exp / output sweep as :mod:`jax.nn`'s, with the
+special cases repaired per row (see ``benchmarks/bench_softmax.py``).
 
 References:
     Blanchard, Higham & Higham, "Accurately computing the log-sum-exp and softmax functions",
@@ -33,10 +34,10 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 from jax.typing import ArrayLike
 
 from stabkit._checks import floating_array, normalize_axis
@@ -56,6 +57,10 @@ Axis = int | Sequence[int]
 def _compute_dtype(dtype) -> jnp.dtype:
     """float32 for formats narrower than 32 bits, the dtype itself otherwise."""
     return jnp.dtype(jnp.float32) if jnp.dtype(dtype).itemsize < 4 else jnp.dtype(dtype)
+
+
+def _upcast(x: jax.Array) -> jax.Array:
+    return x.astype(_compute_dtype(x.dtype))
 
 
 def _axes(axis: Axis, ndim: int) -> tuple[int, ...]:
@@ -96,41 +101,89 @@ def _prepare(x: ArrayLike, axis: Axis, where: ArrayLike | None, name: str = "x")
     return x, axes, mask
 
 
-def _core(x: jax.Array, axes: tuple[int, ...], mask: jax.Array | None):
-    """The shared computation, in the compute dtype, keepdims along ``axes``.
+def _forward(x: jax.Array, mask: jax.Array | None, axes: tuple[int, ...]):
+    """The shared forward sweep: ``(m, shifted, s)`` with keepdims along ``axes``.
 
-    Returns ``(valid, z, s, m)``: which entries take part, the shifted inputs ``z`` (-inf where not
-    valid), the row sums ``s = sum(exp(z))`` and the row maxima ``m`` (not shifted).
+    ``m`` is the row max, ``shifted = x - m`` and ``s = sum(exp(shifted))``: exactly the pattern of
+    ``jax.nn.log_softmax``, which XLA fuses into two reduction kernels and one output loop. Every
+    special case is repaired afterwards from the per-row ``m`` alone, which costs nothing per entry:
+
+    * empty row (all -inf or masked): ``m = -inf``, ``shifted = NaN``: the outputs are replaced;
+    * ``+inf`` in the row: ``m = inf``, ``shifted`` is NaN at the infinite entries, ``s = NaN``;
+    * NaN in the row: ``m = NaN`` (XLA's max propagates NaN), everything NaN.
     """
-    x = x.astype(_compute_dtype(x.dtype))
-    neg_inf = jnp.array(-jnp.inf, x.dtype)
-    # An entry takes part unless it is masked out or -inf. NaN != -inf, so NaN takes part and
-    # propagates into the row's max and sum.
-    valid = x != neg_inf
     if mask is not None:
-        valid = valid & mask
-    # Gradients reach x only through valid entries: this where is what makes d/dx exactly 0 for
-    # -inf and masked entries.
-    xv = jnp.where(valid, x, neg_inf)
-    m = lax.stop_gradient(jnp.max(xv, axis=axes, keepdims=True))
-    # Shift by a finite value: the max if finite; 0 for an empty row (m = -inf) or a row with +inf.
-    shift = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
-    z = xv - shift
-    # A row with +inf entries: the limit of those entries growing together. They become 0 and every
-    # other entry -inf, so the +inf entries share the mass equally. No NaN from inf - inf.
-    pos_inf_row = m == jnp.inf
-    z = jnp.where(pos_inf_row, jnp.where(xv == jnp.inf, jnp.zeros_like(z), neg_inf), z)
-    s = jnp.sum(jnp.exp(z), axis=axes, keepdims=True)
-    return valid, z, s, m
+        x = jnp.where(mask, x, -jnp.inf)
+    m = jnp.max(x, axis=axes, keepdims=True)
+    shifted = x - m
+    s = jnp.sum(jnp.exp(shifted), axis=axes, keepdims=True)
+    return m, shifted, s
 
 
-def _safe_log(s: jax.Array) -> jax.Array:
-    """log(s) with log(0) = -inf whose gradient is 0 there, not 0 * inf = NaN (double where).
+# Three custom_jvp primitives of (x, mask) in the compute dtype, keepdims along ``axes``. Their
+# JVP rules give the exact derivative on valid entries, exactly 0 on -inf or masked ones, and no NaN
+# from 0 * inf on empty rows; they call the primitives themselves and use only differentiable ops,
+# so grad-of-grad, jacfwd/jacrev and hessian work. Reverse mode is JAX's transpose of the rules and
+# keeps only the output as a residual, like jax.nn.
 
-    ``s`` is a sum of exponentials: never negative; NaN stays NaN.
-    """
-    empty = s == 0
-    return jnp.where(empty, -jnp.inf, jnp.log(jnp.where(empty, jnp.ones_like(s), s)))
+
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _lse(x, mask, axes):
+    m, _, s = _forward(x, mask, axes)
+    # -inf for an empty row, +inf for a row with +inf: both are m itself.
+    return jnp.where(jnp.isinf(m), m, m + jnp.log(s))
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _softmax(x, mask, axes):
+    m, shifted, s = _forward(x, mask, axes)
+    return jnp.where(m == -jnp.inf, jnp.zeros_like(shifted), jnp.exp(shifted) / s)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _log_softmax(x, mask, axes):
+    m, shifted, s = _forward(x, mask, axes)
+    return jnp.where(m == -jnp.inf, jnp.full_like(shifted, -jnp.inf), shifted - jnp.log(s))
+
+
+def _sum(a, axes):
+    return jnp.sum(a, axis=axes, keepdims=True)
+
+
+@_lse.defjvp
+def _lse_jvp(axes, primals, tangents):
+    x, mask = primals
+    t, _ = tangents
+    lse = _lse(x, mask, axes)
+    # d lse = <p, t>. Entries with p = 0 contribute nothing; the where drops a non-finite tangent
+    # there (0 * inf) and transposes to nothing in reverse mode, where the gradient is p * ct.
+    # A row with +inf has lse = +inf whatever its finite entries do: derivative 0, not NaN.
+    p = _softmax(x, mask, axes)
+    p = jnp.where(lse == jnp.inf, jnp.zeros_like(p), p)
+    return lse, _sum(p * jnp.where(p != 0, t, 0), axes)
+
+
+@_softmax.defjvp
+def _softmax_jvp(axes, primals, tangents):
+    x, mask = primals
+    t, _ = tangents
+    p = _softmax(x, mask, axes)
+    t = jnp.where(p != 0, t, 0)
+    return p, p * (t - _sum(p * t, axes))
+
+
+@_log_softmax.defjvp
+def _log_softmax_jvp(axes, primals, tangents):
+    x, mask = primals
+    t, _ = tangents
+    logp = _log_softmax(x, mask, axes)
+    p = jnp.exp(logp)
+    # -inf outputs are constants: tangent 0. NaN counts as live, so NaN rows have NaN derivatives.
+    # A tangent at a -inf or masked input meets p = 0 there and drops out of the sum. (Masking t
+    # itself too would only matter for a non-finite tangent and costs a pass over memory in
+    # reverse mode; the transposed where already zeroes the cotangent of the -inf outputs.)
+    live = logp != -jnp.inf
+    return logp, jnp.where(live, t - _sum(p * t, axes), 0)
 
 
 def logsumexp(
@@ -165,9 +218,7 @@ def logsumexp(
         1.0
     """
     x, axes, mask = _prepare(x, axis, where)
-    _, _, s, m = _core(x, axes, mask)
-    shift = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
-    out = jnp.where(m == jnp.inf, m, shift + _safe_log(s))
+    out = _lse(_upcast(x), mask, axes)
     if not keepdims:
         out = jnp.squeeze(out, axis=axes)
     return out.astype(x.dtype)
@@ -183,8 +234,7 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None
 
     Returns:
         An array of ``x``'s shape and dtype. ``-inf`` at -inf and masked entries (gradient 0);
-        all ``-inf`` for a row with no valid entry; NaN for a row containing NaN; for a row with
-        ``k`` entries equal to ``+inf``, ``-log k`` there and ``-inf`` elsewhere.
+        all ``-inf`` for a row with no valid entry; all NaN for a row containing NaN or ``+inf``.
 
     Raises:
         TypeError: ``x`` is not floating point, or ``where`` is not boolean.
@@ -198,10 +248,7 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None
         Array([-0.6931472, -0.6931472,       -inf], dtype=float32)
     """
     x, axes, mask = _prepare(x, axis, where)
-    valid, z, s, _ = _core(x, axes, mask)
-    # A NaN row stays NaN everywhere, its -inf and masked entries included.
-    out = jnp.where(valid | jnp.isnan(s), z - _safe_log(s), -jnp.inf)
-    return out.astype(x.dtype)
+    return _log_softmax(_upcast(x), mask, axes).astype(x.dtype)
 
 
 def softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None) -> jax.Array:
@@ -214,8 +261,7 @@ def softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None) ->
 
     Returns:
         An array of ``x``'s shape and dtype: 0 at -inf and masked entries (gradient 0), all 0 for
-        a row with no valid entry, NaN for a row containing NaN, ``1/k`` at each of ``k`` entries
-        equal to ``+inf``.
+        a row with no valid entry, all NaN for a row containing NaN or ``+inf``.
 
     Raises:
         TypeError: ``x`` is not floating point, or ``where`` is not boolean.
@@ -227,10 +273,7 @@ def softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None) ->
         Array([0.25, 0.25, 0.25, 0.25], dtype=float16)
     """
     x, axes, mask = _prepare(x, axis, where)
-    _, z, s, _ = _core(x, axes, mask)
-    # Invalid entries have z = -inf, so exp(z) = 0; an empty row has s = 0 and is divided by 1.
-    out = jnp.exp(z) / jnp.where(s == 0, jnp.ones_like(s), s)
-    return out.astype(x.dtype)
+    return _softmax(_upcast(x), mask, axes).astype(x.dtype)
 
 
 def softmax_cross_entropy(
@@ -306,21 +349,23 @@ def softmax_cross_entropy(
                 f"integer labels must lie in [0, {n}); got {y[bad][:5].tolist()} "
                 f"({int(jnp.sum(bad))} out of range)"
             )
-    x, axes, mask = _prepare(logits, ax, mask, "logits")
-    valid, z, s, m = _core(x, axes, mask)
-    lse = jnp.squeeze(_safe_log(s), axis=ax)  # log-sum-exp of the shifted row
+    x = _upcast(logits)
     idx = jnp.expand_dims(jnp.clip(y, 0, n - 1), ax)
-    z_t = jnp.squeeze(jnp.take_along_axis(z, idx, axis=ax), axis=ax)
-    valid_t = jnp.squeeze(jnp.take_along_axis(valid, idx, axis=ax), axis=ax)
-    # loss = lse - z_t, with gradient softmax - onehot on the valid entries. A target without
-    # mass (-inf or masked) gives +inf, and the gradient's limit there: softmax on the other valid
-    # entries, 0 at the target (no gradient ever reaches a -inf or masked entry). An empty row
-    # (-inf - -inf) gives +inf with gradient 0.
-    loss = lse - jnp.where(valid_t, z_t, -jnp.inf)
-    loss = jnp.where(jnp.squeeze(s == 0, axis=ax), jnp.inf, loss)
-    nan_row = jnp.squeeze(jnp.isnan(m), axis=ax)
+    logp = _log_softmax(x, mask, (ax,))
+    logp_t = jnp.squeeze(jnp.take_along_axis(logp, idx, axis=ax), ax)
+    lse = jnp.squeeze(_lse(x, mask, (ax,)), ax)
+    x_t = jnp.squeeze(jnp.take_along_axis(x, idx, axis=ax), ax)
+    valid_t = x_t != -jnp.inf
+    if mask is not None:
+        mask_t = jnp.broadcast_to(mask, logits.shape)
+        valid_t = valid_t & jnp.squeeze(jnp.take_along_axis(mask_t, idx, axis=ax), ax)
+    # A target with mass: -log p_t. A target without (-inf or masked): +inf, with the limit of the
+    # gradient of lse - x_t as x_t -> -inf, i.e. softmax on the other entries and 0 at the target
+    # (lse + inf carries it). An empty row: +inf with gradient 0. NaN rows give NaN either way.
+    no_mass = jnp.where(lse == -jnp.inf, jnp.inf, lse + jnp.inf)
+    loss = jnp.where(valid_t, -logp_t, no_mass)
     in_range = (y >= 0) & (y < n)
-    loss = jnp.where(nan_row | ~in_range, jnp.nan, loss)
+    loss = jnp.where(in_range, loss, jnp.nan)
     return loss.astype(logits.dtype)
 
 
