@@ -266,6 +266,10 @@ def test_the_notes_example_in_every_dtype(dtype):
     assert up.post_census.inf[k] == 2 and up.post_census.nan[k + 1] == 2
     assert (up.post_census.nan[k + 1 :] == 2).all()
     np.testing.assert_array_equal(up.post_max[:k], [np.abs(h).max() for h in chain[:k]])
+    # x = (1, 1): the RMS is the max, up to the largest finite values (regression: the RMS once
+    # divided by a broadcast max, which XLA computes as a multiply by 1/max, flushed to 0 on CPU).
+    stat_eps = float(jnp.finfo(jnp.promote_types(jdtype(dtype), jnp.float32)).eps)
+    np.testing.assert_allclose(up.post_rms[:k], up.post_max[:k], rtol=4 * stat_eps)
     # Backward (loss = sum: the output gradient is 1): dL/dh^l = 1.5^(L - l), L = depth + 1.
     big_l = depth + 1
     assert int(up.first_inf_backward) == big_l - k
