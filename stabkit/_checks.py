@@ -85,7 +85,9 @@ def finite_float(value: Any, name: str, *, positive: bool = False, nonzero: bool
     try:
         out = float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}") from None
+        raise TypeError(
+            f"{name} must be a real number, got {type(value).__name__} {value!r}"
+        ) from None
     if not np.isfinite(out):
         raise ValueError(f"{name} must be finite, got {out}")
     if positive and out <= 0:

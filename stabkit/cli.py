@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the registered studies (experiments/) and write DIR/report.md with a "
         "PASS/FAIL line for each claim. Exit status 1 if any claim fails.",
     )
-    p.add_argument("--out", default="stabkit-results", help="output directory (default: %(default)s)")
+    p.add_argument(
+        "--out", default="stabkit-results", help="output directory (default: %(default)s)"
+    )
     p.add_argument("--quick", action="store_true", help="reduced grids, for a smoke test")
     p.add_argument("--only", metavar="NAMES", help="comma-separated study names to run")
     p.add_argument("--list", action="store_true", help="list the studies and exit")
