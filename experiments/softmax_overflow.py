@@ -73,7 +73,8 @@ def _dtype_grid(lo: float, hi: float, name: str, points: int) -> np.ndarray:
     """Values of the dtype in [lo, hi]: all of them for 16-bit formats, a dense sample otherwise."""
     nd = _np_dtype(name)
     if nd.itemsize == 2:
-        vals = np.arange(2**16, dtype=np.uint16).view(nd).astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            vals = np.arange(2**16, dtype=np.uint16).view(nd).astype(np.float64)
         vals = np.unique(vals[np.isfinite(vals) & (vals >= lo) & (vals <= hi)])
         return vals
     return np.unique(np.linspace(lo, hi, points).astype(nd).astype(np.float64))
