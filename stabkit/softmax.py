@@ -326,7 +326,7 @@ def softmax_cross_entropy(
             raise ValueError(
                 f"probability labels must have the logits' shape {logits.shape}, got {y.shape}"
             )
-        logp = log_softmax(logits, ax, where=mask).astype(_compute_dtype(logits.dtype))
+        logp = _log_softmax(_upcast(logits), mask, (ax,))  # float32 for half formats
         y = y.astype(logp.dtype)
         # 0 * log 0 counts as 0; the inner where keeps the discarded branch's gradient finite.
         has_mass = y != 0
