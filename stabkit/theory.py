@@ -103,7 +103,7 @@ __all__ = [
     "xi_q",
 ]
 
-DEFAULT_ORDER = 64
+DEFAULT_ORDER = 128
 #: Phase codes returned by :func:`phase` and :attr:`MeanField.phase`.
 PHASE_NAMES = {-1: "ordered", 0: "critical", 1: "chaotic", 2: "unbounded"}
 _CLOSED = ("linear", "relu", "erf")
@@ -169,9 +169,18 @@ def _out(arr: Any, shape: tuple[int, ...], dtype=np.float64):
 
 @functools.lru_cache(maxsize=32)
 def _gauss_hermite(order: int) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes and weights with sum_i w_i f(x_i) ~ E[f(z)], z ~ N(0, 1)."""
-    x, w = np.polynomial.hermite_e.hermegauss(order)
-    return x, w / math.sqrt(2.0 * math.pi)
+    """Nodes and weights with sum_i w_i f(x_i) ~ E[f(z)], z ~ N(0, 1), by Golub-Welsch.
+
+    The nodes are the eigenvalues of the Jacobi matrix of the probabilists' Hermite polynomials
+    (zero diagonal, off-diagonal sqrt(1..n-1)), the weights the squared first components of its
+    eigenvectors: stable at any order (NumPy's hermegauss overflows beyond about 360 nodes).
+    """
+    off = np.sqrt(np.arange(1, order, dtype=np.float64))
+    x, v = np.linalg.eigh(np.diag(off, 1) + np.diag(off, -1))
+    w = v[0] ** 2
+    x = (x - x[::-1]) / 2  # exact symmetry: odd integrands vanish, even orders skip z = 0
+    w = (w + w[::-1]) / 2
+    return x, w / w.sum()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,6 +273,16 @@ def _kernel(activation: Any, order: Any, method: str) -> _Kernel:
         )
     kind = name if (method != "quadrature" and name in _CLOSED) else "quadrature"
     return _kernel_cached(phi, kind, order if kind == "quadrature" else 0)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _diag_jit(k: _Kernel, q):
+    return jax.vmap(k.diag)(q)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _cross_jit(k: _Kernel, q, c):
+    return jax.vmap(lambda a, b: (k.diag(a)[0], k.cross(a, b)[0]))(q, c)
 
 
 # ------------------------------------------------------------------------------ scalar solvers
@@ -420,7 +439,7 @@ def q_map(
     q = _check_grid(q, "q (a variance)", lo=0.0)
     k, shape, (q, sw, sb) = _prepare(activation, order, method, q, sw, sb)
     with jax.enable_x64(True):
-        e2 = jax.jit(jax.vmap(lambda a: k.diag(a)[0]))(jnp.asarray(q))
+        e2 = _diag_jit(k, jnp.asarray(q))[0]
         out = sw * np.asarray(e2) + sb
     return _out(out, shape)
 
@@ -461,8 +480,7 @@ def c_map(
     q = _check_grid(q, "q (a variance)", lo=0.0, closed=False)
     k, shape, (c, q, sw, sb) = _prepare(activation, order, method, c, q, sw, sb)
     with jax.enable_x64(True):
-        fn = jax.jit(jax.vmap(lambda qq, cc: (k.diag(qq)[0], k.cross(qq, cc)[0])))
-        e2, e12 = (np.asarray(a) for a in fn(jnp.asarray(q), jnp.asarray(c)))
+        e2, e12 = (np.asarray(a) for a in _cross_jit(k, jnp.asarray(q), jnp.asarray(c)))
     # |C(c)| <= 1 exactly; the 2-D and 1-D quadratures may round it just past 1.
     return _out(np.clip((sw * e12 + sb) / (sw * e2 + sb), -1.0, 1.0), shape)
 
@@ -829,16 +847,29 @@ def jacobian_singular_values(
         raise TypeError(f"readout must be a bool, got {type(readout).__name__} {readout!r}")
     phi = get_activation(activation)
     arr = jnp.asarray(x)
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        raise TypeError(f"x must be a floating-point array, got dtype {arr.dtype}")
     if arr.ndim not in (1, 2) or arr.shape[-1] != params.in_dim or arr.size == 0:
         raise ValueError(
             f"x must have shape (batch, {params.in_dim}) or ({params.in_dim},), got {arr.shape}"
         )
-    mlp_apply(params, arr[:1] if arr.ndim == 2 else arr, activation=phi, depth=depth)  # checks
-    if not readout and params.max_depth < 1:
-        raise ValueError("params hold no hidden layer")
-    d = params.max_depth if depth is None else depth
+    if depth is None:
+        depth = params.max_depth
+    elif not isinstance(depth, jax.core.Tracer):
+        if isinstance(depth, (bool, np.bool_)) or not jnp.issubdtype(
+            jnp.asarray(depth).dtype, jnp.integer
+        ):
+            raise TypeError(f"depth must be an int, got {type(depth).__name__} {depth!r}")
+        if not 1 <= int(depth) <= params.max_depth:
+            raise ValueError(
+                f"depth must be in 1..{params.max_depth} (the params' depth), got {depth}"
+            )
     out = _jacobian_sv(
-        params, jnp.atleast_2d(arr), jnp.asarray(d, jnp.int32), phi=phi, readout=bool(readout)
+        params,
+        jnp.atleast_2d(arr).astype(params.dtype),
+        jnp.asarray(depth, jnp.int32),
+        phi=phi,
+        readout=bool(readout),
     )
     return out[0] if arr.ndim == 1 else out
 
@@ -947,7 +978,7 @@ def jacobian_spectrum_moments(
         q_in = float(_check_grid(q_in, "q_in (a mean square)", lo=0.0))
         q = iterate_maps(activation, sw, sb, q_in=q_in, depth=depth, order=order, method=method).q
     with jax.enable_x64(True):
-        _, mu1, mu2, _ = (np.asarray(a) for a in jax.jit(jax.vmap(k.diag))(jnp.asarray(q)))
+        _, mu1, mu2, _ = (np.asarray(a) for a in _diag_jit(k, jnp.asarray(q)))
     s1 = _S1[weights]
     n_w = depth + 1 if readout else depth
     mean = sw**n_w * float(np.prod(mu1))
