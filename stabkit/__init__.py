@@ -14,6 +14,10 @@ Public API (each module's docstring has the details):
   hidden layers under ``lax.scan``) and its per-layer forward/backward ``trace`` (RMS, census,
   saturation, first inf/NaN/zero layer; depth is data), beside the deep-linear closed forms
   ``deep_linear_gain`` and ``deep_linear_theory``.
+* :mod:`stabkit.theory`: mean-field signal propagation in float64 (``q_map``, ``c_map``,
+  ``iterate_maps``, ``mean_field`` with ``q_star``/``c_star``/``chi_1``/``xi_q``/``xi_c``/``phase``,
+  the ``critical_line``) and Jacobian spectra (``jacobian_singular_values`` of sampled nets,
+  ``jacobian_spectrum_moments`` from free probability).
 * :mod:`stabkit.reproduce`: the registry behind ``stabkit reproduce``.
 """
 
@@ -48,6 +52,25 @@ from stabkit.softmax import (
     naive_softmax,
     softmax,
     softmax_cross_entropy,
+)
+from stabkit.theory import (
+    PHASE_NAMES,
+    JacobianMoments,
+    MapIterates,
+    MeanField,
+    c_map,
+    c_star,
+    chi_1,
+    critical_line,
+    iterate_maps,
+    jacobian_singular_values,
+    jacobian_spectrum_moments,
+    mean_field,
+    phase,
+    q_map,
+    q_star,
+    xi_c,
+    xi_q,
 )
 from stabkit.tracing import (
     DeepLinearTheory,
