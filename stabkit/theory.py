@@ -360,33 +360,48 @@ def _phase_code(chi1, atol):
     return jnp.where(jnp.isnan(chi1), 2, code).astype(jnp.int8)
 
 
-def _solve_1(k: _Kernel, sw, sb, q0, atol, with_c: bool):
+def _solve_q(k: _Kernel, sw, sb, q0, atol):
+    """q*, chi_1, chi_q and the phase code at one point."""
     q = _q_star_1(k, sw, sb, q0)
     finite = jnp.isfinite(q)
-    qs = jnp.where(finite, q, 1.0)  # a placeholder where q* = inf, masked below
-    _, d2, _, slope = k.diag(qs)
+    _, d2, _, slope = k.diag(jnp.where(finite, q, 1.0))  # a placeholder where q* = inf
     chi1, chiq = sw * d2, sw * slope
     if k.kind not in ("linear", "relu"):  # only these have a q-independent chi_1 at q* = inf
         chi1 = jnp.where(finite, chi1, jnp.nan)
-    chiq = jnp.where(finite, chiq, jnp.nan)
-    code = _phase_code(chi1, atol)
-    if with_c:
-        chaotic = (code == 1) & finite
-        c = _c_star_1(k, sw, sb, qs, chaotic)
-        chic = jnp.where(chaotic, sw * k.cross(qs, c)[1], chi1)
-        c = jnp.where(finite, c, jnp.nan)
-        chic = jnp.where(finite, chic, jnp.nan)
-    else:
-        c = chic = jnp.full_like(q, jnp.nan)
-    return q, c, chi1, chic, chiq, _xi(chiq), _xi(chic), code
+    return q, chi1, jnp.where(finite, chiq, jnp.nan), _phase_code(chi1, atol)
+
+
+def _solve_c(k: _Kernel, sw, sb, q, chi1, code):
+    """c* and chi_c at one point, given its q* and phase."""
+    finite = jnp.isfinite(q)
+    qs = jnp.where(finite, q, 1.0)
+    chaotic = (code == 1) & finite
+    c = _c_star_1(k, sw, sb, qs, chaotic)
+    chic = jnp.where(chaotic, sw * k.cross(qs, c)[1], chi1)
+    return jnp.where(finite, c, jnp.nan), jnp.where(finite, chic, jnp.nan)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "with_c"))
 def _solve(k, sw, sb, q0, atol, *, with_c):
-    fn = lambda a: _solve_1(k, a[0], a[1], a[2], atol, with_c)
     # lax.map in batches: a 2-D quadrature holds order**2 values per point, and the while loops of
     # a batch run until its slowest point converges.
-    return jax.lax.map(fn, jnp.stack([sw, sb, q0], axis=-1), batch_size=256)
+    q, chi1, chiq, code = jax.lax.map(
+        lambda a: _solve_q(k, *a, atol), jnp.stack([sw, sb, q0], axis=-1), batch_size=256
+    )
+    if with_c:
+        # Newton for c* slows down as chi_1 -> 1 (c* -> 1 becomes a double root): sorting by
+        # chi_1 puts the slow points in the same batches and lets the others stop early.
+        perm = jnp.argsort(chi1)
+        c, chic = jax.lax.map(
+            lambda a: _solve_c(k, *a),
+            tuple(v[perm] for v in (sw, sb, q, chi1, code)),
+            batch_size=256,
+        )
+        inv = jnp.argsort(perm)
+        c, chic = c[inv], chic[inv]
+    else:
+        c = chic = jnp.full_like(q, jnp.nan)
+    return q, c, chi1, chic, chiq, _xi(chiq), _xi(chic), code
 
 
 # --------------------------------------------------------------------------------- public: maps
