@@ -44,7 +44,7 @@ from stabkit.precision import (
     probe,
     underflow_depth,
 )
-from stabkit.reproduce import Claim, reproduce, save_json
+from stabkit.reproduce import Claim, save_json
 from stabkit.softmax import (
     log_softmax,
     logsumexp,
