@@ -18,6 +18,14 @@ Public API (each module's docstring has the details):
   ``iterate_maps``, ``mean_field`` with ``q_star``/``c_star``/``chi_1``/``xi_q``/``xi_c``/``phase``,
   the ``critical_line``) and Jacobian spectra (``jacobian_singular_values`` of sampled nets,
   ``jacobian_spectrum_moments`` from free probability).
+* :mod:`stabkit.train`, :mod:`stabkit.fixes`: many MLPs trained at once with any optax optimizer
+  (``TrainSpec``, ``make_runs``, ``train`` -> ``History``; depth, scale, activation, init, learning
+  rate and seed are data; float16/bfloat16 with float32 master weights), ``diagnose`` (exploding /
+  vanishing / healthy, with evidence) and the fixes as optax transformations:
+  ``safe_clip_by_global_norm``, ``skip_nonfinite``, ``loss_scaling`` with a ``DynamicLossScale``.
+* :mod:`stabkit.sweep`: ``sweep`` a ``SweepSpec`` (depth x width x activation x init x scale x
+  bias x dtype x seed) in one compiled kernel per (dtype, width), sharded over the devices, into
+  an ``xarray.Dataset``; streamed to zarr and resumable (``out=``, ``resume=True``); ``load``.
 * :mod:`stabkit.reproduce`: the registry behind ``stabkit reproduce``.
 """
 
@@ -27,6 +35,17 @@ from stabkit.activations import (
     get_activation,
     select_activation,
     value_and_derivative,
+)
+from stabkit.fixes import (
+    DynamicLossScale,
+    LossScaleState,
+    SkipState,
+    all_finite,
+    loss_scale_of,
+    loss_scaling,
+    safe_clip_by_global_norm,
+    safe_global_norm,
+    skip_nonfinite,
 )
 from stabkit.init import get_initializer, initializer_names
 from stabkit.nets import MLPParams, mlp_apply, mlp_init
@@ -72,6 +91,7 @@ from stabkit.theory import (
     xi_c,
     xi_q,
 )
+from stabkit.sweep import SweepSpec, load, sweep, sweep_input
 from stabkit.tracing import (
     DeepLinearTheory,
     Trace,
@@ -79,6 +99,19 @@ from stabkit.tracing import (
     deep_linear_theory,
     loss_names,
     trace,
+)
+from stabkit.train import (
+    Diagnosis,
+    History,
+    Runs,
+    Task,
+    TrainSpec,
+    diagnose,
+    make_runs,
+    optimizer_names,
+    teacher_classification,
+    teacher_student,
+    train,
 )
 
 __version__ = "0.1.0"

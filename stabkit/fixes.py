@@ -91,6 +91,16 @@ def _pow2(k: jax.Array, dtype: jnp.dtype) -> jax.Array:
     return jax.lax.bitcast_convert_type(bits, dtype)
 
 
+def _exponent(x: jax.Array) -> jax.Array:
+    """``e`` with ``x = m * 2**e``, ``m`` in [0.5, 1), for finite ``x >= 0`` (zero and subnormals
+    give the smallest normal exponent). Read from the bits: ``jnp.frexp`` compiles to far more."""
+    nmant = jnp.finfo(x.dtype).nmant
+    bias = jnp.finfo(x.dtype).maxexp - 2
+    uint = jnp.uint32 if x.dtype.itemsize == 4 else jnp.uint64
+    biased = (jax.lax.bitcast_convert_type(x, uint) >> uint(nmant)).astype(jnp.int32)
+    return jnp.maximum(biased, 1) - bias
+
+
 def _finite_norm(leaves: list[jax.Array]) -> jax.Array:
     """The global norm of the finite entries, scaled by the largest so that it cannot overflow.
 
@@ -105,7 +115,7 @@ def _finite_norm(leaves: list[jax.Array]) -> jax.Array:
     big = jnp.max(jnp.stack([jnp.max(jnp.abs(x), initial=0) for x in finite]))
     # big = m * 2**e with m in [0.5, 1); the sum of squares of x * 2**-e is at most the size.
     # At big == 0 (or a subnormal big that reads as 0) e is 0 and the norm is 0: no 0/0 anywhere.
-    e = jnp.frexp(big)[1].astype(jnp.int32)
+    e = _exponent(big)
     lo, hi = e // 2, e - e // 2
     down = [_pow2(-lo, dtype), _pow2(-hi, dtype)]
     sq = sum(jnp.sum(jnp.square(x * down[0] * down[1])) for x in finite)

@@ -1,0 +1,922 @@
+"""Train many MLPs at once with any optax optimizer, record the history, tell explode from vanish.
+
+The note names what a researcher sees while training: **exploding** gradients make the loss
+unstable and then NaN (overflow); **vanishing** gradients leave the loss large and nearly unchanged
+(the early layers receive almost no gradient). This module reproduces both in real training runs
+and recognises them from the run's history:
+
+* Tasks that need no download: :func:`teacher_student` (regression onto a random relu teacher) and
+  :func:`teacher_classification` (the teacher's arg-max as the label).
+* :class:`TrainSpec` fixes what one compilation serves (task, widths, the activations and
+  initializers to choose from, optimizer, steps, dtypes, fixes); :func:`make_runs` lists the
+  configurations, where **depth, weight scale, activation, initializer, learning rate and seed are
+  data**. :func:`train` runs all of them in one ``jit``: ``vmap`` over the configurations,
+  ``lax.scan`` over the steps, and returns a :class:`History` sampled every ``log_every`` steps:
+  loss, gradient and update global norms, per-layer gradient RMS, the census of gradient entries
+  (normal/subnormal/zero/inf/NaN, by bit pattern), the loss scale and non-finite events.
+* Mixed precision: ``dtype="float16"`` or ``"bfloat16"`` runs parameters and activations in that
+  format; ``master_dtype="float32"`` keeps float32 master weights (the forward pass casts them
+  down, the gradient comes back up through the cast). The loss is always computed in float32.
+* The fixes of :mod:`stabkit.fixes` are switches: ``clip_norm``, ``max_consecutive_skips`` and
+  ``loss_scale``; any other optax transformation goes in through ``optimizer``.
+* :func:`diagnose` returns a verdict per run, ``"exploding"``, ``"vanishing"`` or ``"healthy"``,
+  with its evidence.
+
+Examples:
+    The note's cases in one call, 30 hidden layers each: :math:`W = 1.5 I` and :math:`W = 0.5 I`
+    deep linear nets, a Glorot sigmoid net and a He relu net.
+
+    >>> task = teacher_student(jax.random.key(0), n=64, in_dim=16, teacher_depth=1)
+    >>> spec = TrainSpec(task, max_depth=30, width=32, steps=150, log_every=5,
+    ...                  optimizer="momentum", activations=("linear", "sigmoid", "relu"),
+    ...                  inits=("scaled_identity", "glorot_normal", "he_normal"))
+    >>> runs = make_runs(spec, scale=[1.5, 0.5, 1, 1], activation=[0, 0, 1, 2], init=[0, 0, 1, 2],
+    ...                  lr=0.005, product=False)
+    >>> history = train(spec, runs)
+    >>> history.loss.shape, history.layer_grad_rms.shape  # (runs, records[, layers])
+    ((4, 30), (4, 30, 31))
+    >>> d = diagnose(history)
+    >>> d.verdict
+    ('exploding', 'vanishing', 'vanishing', 'healthy')
+    >>> print(d.explain(0))
+    run 0: exploding; first non-finite loss/gradient at step 1; gradient non-finite; ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.typing import DTypeLike
+
+from stabkit._checks import finite_float, is_floating_dtype, positive_int
+from stabkit.activations import get_activation, select_activation
+from stabkit.fixes import (
+    DynamicLossScale,
+    all_finite,
+    loss_scale_of,
+    loss_scaling,
+    safe_clip_by_global_norm,
+    safe_global_norm,
+    skip_nonfinite,
+)
+from stabkit.init import get_initializer
+from stabkit.nets import MLPParams, mlp_apply, mlp_init
+from stabkit.precision import census
+from stabkit.softmax import softmax_cross_entropy
+
+__all__ = [
+    "Diagnosis",
+    "History",
+    "Runs",
+    "Task",
+    "TrainSpec",
+    "diagnose",
+    "make_runs",
+    "optimizer_names",
+    "teacher_classification",
+    "teacher_student",
+    "train",
+]
+
+# --------------------------------------------------------------------------------------- tasks
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Task:
+    """A full data set: inputs ``x`` ``(n, in_dim)`` and targets ``y``.
+
+    Attributes:
+        x: float32 inputs.
+        y: ``(n, out_dim)`` float32 targets (``kind="regression"``, loss ½·mean squared error) or
+            ``(n,)`` int32 labels (``kind="classification"``, mean softmax cross-entropy).
+        kind: ``"regression"`` or ``"classification"``.
+        out_dim: outputs of the network (classes for classification).
+    """
+
+    x: jax.Array
+    y: jax.Array
+    kind: str
+    out_dim: int
+
+    def __post_init__(self):
+        if self.kind not in ("regression", "classification"):
+            raise ValueError(f"kind must be 'regression' or 'classification', got {self.kind!r}")
+        x = jnp.asarray(self.x)
+        if x.ndim != 2 or not is_floating_dtype(x.dtype) or x.shape[0] == 0:
+            raise ValueError(f"x must be a non-empty floating (n, in_dim) array, got {x.shape}")
+        y = jnp.asarray(self.y)
+        want = (x.shape[0],) if self.kind == "classification" else (x.shape[0], self.out_dim)
+        if y.shape != want:
+            raise ValueError(f"y must have shape {want} for {self.kind}, got {y.shape}")
+        object.__setattr__(self, "x", x)
+        object.__setattr__(self, "y", y)
+
+    @property
+    def in_dim(self) -> int:
+        return int(self.x.shape[1])
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+
+def _teacher(key: jax.Array, n: int, in_dim: int, out_dim: int, depth: int, width: int):
+    kx, kt = jax.random.split(key)
+    x = jax.random.normal(kx, (n, in_dim), jnp.float32)
+    teacher = mlp_init(
+        kt, depth=depth, width=width, in_dim=in_dim, out_dim=out_dim, init="he_normal"
+    )
+    return x, mlp_apply(teacher, x, activation="relu")
+
+
+def teacher_student(
+    key: jax.Array,
+    *,
+    n: int = 256,
+    in_dim: int = 8,
+    out_dim: int = 4,
+    teacher_depth: int = 2,
+    teacher_width: int = 32,
+    target_scale: float = 1.0,
+) -> Task:
+    """Regression onto a random relu teacher: :math:`x \\sim N(0, I)`, :math:`y = c \\, t(x)/s`.
+
+    ``t`` is a He-initialised relu MLP, ``s`` the RMS of its outputs (so the targets have RMS
+    ``target_scale`` = ``c``). A student of enough width can fit it exactly.
+
+    Examples:
+        >>> task = teacher_student(jax.random.key(0), n=64)
+        >>> task.x.shape, task.y.shape, round(float(jnp.sqrt(jnp.mean(task.y**2))), 3)
+        ((64, 8), (64, 4), 1.0)
+    """
+    n, in_dim, out_dim = (
+        positive_int(v, k) for v, k in ((n, "n"), (in_dim, "in_dim"), (out_dim, "out_dim"))
+    )
+    c = finite_float(target_scale, "target_scale", positive=True)
+    x, t = _teacher(key, n, in_dim, out_dim, teacher_depth, teacher_width)
+    t = t - jnp.mean(t, axis=0)
+    y = c * t / jnp.sqrt(jnp.mean(t**2))
+    return Task(x, y.astype(jnp.float32), "regression", out_dim)
+
+
+def teacher_classification(
+    key: jax.Array,
+    *,
+    n: int = 512,
+    in_dim: int = 8,
+    n_classes: int = 4,
+    teacher_depth: int = 2,
+    teacher_width: int = 32,
+) -> Task:
+    """Classification with a random relu teacher's arg-max as the label (no download needed).
+
+    Examples:
+        >>> task = teacher_classification(jax.random.key(0), n=100, n_classes=3)
+        >>> task.y.shape, task.y.dtype, task.out_dim
+        ((100,), dtype('int32'), 3)
+    """
+    n, in_dim = positive_int(n, "n"), positive_int(in_dim, "in_dim")
+    n_classes = positive_int(n_classes, "n_classes", minimum=2)
+    x, t = _teacher(key, n, in_dim, n_classes, teacher_depth, teacher_width)
+    t = t - jnp.mean(t, axis=0)  # balance the classes a little
+    return Task(x, jnp.argmax(t, axis=1).astype(jnp.int32), "classification", n_classes)
+
+
+# ---------------------------------------------------------------------------------- optimizers
+
+_OPTIMIZERS: dict[str, Callable[[Any], optax.GradientTransformation]] = {
+    "sgd": optax.sgd,
+    "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
+    "nesterov": lambda lr: optax.sgd(lr, momentum=0.9, nesterov=True),
+    "adam": optax.adam,
+    "adamw": optax.adamw,
+    "rmsprop": optax.rmsprop,
+    "adagrad": optax.adagrad,
+    "lion": optax.lion,
+}
+
+
+def optimizer_names() -> tuple[str, ...]:
+    """The optimizer names :class:`TrainSpec` accepts (any ``lr -> GradientTransformation`` too).
+
+    Examples:
+        >>> optimizer_names()
+        ('adagrad', 'adam', 'adamw', 'lion', 'momentum', 'nesterov', 'rmsprop', 'sgd')
+    """
+    return tuple(sorted(_OPTIMIZERS))
+
+
+# ----------------------------------------------------------------------------------- the spec
+
+
+def _names(value: Any, what: str, check: Callable[[Any], Any]) -> tuple:
+    items = (value,) if isinstance(value, str) or callable(value) else tuple(value)
+    if not items:
+        raise ValueError(f"{what} must name at least one choice, got {value!r}")
+    for item in items:
+        check(item)
+    return items
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrainSpec:
+    """What one compiled :func:`train` call serves. Validated when built.
+
+    Attributes:
+        task: the data (:func:`teacher_student`, :func:`teacher_classification` or a :class:`Task`).
+        max_depth: hidden layers the parameters hold; each run uses ``depth <= max_depth``.
+        width: units per hidden layer.
+        activations: names (or callables) a run chooses from by index.
+        inits: initializer names a run chooses from by index; a run's ``scale`` multiplies the
+            weights (every named initializer is linear in its multiplier).
+        optimizer: a name from :func:`optimizer_names` or ``lr -> optax.GradientTransformation``
+            (``lr`` is a traced scalar: each run has its own).
+        steps: optimizer steps per run.
+        log_every: the history keeps every ``log_every``-th step (``steps`` must be a multiple).
+        batch_size: examples per step, drawn without replacement per step; None: the full set.
+        dtype: parameters' and activations' dtype in the forward and backward pass.
+        master_dtype: None (parameters are stored in ``dtype``) or a wider dtype (float32) for the
+            master weights that the optimizer updates.
+        clip_norm: if set, :func:`stabkit.safe_clip_by_global_norm` before the optimizer.
+        max_consecutive_skips: if set, :func:`stabkit.skip_nonfinite` around the optimizer.
+        loss_scale: if set, :func:`stabkit.loss_scaling` with this rule around everything.
+        bias_std: standard deviation of the initial biases.
+    """
+
+    task: Task
+    max_depth: int
+    width: int = 32
+    activations: tuple = ("relu",)
+    inits: tuple = ("he_normal",)
+    optimizer: str | Callable[[Any], optax.GradientTransformation] = "sgd"
+    steps: int = 200
+    log_every: int = 1
+    batch_size: int | None = None
+    dtype: DTypeLike = jnp.float32
+    master_dtype: DTypeLike | None = None
+    clip_norm: float | None = None
+    max_consecutive_skips: int | None = None
+    loss_scale: DynamicLossScale | None = None
+    bias_std: float = 0.0
+
+    def __post_init__(self):
+        set_ = partial(object.__setattr__, self)
+        if not isinstance(self.task, Task):
+            raise TypeError(f"task must be a Task, got {type(self.task).__name__}")
+        set_("max_depth", positive_int(self.max_depth, "max_depth"))
+        set_("width", positive_int(self.width, "width"))
+        set_("activations", _names(self.activations, "activations", get_activation))
+        set_("inits", _names(self.inits, "inits", get_initializer))
+        if isinstance(self.optimizer, str):
+            if self.optimizer not in _OPTIMIZERS:
+                raise ValueError(
+                    f"unknown optimizer {self.optimizer!r}; valid names: "
+                    f"{', '.join(optimizer_names())} (or pass lr -> GradientTransformation)"
+                )
+        elif not callable(self.optimizer):
+            raise TypeError(f"optimizer must be a name or a callable, got {self.optimizer!r}")
+        set_("steps", positive_int(self.steps, "steps"))
+        set_("log_every", positive_int(self.log_every, "log_every"))
+        if self.steps % self.log_every:
+            raise ValueError(f"steps={self.steps} must be a multiple of log_every={self.log_every}")
+        if self.batch_size is not None:
+            set_("batch_size", positive_int(self.batch_size, "batch_size"))
+            if self.batch_size > self.task.n:
+                raise ValueError(f"batch_size={self.batch_size} exceeds the {self.task.n} examples")
+        for name in ("dtype", "master_dtype"):
+            value = getattr(self, name)
+            if value is None and name == "master_dtype":
+                continue
+            if not is_floating_dtype(value):
+                raise TypeError(f"{name} must be a floating-point dtype, got {value!r}")
+            set_(name, jnp.dtype(value))
+        if self.clip_norm is not None:
+            set_("clip_norm", finite_float(self.clip_norm, "clip_norm", positive=True))
+        if self.max_consecutive_skips is not None:
+            set_(
+                "max_consecutive_skips",
+                positive_int(self.max_consecutive_skips, "max_consecutive_skips", minimum=0),
+            )
+        if self.loss_scale is not None and not isinstance(self.loss_scale, DynamicLossScale):
+            raise TypeError(f"loss_scale must be a DynamicLossScale, got {self.loss_scale!r}")
+        set_("bias_std", finite_float(self.bias_std, "bias_std"))
+
+    @property
+    def n_layers(self) -> int:
+        """Weight layers per network: ``max_depth`` hidden layers and the readout."""
+        return self.max_depth + 1
+
+    def _static(self) -> tuple:
+        """Everything but the data: the key of the compiled kernel."""
+        t = self.task
+        return (
+            t.kind,
+            t.out_dim,
+            t.in_dim,
+            t.n,
+            *(getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "task"),
+        )
+
+
+class Runs(NamedTuple):
+    """The configurations of one :func:`train` call, one entry per run (all shape ``(R,)``).
+
+    Attributes:
+        depth: int32 hidden layers used, 1..``max_depth``.
+        scale: float32 multiplier of the initial weights.
+        activation: int32 index into ``TrainSpec.activations``.
+        init: int32 index into ``TrainSpec.inits``.
+        lr: float32 learning rate, > 0.
+        seed: int32 seed of the initial weights and the batches.
+    """
+
+    depth: jax.Array
+    scale: jax.Array
+    activation: jax.Array
+    init: jax.Array
+    lr: jax.Array
+    seed: jax.Array
+
+
+def _index(values: Any, choices: tuple, what: str) -> list[int]:
+    out = []
+    for v in np.atleast_1d(np.asarray(values, dtype=object)):
+        if isinstance(v, str):
+            if v not in choices:
+                raise ValueError(f"{what} {v!r} is not among the spec's {what}s {choices}")
+            out.append(choices.index(v))
+        else:
+            i = positive_int(v, what, minimum=0)
+            if i >= len(choices):
+                raise ValueError(f"{what} index {i} is out of range for {len(choices)} choices")
+            out.append(i)
+    return out
+
+
+def make_runs(
+    spec: TrainSpec,
+    *,
+    depth: Any = None,
+    scale: Any = 1.0,
+    activation: Any = 0,
+    init: Any = 0,
+    lr: Any = 0.01,
+    seed: Any = 0,
+    product: bool = True,
+) -> Runs:
+    """The runs to train: every combination of the values given (``product=True``), or zipped.
+
+    Each argument is a value or a list; ``activation`` and ``init`` take names or indices into the
+    spec's choices; ``depth`` defaults to ``spec.max_depth``. With ``product=False`` the lists
+    are broadcast against each other (lists of one length, or single values).
+
+    Raises:
+        ValueError: a depth outside 1..max_depth, a non-positive or non-finite learning rate or
+            scale out of range, an unknown activation/initializer, lists of mismatched lengths.
+
+    Examples:
+        >>> spec = TrainSpec(teacher_student(jax.random.key(0), n=32), max_depth=8,
+        ...                  activations=("relu", "tanh"))
+        >>> runs = make_runs(spec, depth=[2, 8], activation=["relu", "tanh"], lr=[0.1, 0.01],
+        ...                  seed=[0, 1])
+        >>> runs.depth.shape, runs.activation[:4].tolist()
+        ((16,), [0, 0, 0, 0])
+    """
+    if not isinstance(spec, TrainSpec):
+        raise TypeError(f"spec must be a TrainSpec, got {type(spec).__name__}")
+    depth = spec.max_depth if depth is None else depth
+    axes = {
+        "depth": [positive_int(d, "depth") for d in np.atleast_1d(depth).tolist()],
+        "scale": [finite_float(s, "scale") for s in np.atleast_1d(scale).tolist()],
+        "activation": _index(activation, spec.activations, "activation"),
+        "init": _index(init, spec.inits, "init"),
+        "lr": [finite_float(v, "lr") for v in np.atleast_1d(lr).tolist()],
+        "seed": [positive_int(s, "seed", minimum=0) for s in np.atleast_1d(seed).tolist()],
+    }
+    for d in axes["depth"]:
+        if d > spec.max_depth:
+            raise ValueError(f"depth={d} exceeds the spec's max_depth={spec.max_depth}")
+    for v in axes["lr"]:
+        if v <= 0:
+            raise ValueError(f"lr must be > 0, got {v}")
+    if product:
+        rows = list(itertools.product(*axes.values()))
+        cols = list(zip(*rows, strict=True))
+    else:
+        n = max(len(v) for v in axes.values())
+        bad = {k: len(v) for k, v in axes.items() if len(v) not in (1, n)}
+        if bad:
+            raise ValueError(f"with product=False the lists must have one length ({n}); got {bad}")
+        cols = [v * n if len(v) == 1 else v for v in axes.values()]
+    dtypes = (jnp.int32, jnp.float32, jnp.int32, jnp.int32, jnp.float32, jnp.int32)
+    return Runs(*(jnp.asarray(c, dt) for c, dt in zip(cols, dtypes, strict=True)))
+
+
+# ------------------------------------------------------------------------------------ history
+
+
+class History(NamedTuple):
+    """What :func:`train` records, every ``log_every`` steps (``R`` runs, ``T`` records).
+
+    Values at record ``t`` are measured at step ``step[t]``, before that step's update. Norms and
+    RMS are float32, unscaled (divided by the loss scale), computed without overflow.
+
+    Attributes:
+        step: ``(T,)`` int32.
+        loss: ``(R, T)`` training loss (of the step's batch).
+        grad_norm: ``(R, T)`` global norm of the gradient.
+        update_norm: ``(R, T)`` global norm of the update the optimizer (and fixes) applied.
+        layer_grad_rms: ``(R, T, L)`` RMS of each weight layer's gradient (weights and bias
+            together), ``L = max_depth + 1``: hidden layers 1..max_depth, then the readout. Layers
+            beyond a run's depth are unused and read 0.
+        grad_census: ``(R, T, 5)`` counts of normal, subnormal, zero, inf and NaN entries of the
+            gradient as computed, in the compute dtype and scaled (:func:`stabkit.census`).
+        loss_scale: ``(R, T)`` the loss scale in use (1 without loss scaling).
+        nonfinite_grads: ``(R, T)`` steps in ``[step[t], step[t] + log_every)`` whose gradient
+            had an inf or NaN entry.
+        absorbed: ``(R, T)`` of those, the steps whose applied update was nevertheless finite (a
+            fix skipped or clipped them).
+        first_nonfinite: ``(R,)`` the first step whose loss was non-finite or whose non-finite
+            gradient reached the parameters; -1 if none.
+        final_loss: ``(R,)`` loss on the whole data set after the last step.
+        runs: the :class:`Runs` trained.
+    """
+
+    step: jax.Array
+    loss: jax.Array
+    grad_norm: jax.Array
+    update_norm: jax.Array
+    layer_grad_rms: jax.Array
+    grad_census: jax.Array
+    loss_scale: jax.Array
+    nonfinite_grads: jax.Array
+    absorbed: jax.Array
+    first_nonfinite: jax.Array
+    final_loss: jax.Array
+    runs: Runs
+
+
+# ----------------------------------------------------------------------------------- training
+
+
+def _pow2(k: jax.Array) -> jax.Array:
+    """Exactly ``2.0**k`` in float32 for integer ``k`` in the normal range (built from bits)."""
+    return jax.lax.bitcast_convert_type((k + 127).astype(jnp.uint32) << 23, jnp.float32)
+
+
+def _rms_rows(a: jax.Array) -> jax.Array:
+    """RMS of each row of a float32 ``(k, n)`` array, without overflow or underflow.
+
+    Each row is scaled by a power of two near its largest entry (applied as two multiplications
+    by normal numbers, so that no reciprocal is flushed to 0), squared, summed and scaled back. A
+    row holding inf or NaN gets the plain formula (inf or NaN): that is evidence, not noise.
+    """
+    finite = jnp.isfinite(a)
+    big = jnp.max(jnp.where(finite, jnp.abs(a), 0), axis=1, keepdims=True)
+    # the exponent e of big = m * 2**e, m in [0.5, 1), read from the bits (frexp is costly)
+    e = (jax.lax.bitcast_convert_type(big, jnp.uint32) >> 23).astype(jnp.int32) - 126
+    lo, hi = e // 2, e - e // 2
+    ss = jnp.mean(jnp.square(a * _pow2(-lo) * _pow2(-hi)), axis=1, keepdims=True)
+    safe = jnp.where(ss > 0, ss, 1)  # double `where`: no sqrt'(0) = inf anywhere
+    scaled = jnp.where(ss > 0, jnp.sqrt(safe), 0) * _pow2(lo) * _pow2(hi)
+    plain = jnp.sqrt(jnp.mean(jnp.square(a), axis=1, keepdims=True))
+    return jnp.where(jnp.all(finite, axis=1, keepdims=True), scaled, plain)[:, 0]
+
+
+def _grad_stats(g: MLPParams) -> tuple[jax.Array, jax.Array]:
+    """RMS of each layer's weight and bias gradient ``(max_depth + 1,)``, and the global norm."""
+    g = jax.tree.map(lambda v: v.astype(jnp.float32), g)
+    d = g.w_hidden.shape[0]
+    rows = [
+        jnp.concatenate([g.w_in.ravel(), g.b_in])[None],
+        jnp.concatenate([g.w_hidden.reshape(d, -1), g.b_hidden], axis=1),
+        jnp.concatenate([g.w_out.ravel(), g.b_out])[None],
+    ]
+    rms = jnp.concatenate([_rms_rows(r) for r in rows])
+    sizes = np.array([rows[0].shape[1]] + [rows[1].shape[1]] * d + [rows[2].shape[1]])
+    norm = _rms_rows((rms * np.sqrt(sizes / sizes.sum()).astype(np.float32))[None])[0]
+    return rms, norm * np.float32(np.sqrt(sizes.sum() * len(sizes)))
+
+
+def _build_optimizer(spec: TrainSpec, lr: jax.Array) -> optax.GradientTransformation:
+    make = _OPTIMIZERS[spec.optimizer] if isinstance(spec.optimizer, str) else spec.optimizer
+    opt = make(lr)
+    if spec.clip_norm is not None:
+        opt = optax.chain(safe_clip_by_global_norm(spec.clip_norm), opt)
+    if spec.max_consecutive_skips is not None:
+        opt = skip_nonfinite(opt, spec.max_consecutive_skips)
+    if spec.loss_scale is not None:
+        opt = loss_scaling(opt, spec.loss_scale)
+    return opt
+
+
+def _init_params(spec: TrainSpec, key: jax.Array, run: Runs, dtype: jnp.dtype) -> MLPParams:
+    def build(name):
+        return lambda k: mlp_init(
+            k,
+            depth=spec.max_depth,
+            width=spec.width,
+            in_dim=spec.task.in_dim,
+            out_dim=spec.task.out_dim,
+            init=name,
+            bias_std=spec.bias_std,
+            dtype=jnp.float32,
+        )
+
+    branches = [build(name) for name in spec.inits]
+    params = jax.lax.switch(run.init, branches, key) if len(branches) > 1 else branches[0](key)
+    # Every named initializer is linear in its multiplier: scale the unit draw (rounded once).
+    weights = {"w_in", "w_hidden", "w_out"}
+    return MLPParams(
+        **{
+            k: ((v * run.scale) if k in weights else v).astype(dtype)
+            for k, v in params._asdict().items()
+        }
+    )
+
+
+def _loss(spec: TrainSpec, out: jax.Array, y: jax.Array) -> jax.Array:
+    out = out.astype(jnp.float32)  # the loss is computed in float32 (mixed precision practice)
+    if spec.task.kind == "classification":
+        return jnp.mean(softmax_cross_entropy(out, y))
+    return 0.5 * jnp.mean(jnp.square(out - y))
+
+
+def _one_run(spec: TrainSpec, run: Runs, x: jax.Array, y: jax.Array) -> History:
+    compute = spec.dtype
+    store = spec.master_dtype or compute
+    k_init, k_batch = jax.random.split(jax.random.key(run.seed))
+    params = _init_params(spec, k_init, run, store)
+    phi = select_activation(spec.activations, run.activation)
+    opt = _build_optimizer(spec, run.lr)
+    opt_state = opt.init(params)
+
+    def loss_fn(p, xb, yb, scale):
+        out = mlp_apply(p, xb, activation=phi, depth=run.depth)
+        loss = _loss(spec, out, yb)
+        return loss * scale, loss
+
+    def batch(i):
+        if spec.batch_size is None:
+            return x, y
+        idx = jax.random.choice(
+            jax.random.fold_in(k_batch, i), spec.task.n, (spec.batch_size,), replace=False
+        )
+        return x[idx], y[idx]
+
+    def step(carry, i):
+        params, opt_state, first_bad = carry
+        scale = (
+            loss_scale_of(opt_state).astype(jnp.float32)
+            if spec.loss_scale is not None
+            else jnp.float32(1)
+        )
+        xb, yb = batch(i)
+        p_c = jax.tree.map(lambda v: v.astype(compute), params)
+        (_, loss), g_c = jax.value_and_grad(loss_fn, has_aux=True)(p_c, xb, yb, scale)
+        grads = jax.tree.map(lambda g: g.astype(store), g_c)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        grads_ok = all_finite(g_c)
+        update_ok = all_finite(updates)
+        failed = ~jnp.isfinite(loss) | (~grads_ok & ~update_ok)
+        first_bad = jnp.where((first_bad < 0) & failed, i, first_bad)
+        layer_rms, grad_norm = _grad_stats(
+            jax.tree.map(lambda g: g.astype(jnp.float32) / scale, g_c)
+        )
+        c = census(jnp.concatenate([g.ravel() for g in jax.tree.leaves(g_c)]))
+        record = (
+            loss,
+            grad_norm,
+            safe_global_norm(updates).astype(jnp.float32),
+            layer_rms,
+            jnp.stack(list(c)),
+            scale,
+        )
+        events = ((~grads_ok).astype(jnp.int32), (~grads_ok & update_ok).astype(jnp.int32))
+        return (params, opt_state, first_bad), record, events
+
+    k = spec.log_every
+
+    def window(carry, t):
+        # One step body serves logged and unlogged steps (one copy to compile): the window keeps
+        # the record of its first step and sums the non-finite events of all its steps.
+        def body(state, j):
+            carry, record, events = state
+            carry, new_record, new_events = step(carry, t * k + j)
+            record = jax.tree.map(lambda a, b: jnp.where(j == 0, b, a), record, new_record)
+            return (carry, record, jax.tree.map(jnp.add, events, new_events)), None
+
+        shapes = jax.eval_shape(step, carry, t * k)
+        zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes[1:])
+        (carry, record, events), _ = jax.lax.scan(body, (carry, *zeros), jnp.arange(k))
+        return carry, (*record, *events)
+
+    n_logs = spec.steps // k
+    carry = (params, opt_state, jnp.int32(-1))
+    carry, records = jax.lax.scan(window, carry, jnp.arange(n_logs))
+    params, _, first_bad = carry
+    p_c = jax.tree.map(lambda v: v.astype(compute), params)
+    final = _loss(spec, mlp_apply(p_c, x, activation=phi, depth=run.depth), y)
+    loss, gnorm, unorm, layers, cens, scales, bad, absorbed = records
+    return History(
+        step=jnp.arange(n_logs, dtype=jnp.int32) * k,
+        loss=loss,
+        grad_norm=gnorm,
+        update_norm=unorm,
+        layer_grad_rms=layers,
+        grad_census=cens,
+        loss_scale=scales,
+        nonfinite_grads=bad,
+        absorbed=absorbed,
+        first_nonfinite=first_bad,
+        final_loss=final,
+        runs=run,
+    )
+
+
+#: How many times the training kernel has been traced (= compiled); tests read it.
+_TRACE_COUNT = 0
+
+
+class _Holder:
+    """Carries the spec into the kernel as a static argument hashed by its static fields only."""
+
+    def __init__(self, spec: TrainSpec):
+        self.spec = spec
+        self._key = spec._static()
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __eq__(self, other):
+        return isinstance(other, _Holder) and self._key == other._key
+
+
+def train(spec: TrainSpec, runs: Runs) -> History:
+    """Train every configuration in ``runs`` under ``spec``, in one compiled, vmapped kernel.
+
+    One compilation serves any number of runs of the same count and any task of the same shapes:
+    the runs (depth, scale, activation, initializer, learning rate, seed) and the data are
+    arguments, everything in the spec is static.
+
+    Args:
+        spec: a :class:`TrainSpec`.
+        runs: from :func:`make_runs` (or a :class:`Runs` of ``(R,)`` arrays).
+
+    Returns:
+        A :class:`History` of device arrays with a leading run axis.
+
+    Raises:
+        TypeError, ValueError: a bad spec or runs (the message names the field).
+    """
+    if not isinstance(spec, TrainSpec):
+        raise TypeError(f"spec must be a TrainSpec, got {type(spec).__name__}")
+    if not isinstance(runs, Runs):
+        raise TypeError(f"runs must be a Runs (from make_runs), got {type(runs).__name__}")
+    shapes = {f: jnp.shape(v) for f, v in runs._asdict().items()}
+    if len({s for s in shapes.values()}) != 1 or len(next(iter(shapes.values()))) != 1:
+        raise ValueError(f"every field of runs must have one shape (R,), got {shapes}")
+    dtypes = (jnp.int32, jnp.float32, jnp.int32, jnp.int32, jnp.float32, jnp.int32)
+    runs = Runs(*(jnp.asarray(v, dt) for v, dt in zip(runs, dtypes, strict=True)))
+    return _train_jit(_Holder(spec), runs, spec.task.x, spec.task.y)
+
+
+@partial(jax.jit, static_argnums=0)
+def _train_jit(holder: _Holder, runs: Runs, x: jax.Array, y: jax.Array) -> History:
+    global _TRACE_COUNT
+    _TRACE_COUNT += 1
+    history = jax.vmap(partial(_one_run, holder.spec), in_axes=(0, None, None))(runs, x, y)
+    return history._replace(step=history.step[0])
+
+
+# ---------------------------------------------------------------------------------- diagnosis
+
+
+VERDICTS = ("exploding", "vanishing", "healthy")
+
+
+class Diagnosis(NamedTuple):
+    """A verdict per run and the evidence behind it (NumPy arrays of shape ``(R,)``).
+
+    Attributes:
+        verdict: ``"exploding"``, ``"vanishing"`` or ``"healthy"`` for each run.
+        first_nonfinite: the first step whose loss was non-finite or whose non-finite gradient
+            reached the parameters; -1 if none.
+        grad_growth: largest finite gradient norm over the first one (inf once it is non-finite).
+        loss_growth: largest finite loss over the first one.
+        loss_drop: ``1 - last loss / first loss`` (finite records; NaN if none).
+        plateau: whether the loss stayed "large and nearly unchanged": within ``plateau_tol`` of
+            itself from ``plateau_start`` to the end, over at least ``plateau_fraction`` of the run.
+        plateau_start, plateau_end: steps of the final window in which the loss stayed within
+            ``plateau_tol`` (relative) of itself; -1 when the last loss is not finite.
+        layer_ratio: median over records of RMS gradient of layer 1 over that of the readout.
+        grad_to_loss: median over records of gradient norm over loss.
+    """
+
+    verdict: tuple[str, ...]
+    first_nonfinite: np.ndarray
+    grad_growth: np.ndarray
+    loss_growth: np.ndarray
+    loss_drop: np.ndarray
+    plateau: np.ndarray
+    plateau_start: np.ndarray
+    plateau_end: np.ndarray
+    layer_ratio: np.ndarray
+    grad_to_loss: np.ndarray
+
+    def explain(self, i: int) -> str:
+        """One line: run ``i``'s verdict and the evidence that decided it."""
+        v = self.verdict[i]
+        parts = [f"run {i}: {v}"]
+        if self.first_nonfinite[i] >= 0:
+            parts.append(f"first non-finite loss/gradient at step {self.first_nonfinite[i]}")
+        growth = self.grad_growth[i]
+        parts.append(
+            f"gradient norm grew {growth:.3g}x" if np.isfinite(growth) else "gradient non-finite"
+        )
+        parts.append(f"loss {self.loss_growth[i]:.3g}x at most, dropped {self.loss_drop[i]:.1%}")
+        if self.plateau_start[i] >= 0:
+            parts.append(f"flat (plateau) steps {self.plateau_start[i]}-{self.plateau_end[i]}")
+        parts.append(f"layer-1/readout gradient RMS {self.layer_ratio[i]:.3g}")
+        parts.append(f"|g|/loss {self.grad_to_loss[i]:.3g}")
+        return "; ".join(parts)
+
+
+def _history_arrays(history: Any) -> dict[str, np.ndarray]:
+    if not isinstance(history, History):
+        raise TypeError(f"history must be a History (from train), got {type(history).__name__}")
+    h = {
+        f: np.asarray(getattr(history, f))
+        for f in ("step", "loss", "grad_norm", "layer_grad_rms", "first_nonfinite")
+    }
+    if h["loss"].ndim != 2 or h["loss"].shape[1] == 0:
+        raise ValueError(f"history.loss must have shape (runs, records), got {h['loss'].shape}")
+    r, t = h["loss"].shape
+    want = {"step": (t,), "grad_norm": (r, t), "first_nonfinite": (r,)}
+    for f, shape in want.items():
+        if h[f].shape != shape:
+            raise ValueError(
+                f"history.{f} must have shape {shape} (loss is {(r, t)}), got {h[f].shape}"
+            )
+    lg = h["layer_grad_rms"]
+    if lg.ndim != 3 or lg.shape[:2] != (r, t) or lg.shape[2] < 2:
+        raise ValueError(
+            f"history.layer_grad_rms must have shape ({r}, {t}, layers >= 2), got {lg.shape}"
+        )
+    return h
+
+
+def _plateau_start(loss: np.ndarray, tol: float) -> int:
+    """Index of the earliest record from which max/min of the remaining losses <= 1 + tol."""
+    if not np.isfinite(loss[-1]):
+        return -1
+    hi = lo = loss[-1]
+    start = len(loss) - 1
+    for i in range(len(loss) - 1, -1, -1):
+        v = loss[i]
+        if not np.isfinite(v):
+            break
+        hi, lo = max(hi, v), min(lo, v)
+        if hi > (1 + tol) * lo:
+            break
+        start = i
+    return start
+
+
+def diagnose(
+    history: History,
+    *,
+    explode_growth: float = 1e3,
+    loss_growth_limit: float = 10.0,
+    plateau_tol: float = 0.05,
+    plateau_fraction: float = 0.75,
+    vanishing_ratio: float = 1e-3,
+    vanishing_grad: float = 1e-4,
+) -> Diagnosis:
+    """A verdict for each run of a :class:`History`: exploding, vanishing or healthy.
+
+    The rules follow the note's symptoms, in this order:
+
+    1. **exploding** if the loss or a gradient that reached the parameters became inf/NaN
+       (``first_nonfinite >= 0``), or the gradient norm grew more than ``explode_growth`` times
+       over its first value, or the loss rose above ``loss_growth_limit`` times its first value
+       (the note's "unstable loss, then NaN").
+    2. **vanishing** if the loss stayed "large and nearly unchanged", i.e. within a relative band
+       ``plateau_tol`` over the final ``plateau_fraction`` of the run or more, *and* the gradient
+       is small: the first layer's RMS gradient is below ``vanishing_ratio`` times the readout's
+       (a deep sigmoid net: each layer multiplies it by at most 1/4), or the whole gradient norm
+       is below ``vanishing_grad`` times the loss (:math:`W = 0.5 I`: every layer's gradient
+       carries a factor :math:`0.5^{\\mathrm{depth}}`, so the layers shrink together and only the
+       total shows it). A plateau with a healthy gradient (a learning rate too small, a task the
+       net cannot fit) is *not* called vanishing; ``plateau`` reports it.
+    3. **healthy** otherwise.
+
+    Args:
+        history: from :func:`train`.
+        explode_growth: gradient-norm growth that counts as exploding, > 1.
+        loss_growth_limit: loss growth that counts as exploding, > 1.
+        plateau_tol: relative width of the band a plateau's loss stays in, > 0.
+        plateau_fraction: the least part of the run (0..1] a plateau must cover.
+        vanishing_ratio: layer-1/readout gradient RMS below which gradients vanish, > 0.
+        vanishing_grad: gradient norm per unit of loss below which gradients vanish, > 0.
+
+    Returns:
+        A :class:`Diagnosis`.
+
+    Raises:
+        TypeError: ``history`` is not a :class:`History`.
+        ValueError: its arrays have inconsistent shapes, or a threshold is out of range.
+
+    Examples:
+        See the module docstring; a history of the wrong shape is refused:
+
+        >>> h = History(*([np.zeros(3)] * 11), runs=None)
+        >>> diagnose(h)
+        Traceback (most recent call last):
+        ...
+        ValueError: history.loss must have shape (runs, records), got (3,)
+    """
+    for name, value, low in (
+        ("explode_growth", explode_growth, 1),
+        ("loss_growth_limit", loss_growth_limit, 1),
+    ):
+        if finite_float(value, name) <= low:
+            raise ValueError(f"{name} must be > {low}, got {value}")
+    for name, value in (
+        ("plateau_tol", plateau_tol),
+        ("vanishing_ratio", vanishing_ratio),
+        ("vanishing_grad", vanishing_grad),
+    ):
+        finite_float(value, name, positive=True)
+    if not 0 < finite_float(plateau_fraction, "plateau_fraction") <= 1:
+        raise ValueError(f"plateau_fraction must be in (0, 1], got {plateau_fraction}")
+
+    h = _history_arrays(history)
+    loss = h["loss"].astype(np.float64)
+    gnorm = h["grad_norm"].astype(np.float64)
+    layers = h["layer_grad_rms"].astype(np.float64)
+    step = h["step"]
+    first_bad = h["first_nonfinite"].astype(np.int64)
+    r, t = loss.shape
+    out = {
+        k: np.full(r, np.nan)
+        for k in ("grad_growth", "loss_growth", "loss_drop", "layer_ratio", "grad_to_loss")
+    }
+    p_start = np.full(r, -1, np.int64)
+    p_end = np.full(r, -1, np.int64)
+    plateau = np.zeros(r, bool)
+    verdicts = []
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for i in range(r):
+            ok = np.isfinite(loss[i]) & np.isfinite(gnorm[i])
+            g0, l0 = gnorm[i, 0], loss[i, 0]
+            if ok.any():
+                out["grad_growth"][i] = np.max(gnorm[i, ok]) / g0
+                out["loss_growth"][i] = np.max(loss[i, ok]) / l0
+                out["loss_drop"][i] = 1 - loss[i, ok][-1] / l0
+                ratio = layers[i, ok, 0] / layers[i, ok, -1]
+                out["layer_ratio"][i] = np.nanmedian(ratio) if np.isfinite(ratio).any() else np.nan
+                out["grad_to_loss"][i] = np.median(gnorm[i, ok] / loss[i, ok])
+            if not ok.all():
+                out["grad_growth"][i] = np.inf
+            s = _plateau_start(loss[i], plateau_tol)
+            if s >= 0:
+                p_start[i], p_end[i] = step[s], step[-1]
+                covered = (t - s) / t
+                plateau[i] = covered >= plateau_fraction
+            exploding = (
+                first_bad[i] >= 0
+                or not np.all(np.isfinite(loss[i]))
+                or out["grad_growth"][i] > explode_growth
+                or out["loss_growth"][i] > loss_growth_limit
+            )
+            small = (out["layer_ratio"][i] < vanishing_ratio) or (
+                out["grad_to_loss"][i] < vanishing_grad
+            )
+            if exploding:
+                verdicts.append("exploding")
+            elif plateau[i] and small:
+                verdicts.append("vanishing")
+            else:
+                verdicts.append("healthy")
+    return Diagnosis(
+        verdict=tuple(verdicts),
+        first_nonfinite=first_bad,
+        grad_growth=out["grad_growth"],
+        loss_growth=out["loss_growth"],
+        loss_drop=out["loss_drop"],
+        plateau=plateau,
+        plateau_start=p_start,
+        plateau_end=p_end,
+        layer_ratio=out["layer_ratio"],
+        grad_to_loss=out["grad_to_loss"],
+    )

@@ -1,0 +1,348 @@
+"""Tests of vmapped training, its history, diagnose() and mixed precision with loss scaling."""
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from stabkit.fixes import DynamicLossScale
+from stabkit.nets import mlp_apply
+from stabkit.train import (
+    History,
+    Runs,
+    TrainSpec,
+    diagnose,
+    make_runs,
+    optimizer_names,
+    teacher_classification,
+    teacher_student,
+    train,
+)
+
+# `stabkit.train` the function shadows the module of the same name as an attribute of stabkit.
+train_mod = importlib.import_module("stabkit.train")
+
+# The note's cases, exactly as in the module docstring (so the doctest reuses the compilation).
+NOTE_TASK = dict(n=64, in_dim=16, teacher_depth=1)
+NOTE_SPEC = dict(
+    max_depth=30,
+    width=32,
+    steps=150,
+    log_every=5,
+    optimizer="momentum",
+    activations=("linear", "sigmoid", "relu"),
+    inits=("scaled_identity", "glorot_normal", "he_normal"),
+)
+NOTE_RUNS = dict(scale=[1.5, 0.5, 1, 1], activation=[0, 0, 1, 2], init=[0, 0, 1, 2], lr=0.005)
+
+
+@pytest.fixture(scope="module")
+def note():
+    task = teacher_student(jax.random.key(0), **NOTE_TASK)
+    spec = TrainSpec(task, **NOTE_SPEC)
+    history = train(spec, make_runs(spec, **NOTE_RUNS, product=False))
+    return spec, jax.tree.map(np.asarray, history)
+
+
+def test_note_cases_verdicts_and_evidence(note):
+    _, h = note
+    d = diagnose(h)
+    assert d.verdict == ("exploding", "vanishing", "vanishing", "healthy")
+    # W = 1.5 I: the first SGD step overflows; the loss is NaN from then on.
+    assert d.first_nonfinite[0] == 1 and np.isnan(h.loss[0, 1:]).all()
+    assert h.loss[0, 0] > 1e9
+    # W = 0.5 I: the loss does not move, every layer's gradient carries 0.5**30 (so the total
+    # gradient, not the layer ratio, shows it).
+    assert d.plateau[1] and d.plateau_start[1] == 0 and abs(d.loss_drop[1]) < 1e-3
+    assert d.grad_to_loss[1] < 1e-6 and d.layer_ratio[1] > 1e-3
+    # deep sigmoid: the first layer's gradient is > 1e10 times smaller than the readout's.
+    assert d.plateau[2] and d.layer_ratio[2] < 1e-10
+    # He + relu trains: the loss falls by more than half and the gradient reaches layer 1.
+    assert d.loss_drop[3] > 0.5 and 0.1 < d.layer_ratio[3] < 10 and not d.plateau[3]
+    for i in range(4):
+        assert d.verdict[i] in d.explain(i)
+
+
+def test_history_fields(note):
+    spec, h = note
+    r, t, layers = 4, spec.steps // spec.log_every, spec.max_depth + 1
+    assert h.step.tolist() == list(range(0, spec.steps, spec.log_every))
+    for f in ("loss", "grad_norm", "update_norm", "loss_scale", "nonfinite_grads", "absorbed"):
+        assert getattr(h, f).shape == (r, t), f
+    assert h.layer_grad_rms.shape == (r, t, layers)
+    assert h.grad_census.shape == (r, t, 5)
+    n_params = sum(
+        x.size
+        for x in jax.tree.leaves(
+            train_mod._init_params(
+                spec, jax.random.key(0), jax.tree.map(lambda a: a[0], h.runs), jnp.float32
+            )
+        )
+    )
+    np.testing.assert_array_equal(h.grad_census.sum(-1), n_params)
+    assert (h.loss_scale == 1).all()
+    # the exploding run: non-finite gradients counted in every window after the blow-up
+    assert h.nonfinite_grads[0, 1:].min() == spec.log_every and h.absorbed.sum() == 0
+    assert (h.nonfinite_grads[1:] == 0).all() and (h.first_nonfinite[1:] == -1).all()
+    assert h.final_loss[3] < h.loss[3, 0] / 2
+
+
+def test_fixes_keep_the_exploding_run_finite():
+    """Clipping (with skipping) keeps W = 1.5 I finite where plain SGD with momentum hits NaN."""
+    task = teacher_student(jax.random.key(0), **NOTE_TASK)
+    spec = TrainSpec(task, **{**NOTE_SPEC, "steps": 50}, clip_norm=1.0, max_consecutive_skips=3)
+    h = train(spec, make_runs(spec, **NOTE_RUNS, product=False))
+    assert (np.asarray(h.first_nonfinite) == -1).all()
+    assert np.isfinite(np.asarray(h.loss)).all()
+    # every update is clipped to norm <= 1 (the momentum trace stays bounded by it too)
+    assert float(np.max(h.update_norm)) <= 1.0 * 0.005 / (1 - 0.9) * (1 + 1e-5)
+    assert float(h.loss[0, -1]) < float(h.loss[0, 0])  # and the loss goes down
+
+
+# ------------------------------------------------------------------------- one compilation
+
+
+SMALL_SPEC = dict(max_depth=4, width=8, steps=12, log_every=3, optimizer="sgd")
+
+
+def _small(seed=0):
+    task = teacher_student(jax.random.key(seed), n=32, in_dim=4, out_dim=2)
+    return TrainSpec(task, **SMALL_SPEC, activations=("relu", "tanh"), inits=("he_normal",))
+
+
+def test_64_configurations_compile_once():
+    spec = _small()
+    runs = make_runs(
+        spec,
+        depth=[1, 2, 3, 4],
+        activation=["relu", "tanh"],
+        lr=[0.01, 0.1],
+        scale=[0.5, 1.0],
+        seed=[0, 1],
+    )
+    assert runs.depth.shape == (64,)
+    before = train_mod._TRACE_COUNT
+    h = train(spec, runs)
+    assert h.loss.shape == (64, 4) and train_mod._TRACE_COUNT == before + 1
+    # new values of every data axis and a new data set of the same shapes: no recompilation
+    runs2 = runs._replace(lr=runs.lr * 2, seed=runs.seed + 7, depth=5 - runs.depth)
+    h2 = train(_small(seed=1), runs2)
+    assert train_mod._TRACE_COUNT == before + 1
+    assert not np.allclose(h.loss, h2.loss)
+
+
+def test_matches_a_hand_written_loop():
+    """Run 5 of a vmapped batch equals plain Python SGD on mlp_apply (no vmap, no scan)."""
+    spec = _small()
+    runs = make_runs(
+        spec,
+        depth=[1, 2, 3, 4],
+        activation=["relu", "tanh"],
+        lr=[0.01, 0.1],
+        scale=[0.5, 1.0],
+        seed=[0, 1],
+    )
+    h = train(spec, runs)
+    i = 45
+    run = jax.tree.map(lambda a: a[i], runs)
+    params = train_mod._init_params(
+        spec, jax.random.split(jax.random.key(int(run.seed)))[0], run, jnp.float32
+    )
+    act = spec.activations[int(run.activation)]
+    x, y = spec.task.x, spec.task.y
+
+    def loss_fn(p):
+        return 0.5 * jnp.mean((mlp_apply(p, x, activation=act, depth=int(run.depth)) - y) ** 2)
+
+    losses, norms = [], []
+    for _ in range(spec.steps):
+        loss, g = jax.value_and_grad(loss_fn)(params)
+        losses.append(float(loss))
+        norms.append(float(optax.tree.norm(g)))
+        params = jax.tree.map(lambda p, g: p - run.lr * g, params, g)
+    k = spec.log_every
+    np.testing.assert_allclose(h.loss[i], losses[::k], rtol=2e-5)
+    np.testing.assert_allclose(h.grad_norm[i], norms[::k], rtol=2e-5)
+    np.testing.assert_allclose(h.final_loss[i], float(loss_fn(params)), rtol=2e-5)
+
+
+# ------------------------------------------------------------------ mixed precision, scaling
+
+
+def _tiny_targets(runs, **kw):
+    """Targets of RMS 1e-3 and a student whose output starts that small: float16 gradients
+    (about 1e-3 / 256 at the output, shrinking by ~0.5 per layer) underflow without scaling."""
+    task = teacher_student(jax.random.key(0), n=64, in_dim=16, teacher_depth=1, target_scale=1e-3)
+    spec = TrainSpec(
+        task,
+        max_depth=8,
+        width=32,
+        steps=100,
+        log_every=10,
+        optimizer="adam",
+        dtype="float16",
+        master_dtype="float32",
+        **kw,
+    )
+    return train(spec, make_runs(spec, **runs, lr=1e-3, product=False))
+
+
+def test_float16_gradients_underflow_without_loss_scaling():
+    """Also: a run whose scaled gradient overflows makes the scaler back off (run 2)."""
+    plain = _tiny_targets(dict(scale=0.36, seed=[0, 1]))
+    rule = DynamicLossScale(initial_scale=2.0**15, period=20, min_scale=2.0**-4)
+    scaled = _tiny_targets(dict(scale=[0.36, 0.36, 2.0], seed=[0, 1, 0]), loss_scale=rule)
+    plain, scaled = (jax.tree.map(np.asarray, h) for h in (plain, scaled))
+    zeros = lambda h: h.grad_census[..., 2] / h.grad_census.sum(-1)
+    assert zeros(plain)[:, 0].min() > 0.9  # most entries are exactly 0 from the first step
+    assert zeros(scaled)[:2, 0].max() < 0.2  # only relu's structural zeros remain
+    assert (scaled.final_loss[:2] < plain.final_loss / 3).all()
+    # the scale grows every 20 finite steps (no overflow here): 2**15 * 2**4 at step 90
+    np.testing.assert_array_equal(scaled.loss_scale[:2, -1], 2.0**19)
+    assert (scaled.first_nonfinite == -1).all() and (scaled.nonfinite_grads[:2] == 0).all()
+    # run 2: weights 2x He give a gradient ~2**9 times larger; times 2**15 it overflows float16.
+    # Those steps are skipped (absorbed), the scale halves each time until the gradient fits.
+    assert scaled.loss_scale[2, 0] == 2.0**15 and scaled.loss_scale[2, -1] < 2.0**12
+    assert scaled.absorbed[2].sum() == scaled.nonfinite_grads[2].sum() > 0
+
+
+def test_classification_trains_with_minibatches_and_a_custom_optimizer():
+    task = teacher_classification(jax.random.key(3), n=256, n_classes=3)
+    spec = TrainSpec(
+        task,
+        max_depth=3,
+        width=32,
+        steps=60,
+        log_every=20,
+        batch_size=64,
+        optimizer=lambda lr: optax.chain(optax.scale_by_adam(), optax.scale(-lr)),
+    )
+    h = train(spec, make_runs(spec, lr=3e-3))
+    assert float(h.final_loss[0]) < 0.6 * float(np.log(3))
+    assert diagnose(h).verdict == ("healthy",)
+
+
+# ------------------------------------------------------------------------------ diagnose
+
+
+def _history(loss, grad=None, layers=None, first=-1):
+    loss = np.atleast_2d(np.asarray(loss, float))
+    r, t = loss.shape
+    grad = np.ones_like(loss) if grad is None else np.atleast_2d(np.asarray(grad, float))
+    layers = np.ones((r, t, 3)) if layers is None else layers
+    z = np.zeros((r, t))
+    return History(
+        np.arange(t) * 10,
+        loss,
+        grad,
+        z,
+        layers,
+        np.zeros((r, t, 5)),
+        z + 1,
+        z,
+        z,
+        np.full(r, first),
+        loss[:, -1],
+        runs=None,
+    )
+
+
+def test_diagnose_rules_one_by_one():
+    flat = np.full(20, 1.0)
+    falling = np.geomspace(1, 1e-3, 20)
+    tiny_first = np.ones((1, 20, 3))
+    tiny_first[..., 0] = 1e-6
+    assert diagnose(_history(falling)).verdict == ("healthy",)
+    assert diagnose(_history(falling, first=7)).verdict == ("exploding",)
+    assert diagnose(_history(np.r_[1.0, 20.0, flat[2:]])).verdict == ("exploding",)  # loss x20
+    assert diagnose(_history(falling, grad=np.geomspace(1, 1e4, 20))).verdict == ("exploding",)
+    assert diagnose(_history(falling, grad=np.geomspace(1, 1e2, 20))).verdict == ("healthy",)
+    assert diagnose(_history(flat, layers=tiny_first)).verdict == ("vanishing",)
+    assert diagnose(_history(flat, grad=np.full(20, 1e-6))).verdict == ("vanishing",)
+    d = diagnose(_history(flat))  # flat but the gradient is fine: not vanishing (lr too small)
+    assert d.verdict == ("healthy",) and d.plateau[0]
+    # thresholds are parameters
+    assert diagnose(_history(flat, layers=tiny_first), vanishing_ratio=1e-7).verdict == ("healthy",)
+    assert diagnose(
+        _history(falling, grad=np.geomspace(1, 1e2, 20)), explode_growth=10
+    ).verdict == ("exploding",)
+    late = np.r_[np.geomspace(1, 0.5, 8), np.full(12, 0.5)]  # plateau covers 13/20 < 0.75
+    assert not diagnose(_history(late, layers=tiny_first)).plateau[0]
+    assert diagnose(_history(late, layers=tiny_first), plateau_fraction=0.6).verdict == (
+        "vanishing",
+    )
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda h: h._replace(loss=h.loss[0]), "history.loss"),
+        (lambda h: h._replace(grad_norm=h.grad_norm[:, :3]), "history.grad_norm"),
+        (lambda h: h._replace(step=h.step[:-1]), "history.step"),
+        (lambda h: h._replace(layer_grad_rms=h.layer_grad_rms[..., 0]), "layer_grad_rms"),
+        (lambda h: h._replace(first_nonfinite=np.zeros(5)), "first_nonfinite"),
+    ],
+)
+def test_diagnose_refuses_bad_history(bad, match):
+    h = _history(np.ones((2, 6)))
+    with pytest.raises(ValueError, match=match):
+        diagnose(bad(h))
+
+
+def test_diagnose_refuses_bad_thresholds():
+    h = _history(np.ones(4))
+    with pytest.raises(TypeError, match="History"):
+        diagnose({"loss": np.ones((1, 3))})
+    for kw in (
+        {"explode_growth": 1.0},
+        {"plateau_tol": 0},
+        {"plateau_fraction": 1.5},
+        {"vanishing_ratio": -1},
+        {"loss_growth_limit": float("nan")},
+    ):
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            diagnose(h, **kw)
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_is_named():
+    task = teacher_student(jax.random.key(0), n=16, in_dim=4, out_dim=2)
+    spec = TrainSpec(task, max_depth=3, width=4)
+    with pytest.raises(ValueError, match=r"lr must be > 0, got -0\.1"):
+        make_runs(spec, lr=-0.1)
+    with pytest.raises(ValueError, match=r"lr must be > 0, got 0\.0"):
+        make_runs(spec, lr=[0.1, 0.0])
+    with pytest.raises(ValueError, match=r"unknown optimizer 'adamm'.*adam"):
+        TrainSpec(task, max_depth=3, optimizer="adamm")
+    with pytest.raises(TypeError, match="optimizer"):
+        TrainSpec(task, max_depth=3, optimizer=3)
+    with pytest.raises(ValueError, match="period must be >= 1, got 0"):
+        TrainSpec(task, max_depth=3, loss_scale=DynamicLossScale(period=0))
+    with pytest.raises(ValueError, match="depth=4 exceeds"):
+        make_runs(spec, depth=4)
+    with pytest.raises(ValueError, match="activation 'tanh' is not among"):
+        make_runs(spec, activation="tanh")
+    with pytest.raises(ValueError, match="unknown activation"):
+        TrainSpec(task, max_depth=3, activations=("swish",))
+    with pytest.raises(ValueError, match="multiple of log_every"):
+        TrainSpec(task, max_depth=3, steps=10, log_every=3)
+    with pytest.raises(ValueError, match="batch_size=17 exceeds"):
+        TrainSpec(task, max_depth=3, batch_size=17)
+    with pytest.raises(TypeError, match="master_dtype"):
+        TrainSpec(task, max_depth=3, master_dtype="int32")
+    with pytest.raises(ValueError, match="clip_norm"):
+        TrainSpec(task, max_depth=3, clip_norm=0)
+    with pytest.raises(ValueError, match="one length"):
+        make_runs(spec, lr=[0.1, 0.2], seed=[0, 1, 2], product=False)
+    with pytest.raises(ValueError, match="every field of runs"):
+        train(spec, Runs(*(jnp.zeros(2),) * 5, jnp.zeros(3)))
+    with pytest.raises(TypeError, match="runs must be a Runs"):
+        train(spec, {"lr": 0.1})
+    with pytest.raises(ValueError, match="y must have shape"):
+        train_mod.Task(task.x, task.y[:, 0], "regression", 2)
+    assert "adam" in optimizer_names() and "sgd" in optimizer_names()
