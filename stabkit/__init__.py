@@ -23,6 +23,9 @@ Public API (each module's docstring has the details):
   rate and seed are data; float16/bfloat16 with float32 master weights), ``diagnose`` (exploding /
   vanishing / healthy, with evidence) and the fixes as optax transformations:
   ``safe_clip_by_global_norm``, ``skip_nonfinite``, ``loss_scaling`` with a ``DynamicLossScale``.
+* :mod:`stabkit.sweep`: ``sweep`` a ``SweepSpec`` (depth x width x activation x init x scale x
+  bias x dtype x seed) in one compiled kernel per (dtype, width), sharded over the devices, into
+  an ``xarray.Dataset``; streamed to zarr and resumable (``out=``, ``resume=True``); ``load``.
 * :mod:`stabkit.reproduce`: the registry behind ``stabkit reproduce``.
 """
 
@@ -69,6 +72,7 @@ from stabkit.softmax import (
     softmax,
     softmax_cross_entropy,
 )
+from stabkit.sweep import SweepSpec, load, sweep, sweep_input
 from stabkit.theory import (
     PHASE_NAMES,
     JacobianMoments,

@@ -1,0 +1,235 @@
+"""Figures of a sweep (:func:`stabkit.sweep`): depth x scale heatmaps and per-layer profiles.
+
+* :func:`heatmaps`: for each (dtype, width, init, bias_std), one row per activation and two
+  panels: :math:`\\log_{10}` of the output RMS and of the backward gain (RMS of the input gradient
+  over RMS of the output gradient, ``grad_ratio``), the median over seeds, depth on the x axis and
+  the scale on the y axis. Cells where a seed's output holds an inf are black, NaN magenta. For the
+  linear net with the scaled identity the closed form :math:`a^{\\mathrm{depth}+1}` is overlaid
+  (dashed contours at the same levels, :func:`stabkit.deep_linear_gain`), with the depth at which
+  the dtype's largest finite value is reached.
+* :func:`profiles`: per-layer RMS of the signal and of its gradient at the deepest depth, one line
+  per scale, with the closed form for the deep linear net.
+
+Both write PNGs and return their paths.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import warnings
+from typing import Any
+
+import numpy as np
+
+from stabkit.tracing import deep_linear_gain
+
+__all__ = ["heatmaps", "plot", "profiles"]
+
+_GROUPS = ("dtype", "width", "init", "bias_std")
+_INF_COLOR, _NAN_COLOR, _ZERO_COLOR = "black", "magenta", "#9a9a9a"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _groups(ds) -> list[dict[str, Any]]:
+    out = [{}]
+    for dim in _GROUPS:
+        out = [{**g, dim: v} for g in out for v in ds[dim].values.tolist()]
+    return out
+
+
+def _tag(group: dict[str, Any]) -> str:
+    return "_".join(f"{k}-{v}" for k, v in group.items()).replace(".", "p")
+
+
+def _log10_median(a: np.ndarray, axis: int) -> np.ndarray:
+    """Median over ``axis`` of log10|a| where finite and nonzero (NaN where no value is)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.log10(np.abs(a))
+    v = np.where(np.isfinite(v), v, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices are expected
+        return np.nanmedian(v, axis=axis)
+
+
+def _finfo_max(dtype: str) -> float:
+    import ml_dtypes
+
+    return float(ml_dtypes.finfo(dtype).max)
+
+
+def heatmaps(ds, out: str | pathlib.Path, *, max_figures: int = 32) -> list[pathlib.Path]:
+    """Depth x scale heatmaps of a sweep dataset, one PNG per (dtype, width, init, bias_std).
+
+    Args:
+        ds: a dataset from :func:`stabkit.sweep` or :func:`stabkit.load`.
+        out: directory for the PNGs (created).
+        max_figures: at most this many figures (the first groups in axis order).
+
+    Returns:
+        The paths written.
+    """
+    plt = _pyplot()
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    depth, scale = ds.depth.values, ds.scale.values
+    acts = ds.activation.values.tolist()
+    paths = []
+    for group in _groups(ds)[:max_figures]:
+        sub = ds.sel(group)
+        fig, axes = plt.subplots(len(acts), 2, figsize=(10, 3.2 * len(acts)), squeeze=False)
+        for row, act in enumerate(acts):
+            a = sub.sel(activation=act)
+            for col, (name, title) in enumerate(
+                [("output_rms", "log10 output RMS"), ("grad_ratio", "log10 |dL/dx| / |dL/dy|")]
+            ):
+                ax = axes[row, col]
+                vals = a[name].transpose("scale", "depth", "seed").values
+                img = _log10_median(vals, axis=-1)
+                finite = np.isfinite(img)
+                lim = max(1.0, float(np.nanmax(np.abs(img))) if finite.any() else 1.0)
+                mesh = ax.pcolormesh(
+                    np.arange(len(depth) + 1) - 0.5,
+                    np.arange(len(scale) + 1) - 0.5,
+                    np.ma.masked_invalid(img),
+                    cmap="RdBu_r",
+                    vmin=-lim,
+                    vmax=lim,
+                    shading="flat",
+                )
+                fig.colorbar(mesh, ax=ax)
+                # Cells a seed left non-finite or zero, by cause (the colour map cannot show them).
+                bad_inf = np.isinf(vals).any(-1)
+                bad_nan = np.isnan(vals).any(-1) & ~bad_inf
+                bad_zero = (vals == 0).any(-1) & ~bad_inf & ~bad_nan
+                for mask, color, label in (
+                    (bad_inf, _INF_COLOR, "inf"),
+                    (bad_nan, _NAN_COLOR, "NaN"),
+                    (bad_zero, _ZERO_COLOR, "0 (underflow)"),
+                ):
+                    ys, xs = np.nonzero(mask)
+                    if xs.size:
+                        ax.scatter(xs, ys, marker="s", s=30, c=color, label=label)
+                if act == "linear" and group["init"] == "scaled_identity":
+                    _linear_theory(ax, sub, depth, scale, name, mesh)
+                ax.set_xticks(range(len(depth)), [str(d) for d in depth], fontsize=7)
+                ax.set_yticks(range(len(scale)), [f"{s:.3g}" for s in scale], fontsize=7)
+                ax.set_xlabel("depth")
+                ax.set_ylabel("scale")
+                ax.set_title(f"{act}: {title}", fontsize=9)
+        handles = {}
+        for ax in axes.ravel():
+            for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                handles.setdefault(label, h)
+        if handles:
+            fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=5, fontsize=8)
+        fig.suptitle(", ".join(f"{k}={v}" for k, v in group.items()), fontsize=10)
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
+        path = out / f"heatmap_{_tag(group)}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _linear_theory(ax, sub, depth, scale, name, mesh) -> None:
+    """Dashed contours of a^(depth+1) and the depth where it passes the dtype's max."""
+    gain = np.stack([deep_linear_gain(abs(s), np.asarray(depth) + 1) for s in scale])
+    # output RMS = gain * rms(x), and rms(x) is about 1 for the built-in inputs; the backward
+    # gain of the linear net is the same a^(depth+1).
+    with np.errstate(divide="ignore"):
+        theory = np.log10(gain)
+    levels = np.linspace(*mesh.get_clim(), 9)
+    if len(depth) > 1 and len(scale) > 1:
+        ax.contour(
+            np.arange(len(depth)),
+            np.arange(len(scale)),
+            theory,
+            levels=levels,
+            colors="k",
+            linestyles="dashed",
+            linewidths=0.7,
+        )
+    if name == "output_rms":
+        big = math.log10(_finfo_max(str(sub.dtype.values)))
+        # Depth at which a^(d+1) reaches the dtype's max, in the axis's index units.
+        xs, ys = [], []
+        for j, s in enumerate(scale):
+            if abs(s) > 1:
+                d = big / math.log10(abs(s)) - 1
+                xs.append(np.interp(d, depth, np.arange(len(depth)), left=np.nan, right=np.nan))
+                ys.append(j)
+        if xs:
+            ax.plot(xs, ys, "g-", lw=1.5, label=f"theory: a^(d+1) = max {sub.dtype.values}")
+    ax.plot([], [], "k--", lw=0.7, label="theory: log10 a^(d+1) contours")
+
+
+def profiles(ds, out: str | pathlib.Path, *, max_figures: int = 32) -> list[pathlib.Path]:
+    """Per-layer RMS of h and of dL/dh at the deepest depth, one line per scale (seed median).
+
+    Args:
+        ds: a dataset from :func:`stabkit.sweep` or :func:`stabkit.load`.
+        out: directory for the PNGs (created).
+        max_figures: at most this many figures.
+
+    Returns:
+        The paths written.
+    """
+    plt = _pyplot()
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    d = int(ds.depth.values.max())
+    acts = ds.activation.values.tolist()
+    layers = np.arange(d + 2)
+    paths = []
+    colors = plt.get_cmap("viridis")(np.linspace(0, 1, ds.sizes["scale"]))
+    for group in _groups(ds)[:max_figures]:
+        sub = ds.sel(group).sel(depth=d, layer=layers)
+        fig, axes = plt.subplots(len(acts), 2, figsize=(10, 3 * len(acts)), squeeze=False)
+        for row, act in enumerate(acts):
+            a = sub.sel(activation=act)
+            for col, name in enumerate(("post_rms", "grad_post_rms")):
+                ax = axes[row, col]
+                for s, color in zip(a.scale.values, colors, strict=True):
+                    v = 10.0 ** _log10_median(
+                        a[name].sel(scale=s).transpose("layer", "seed").values, -1
+                    )
+                    ax.semilogy(layers, v, color=color, label=f"scale {s:.3g}")
+                    if (
+                        act == "linear"
+                        and group["init"] == "scaled_identity"
+                        and name == "post_rms"
+                    ):
+                        rms0 = float(np.nanmedian(a.post_rms.sel(scale=s, layer=0)))
+                        ax.semilogy(layers, rms0 * deep_linear_gain(abs(s), layers), "k:", lw=0.8)
+                ax.set_title(f"{act}: {name} at depth {d}", fontsize=9)
+                ax.set_xlabel("layer")
+            axes[row, 0].legend(fontsize=6, ncol=2)
+        fig.suptitle(
+            ", ".join(f"{k}={v}" for k, v in group.items()) + " (dotted: a^l)", fontsize=10
+        )
+        fig.tight_layout()
+        path = out / f"profile_{_tag(group)}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot(
+    ds, out: str | pathlib.Path, kind: str = "heatmap", *, max_figures: int = 32
+) -> list[pathlib.Path]:
+    """``heatmaps`` (kind ``heatmap``) or ``profiles`` (kind ``profile``) of ``ds`` into ``out``."""
+    if kind == "heatmap":
+        return heatmaps(ds, out, max_figures=max_figures)
+    if kind == "profile":
+        return profiles(ds, out, max_figures=max_figures)
+    raise ValueError(f"unknown kind {kind!r}; valid: heatmap, profile")
