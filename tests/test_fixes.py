@@ -346,3 +346,42 @@ def test_loss_scaling_errors():
         skip_nonfinite(optax.sgd(1.0), -1)
     with pytest.raises(TypeError, match="dtype int32"):
         safe_global_norm({"a": jnp.ones(2, jnp.int32)})
+
+
+_CLIP = {c: safe_clip_by_global_norm(c) for c in (1e-3, 1.0, 1e3)}
+
+
+@given(
+    st.sampled_from(["float16", "bfloat16", "float32"]),
+    st.sampled_from(sorted(_CLIP)),
+    st.floats(-30, 30),
+    st.integers(0, 2**31 - 1),
+)
+def test_clip_properties(dtype, c, log_mag, seed):
+    """Clipped norm <= c, direction kept, small updates untouched, dtype kept, never NaN."""
+    rng = np.random.default_rng(seed)
+    fmax = float(jnp.finfo(jdtype(dtype)).max)
+    mag = min(2.0**log_mag, fmax / 8)
+    tree = {
+        "a": jnp.asarray(rng.normal(size=(3, 4)) * mag, jdtype(dtype)),
+        "b": jnp.asarray(rng.normal(size=5) * mag, jdtype(dtype)),
+    }
+    out = jax.jit(_CLIP[c].update)(tree, optax.EmptyState())[0]
+    assert all(out[k].dtype == tree[k].dtype for k in tree) and all_finite(out)
+    norm_in = float(safe_global_norm(tree))
+    norm_out = float(safe_global_norm(out))
+    slack = 1 + 4 * eps(dtype)
+    assert norm_out <= c * slack + float(jnp.finfo(jdtype(dtype)).tiny)
+    if norm_in <= c:
+        for k in tree:
+            np.testing.assert_array_equal(np.asarray(out[k]), np.asarray(tree[k]))
+    elif norm_out > 0:
+        # same direction: out = tree * (c / norm) up to one rounding per entry
+        x = np.concatenate([np.asarray(tree[k], np.float64).ravel() for k in tree])
+        y = np.concatenate([np.asarray(out[k], np.float64).ravel() for k in tree])
+        np.testing.assert_allclose(
+            y,
+            x * (c / norm_in),
+            rtol=2 * eps(dtype),
+            atol=4 * float(jnp.finfo(jdtype(dtype)).smallest_subnormal),
+        )

@@ -209,7 +209,7 @@ def test_float16_gradients_underflow_without_loss_scaling():
     assert scaled.absorbed[2].sum() == scaled.nonfinite_grads[2].sum() > 0
 
 
-def test_classification_trains_with_minibatches_and_a_custom_optimizer():
+def test_classification_trains_in_bfloat16_with_minibatches_and_a_custom_optimizer():
     task = teacher_classification(jax.random.key(3), n=256, n_classes=3)
     spec = TrainSpec(
         task,
@@ -218,11 +218,15 @@ def test_classification_trains_with_minibatches_and_a_custom_optimizer():
         steps=60,
         log_every=20,
         batch_size=64,
+        dtype="bfloat16",
+        master_dtype="float32",
         optimizer=lambda lr: optax.chain(optax.scale_by_adam(), optax.scale(-lr)),
     )
     h = train(spec, make_runs(spec, lr=3e-3))
     assert float(h.final_loss[0]) < 0.6 * float(np.log(3))
     assert diagnose(h).verdict == ("healthy",)
+    n_params = (8 * 32 + 32) + 2 * (32 * 32 + 32) + (32 * 3 + 3)  # in_dim 8
+    np.testing.assert_array_equal(np.asarray(h.grad_census).sum(-1), n_params)
 
 
 # ------------------------------------------------------------------------------ diagnose
