@@ -113,6 +113,10 @@ class Task:
         if x.ndim != 2 or not is_floating_dtype(x.dtype) or x.shape[0] == 0:
             raise ValueError(f"x must be a non-empty floating (n, in_dim) array, got {x.shape}")
         y = jnp.asarray(self.y)
+        if self.kind == "classification" and not jnp.issubdtype(y.dtype, jnp.integer):
+            raise TypeError(f"classification labels y must be integers, got dtype {y.dtype}")
+        if self.kind == "regression" and not is_floating_dtype(y.dtype):
+            raise TypeError(f"regression targets y must be floating-point, got dtype {y.dtype}")
         want = (x.shape[0],) if self.kind == "classification" else (x.shape[0], self.out_dim)
         if y.shape != want:
             raise ValueError(f"y must have shape {want} for {self.kind}, got {y.shape}")
@@ -518,29 +522,57 @@ def _build_optimizer(spec: TrainSpec, lr: jax.Array) -> optax.GradientTransforma
     return opt
 
 
-def _init_params(spec: TrainSpec, key: jax.Array, run: Runs, dtype: jnp.dtype) -> MLPParams:
-    def build(name):
-        return lambda k: mlp_init(
-            k,
-            depth=spec.max_depth,
-            width=spec.width,
-            in_dim=spec.task.in_dim,
-            out_dim=spec.task.out_dim,
-            init=name,
-            bias_std=spec.bias_std,
-            dtype=jnp.float32,
-        )
+def _unit_params(spec: TrainSpec, key: jax.Array, name: Any) -> MLPParams:
+    """float32 parameters from :func:`stabkit.mlp_init` with multiplier 1."""
+    return mlp_init(
+        key,
+        depth=spec.max_depth,
+        width=spec.width,
+        in_dim=spec.task.in_dim,
+        out_dim=spec.task.out_dim,
+        init=name,
+        bias_std=spec.bias_std,
+        dtype=jnp.float32,
+    )
 
-    branches = [build(name) for name in spec.inits]
-    params = jax.lax.switch(run.init, branches, key) if len(branches) > 1 else branches[0](key)
+
+def _scaled(params: MLPParams, scale: Any, dtype: jnp.dtype) -> MLPParams:
     # Every named initializer is linear in its multiplier: scale the unit draw (rounded once).
     weights = {"w_in", "w_hidden", "w_out"}
     return MLPParams(
         **{
-            k: ((v * run.scale) if k in weights else v).astype(dtype)
+            k: ((v * scale) if k in weights else v).astype(dtype)
             for k, v in params._asdict().items()
         }
     )
+
+
+def _init_key(seed: int) -> jax.Array:
+    return jax.random.split(jax.random.key(seed))[0]
+
+
+def _init_params(spec: TrainSpec, key: jax.Array, run: Runs, dtype: jnp.dtype) -> MLPParams:
+    """One run's initial parameters (what :func:`train` starts from, for tests and users)."""
+    return _scaled(_unit_params(spec, key, spec.inits[int(run.init)]), run.scale, dtype)
+
+
+def _initial_params(spec: TrainSpec, runs: Runs) -> MLPParams:
+    """The unit-multiplier initial parameters of every run, stacked ``(R, ...)``.
+
+    Drawn outside the training kernel, one :func:`stabkit.mlp_init` call per distinct (seed,
+    initializer): that kernel is compiled once per initializer and shapes and cached, whereas
+    a vmapped ``lax.switch`` over the initializers inside the training kernel would make every
+    training compilation pay for all of their random-number generators again.
+    """
+    cache: dict[tuple[int, int], MLPParams] = {}
+    rows = []
+    for seed, index in zip(
+        np.asarray(runs.seed).tolist(), np.asarray(runs.init).tolist(), strict=True
+    ):
+        if (seed, index) not in cache:
+            cache[seed, index] = _unit_params(spec, _init_key(seed), spec.inits[index])
+        rows.append(cache[seed, index])
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *rows)
 
 
 def _loss(spec: TrainSpec, out: jax.Array, y: jax.Array) -> jax.Array:
@@ -550,11 +582,12 @@ def _loss(spec: TrainSpec, out: jax.Array, y: jax.Array) -> jax.Array:
     return 0.5 * jnp.mean(jnp.square(out - y))
 
 
-def _one_run(spec: TrainSpec, run: Runs, x: jax.Array, y: jax.Array) -> History:
+def _one_run(
+    spec: TrainSpec, run: Runs, unit_params: MLPParams, x: jax.Array, y: jax.Array
+) -> History:
     compute = spec.dtype
     store = spec.master_dtype or compute
-    k_init, k_batch = jax.random.split(jax.random.key(run.seed))
-    params = _init_params(spec, k_init, run, store)
+    params = _scaled(unit_params, run.scale, store)
     phi = select_activation(spec.activations, run.activation)
     opt = _build_optimizer(spec, run.lr)
     opt_state = opt.init(params)
@@ -567,6 +600,7 @@ def _one_run(spec: TrainSpec, run: Runs, x: jax.Array, y: jax.Array) -> History:
     def batch(i):
         if spec.batch_size is None:
             return x, y
+        k_batch = jax.random.split(jax.random.key(run.seed))[1]
         idx = jax.random.choice(
             jax.random.fold_in(k_batch, i), spec.task.n, (spec.batch_size,), replace=False
         )
@@ -664,9 +698,11 @@ class _Holder:
 def train(spec: TrainSpec, runs: Runs) -> History:
     """Train every configuration in ``runs`` under ``spec``, in one compiled, vmapped kernel.
 
-    One compilation serves any number of runs of the same count and any task of the same shapes:
-    the runs (depth, scale, activation, initializer, learning rate, seed) and the data are
-    arguments, everything in the spec is static.
+    One compilation serves any values of the runs (depth, scale, activation, initializer,
+    learning rate, seed) of the same count, and any task of the same shapes: they are arguments,
+    everything in the spec is static. The initial weights are :func:`stabkit.mlp_init`'s for the
+    key ``split(key(seed))[0]``, times ``scale``, drawn before the kernel runs (one call per
+    distinct seed and initializer; that kernel is cached per initializer and shapes).
 
     Args:
         spec: a :class:`TrainSpec`.
@@ -687,14 +723,15 @@ def train(spec: TrainSpec, runs: Runs) -> History:
         raise ValueError(f"every field of runs must have one shape (R,), got {shapes}")
     dtypes = (jnp.int32, jnp.float32, jnp.int32, jnp.int32, jnp.float32, jnp.int32)
     runs = Runs(*(jnp.asarray(v, dt) for v, dt in zip(runs, dtypes, strict=True)))
-    return _train_jit(_Holder(spec), runs, spec.task.x, spec.task.y)
+    unit = _initial_params(spec, runs)
+    return _train_jit(_Holder(spec), runs, unit, spec.task.x, spec.task.y)
 
 
 @partial(jax.jit, static_argnums=0)
-def _train_jit(holder: _Holder, runs: Runs, x: jax.Array, y: jax.Array) -> History:
+def _train_jit(holder: _Holder, runs: Runs, unit: MLPParams, x: jax.Array, y: jax.Array) -> History:
     global _TRACE_COUNT
     _TRACE_COUNT += 1
-    history = jax.vmap(partial(_one_run, holder.spec), in_axes=(0, None, None))(runs, x, y)
+    history = jax.vmap(partial(_one_run, holder.spec), in_axes=(0, 0, None, None))(runs, unit, x, y)
     return history._replace(step=history.step[0])
 
 

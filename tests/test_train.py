@@ -148,9 +148,7 @@ def test_matches_a_hand_written_loop():
     h = train(spec, runs)
     i = 45
     run = jax.tree.map(lambda a: a[i], runs)
-    params = train_mod._init_params(
-        spec, jax.random.split(jax.random.key(int(run.seed)))[0], run, jnp.float32
-    )
+    params = train_mod._init_params(spec, train_mod._init_key(int(run.seed)), run, jnp.float32)
     act = spec.activations[int(run.activation)]
     x, y = spec.task.x, spec.task.y
 
@@ -349,4 +347,8 @@ def test_bad_input_is_named():
         train(spec, {"lr": 0.1})
     with pytest.raises(ValueError, match="y must have shape"):
         train_mod.Task(task.x, task.y[:, 0], "regression", 2)
+    with pytest.raises(TypeError, match="labels y must be integers"):
+        train_mod.Task(task.x, task.y[:, 0], "classification", 2)
+    with pytest.raises(ValueError, match="kind must be"):
+        train_mod.Task(task.x, task.y, "ranking", 2)
     assert "adam" in optimizer_names() and "sgd" in optimizer_names()
