@@ -415,9 +415,12 @@ def loss_scaling(
 
     Usage: multiply the loss by ``loss_scale_of(opt_state)`` before differentiating and pass the
     (scaled) gradient to ``update``. The gradient is divided by the scale in
-    ``promote_types(dtype, float32)`` and cast back. If any entry of it is inf or NaN, the step is
-    skipped (zero updates, ``inner``'s state kept) and the scale backs off; otherwise ``inner``
-    runs on the unscaled gradient. Either way :meth:`DynamicLossScale.adjust` updates the scale.
+    ``promote_types(dtype, float32)`` and cast back to its own dtype: keep float32 master weights
+    (differentiate through a cast to float16) so that the unscaled gradient is float32, since a
+    float16 gradient would underflow again once divided by the scale. If any entry of it is inf
+    or NaN, the step is skipped (zero updates, ``inner``'s state kept) and the scale backs off;
+    otherwise ``inner`` runs on the unscaled gradient. Either way
+    :meth:`DynamicLossScale.adjust` updates the scale.
 
     Args:
         inner: the optimizer (or chain) that receives unscaled gradients.
