@@ -770,6 +770,10 @@ class Diagnosis(NamedTuple):
     layer_ratio: np.ndarray
     grad_to_loss: np.ndarray
 
+    def summary(self) -> str:
+        """Every run's :meth:`explain` line, one per line."""
+        return "\n".join(self.explain(i) for i in range(len(self.verdict)))
+
     def explain(self, i: int) -> str:
         """One line: run ``i``'s verdict and the evidence that decided it."""
         v = self.verdict[i]

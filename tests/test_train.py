@@ -64,6 +64,7 @@ def test_note_cases_verdicts_and_evidence(note):
     assert d.loss_drop[3] > 0.5 and 0.1 < d.layer_ratio[3] < 10 and not d.plateau[3]
     for i in range(4):
         assert d.verdict[i] in d.explain(i)
+    assert d.summary().splitlines() == [d.explain(i) for i in range(4)]
 
 
 def test_history_fields(note):
