@@ -16,14 +16,16 @@ How it is fast:
   and the (hand-written) backward pass are ``while_loop`` s whose trip count is the chunk's
   largest depth, a runtime value: a depth-4 chunk runs 4 layers, not 64. The activation and the
   initializer are ``lax.switch`` es on a per-chunk index, so only the chosen branch runs.
-* **Cheap weights.** Each layer's matrix is drawn inside the loop from its key (no
-  ``(depth, width, width)`` stack is built up front) and kept for the backward pass.
+* **Cheap weights.** A layer's unit draw (normal, uniform, orthogonal or identity) is made inside
+  the loop once per distinct seed in the chunk, not once per config, and scaled per config; the
+  draws are kept for the backward pass. Every layer's activations live in a workspace donated from
+  one call to the next.
 
 Every config's network is exactly ``mlp_init(jax.random.key(seed), depth=depth, width=width,
 init=init, scale=scale, bias_std=bias_std, dtype=dtype)`` (in_dim = out_dim = width) and its input
 is ``x`` drawn from ``fold_in(key(seed), 2)`` (:func:`sweep_input`): its randomness comes from its
 own seed and coordinates, never from its position, so the result is bit-identical whatever the
-chunk size, the number of devices or the order of the axis values. Configs that differ only in
+chunk size or the order of the axis values (devices: see below). Configs that differ only in
 depth, scale, bias or activation share their unit draws (common random numbers: a depth-8 net is a
 prefix of a depth-16 one), which makes depth x scale maps smooth.
 
@@ -36,9 +38,12 @@ sweep killed at any point and rerun with ``resume=True`` finishes with an identi
 memory stays bounded by the chunk size. :func:`load` reads a store back (zarr arrays and JSON
 attributes; no pickle).
 
-Across hosts: call ``jax.distributed.initialize()`` on every host before :func:`sweep`; the
-config axis is sharded over ``jax.devices()``, which then spans all hosts (each host writes the
-same ``out`` only from process 0, see :func:`sweep`).
+Devices: each chunk's config axis is split over ``jax.devices()`` (``shard_map`` over a
+one-axis mesh, no communication between devices). Counts and first-layer results are identical
+whatever the device count; XLA:CPU rounds a multi-device program's matrix products differently,
+so float statistics agree to a few ulp across device counts (bit for bit across chunk sizes and
+axis order). Across hosts (``jax.distributed``) the mesh would span every host, but gathering
+results to process 0 is not written yet: run one sweep per host on a slice of the grid instead.
 """
 
 from __future__ import annotations
@@ -61,8 +66,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from stabkit.activations import get_activation, value_and_derivative
 from stabkit.init import initializer_names
-from stabkit.precision import census
-from stabkit.tracing import _rms, loss_names
+from stabkit.tracing import loss_names
 
 __all__ = ["SweepSpec", "load", "sweep", "sweep_input"]
 
@@ -386,20 +390,62 @@ def _chunk_fn(st: _Static) -> Callable:
     units = [functools.partial(_unit, k, width=w, sdt=sdt) for k in st.kinds]
     entries = batch * w
     nan = jnp.asarray(jnp.nan, sdt)
-    census_fields = ("subnormal", "zero", "inf", "nan")
 
     def mm(spec, a, b):
         return jnp.einsum(spec, a, b, precision=_PRECISION)
 
-    def rms(v):
-        return _rms(v, axis=(1, 2))
-
     def absmax(v):
         return jnp.max(jnp.abs(v), axis=(1, 2)).astype(sdt)
 
+    def rms(v, m=None):
+        """RMS over (batch, units) as stabkit.trace computes it; ``m``: max|v| if known.
+
+        The statistics cost more than the matrix products on CPU, so each pass over the data
+        counts: the max that post_max needs is reused here.
+        """
+        v = v.astype(sdt)
+        m = absmax(v) if m is None else m
+        # tracing._rms: divide by sqrt(max) twice, so the squares are at most 1 (no overflow) and
+        # each reciprocal stays normal; a non-finite max leaves inf/NaN entries to show through.
+        r = jnp.sqrt(jnp.where((m > 0) & jnp.isfinite(m), m, jnp.ones_like(m)))[:, None, None]
+        return jnp.sqrt(jnp.mean(jnp.square(v / r / r), axis=(1, 2))) * r[:, 0, 0] * r[:, 0, 0]
+
+    # Census by bit pattern (XLA:CPU reads float32 subnormals as 0 in comparisons): the magnitude
+    # bits are 0 for zeros, below the smallest normal's for subnormals, those of inf for inf and
+    # above for NaN. Two classes are packed in 16-bit halves of one int32 sum where the counts fit,
+    # so four counts take two passes over the data instead of four.
+    info = jnp.finfo(dtype)
+    nbits = 8 * dtype.itemsize
+    ubits = {16: jnp.uint16, 32: jnp.uint32, 64: jnp.uint64}[nbits]
+    magnitude = (1 << (nbits - 1)) - 1
+    inf_bits = ((1 << info.nexp) - 1) << info.nmant
+    normal_bits = 1 << info.nmant
+    packed = entries < 2**15
+
     def counts(v, prefix):
-        c = census(v, axis=(1, 2))
-        return {f"{prefix}_{f}": getattr(c, f) for f in census_fields}
+        a = jax.lax.bitcast_convert_type(v, ubits) & magnitude
+        zero, inf = a == 0, a == inf_bits
+        sub, nan = (a < normal_bits) & ~zero, a > inf_bits
+        if packed:
+            i32 = jnp.int32
+            lo = jnp.sum(zero.astype(i32) | (sub.astype(i32) << 16), axis=(1, 2))
+            hi = jnp.sum(inf.astype(i32) | (nan.astype(i32) << 16), axis=(1, 2))
+            zero, sub, inf, nan = lo & 0xFFFF, lo >> 16, hi & 0xFFFF, hi >> 16
+        else:
+            zero, sub, inf, nan = (
+                jnp.sum(c, axis=(1, 2), dtype=jnp.int32) for c in (zero, sub, inf, nan)
+            )
+        return {
+            f"{prefix}_subnormal": sub,
+            f"{prefix}_zero": zero,
+            f"{prefix}_inf": inf,
+            f"{prefix}_nan": nan,
+        }
+
+    def dead(dphi):
+        """Fraction of units whose phi' is exactly 0 (+0 or -0, by bit pattern) on every example."""
+        a = jax.lax.bitcast_convert_type(dphi, ubits) & magnitude
+        return jnp.mean(jnp.sum(a == 0, axis=1, dtype=jnp.int32) == batch, axis=1, dtype=sdt)
 
     def body(act, kind, trip, threshold, seeds, depth, mult, bias_std, sidx, hs, dps):
         global _KERNEL_TRACES
@@ -450,17 +496,18 @@ def _chunk_fn(st: _Static) -> Callable:
             wt, b = scaled(uw, ub)
             z = mm("cbi,cij->cbj", h, wt) + b[:, None, :]
             hn, dphi = jax.lax.switch(act, phis, z)
+            hmax = absmax(hn)
             stats = put(
                 stats,
                 layer,
                 active,
                 pre_rms=rms(z),
-                post_rms=rms(hn),
-                post_max=absmax(hn),
+                post_rms=rms(hn, hmax),
+                post_max=hmax,
                 dphi_rms=rms(dphi),
                 saturated=jnp.mean(jnp.abs(dphi).astype(sdt) < threshold, axis=(1, 2), dtype=sdt),
                 # By bit pattern: XLA on CPU reads subnormals as 0 in comparisons.
-                dead=jnp.mean(census(dphi, axis=1).zero == batch, axis=1, dtype=sdt),
+                dead=dead(dphi),
                 **counts(hn, "post"),
             )
             hs = jax.lax.dynamic_update_index_in_dim(hs, h, i, 0)
@@ -716,7 +763,7 @@ class _Progress:
 class _Store:
     """The zarr store of a streamed sweep: flat config-major arrays and an atomic progress file."""
 
-    def __init__(self, path: pathlib.Path, spec: SweepSpec, meta: dict, resume: bool, write: bool):
+    def __init__(self, path, spec: SweepSpec, meta: dict, resume: bool, write: bool, rows: int):
         import zarr
 
         self.path, self.write, n = path, write, spec.n_configs
@@ -737,7 +784,7 @@ class _Store:
             return
         self.group = zarr.open_group(str(path), mode="w")
         self.group.attrs["stabkit"] = meta
-        rows = max(1, 2**20 // (4 * spec.n_layers))  # about 1 MiB per zarr chunk
+        # A zarr chunk of a kernel chunk's rows: each write touches at most two zarr chunks.
         for name in {**LAYER_VARS, **CONFIG_VARS}:
             shape = _var_shape(name, n, spec.n_layers)
             dt = _var_dtype(name, spec.dtype)
@@ -787,6 +834,7 @@ def sweep(
     chunk_size: int | None = None,
     memory_budget: int = 2**30,
     progress: bool = True,
+    load_result: bool = True,
 ):
     """Trace every configuration of ``spec``; one compiled kernel per (dtype, width).
 
@@ -803,13 +851,15 @@ def sweep(
         memory_budget: bytes of device memory a chunk may use (its loop buffers and temporaries;
             the host holds one chunk's results at a time when ``out`` is given).
         progress: a progress bar (configs/s, ETA) on stderr.
+        load_result: with ``out``, return the dataset read back (True) or only the path (False:
+            a sweep larger than memory streams to disk without ever being held whole).
 
     Returns:
         An ``xarray.Dataset`` with dims ``dtype, width, activation, init, depth, scale, bias_std,
         seed`` (and ``layer`` for the per-layer variables); see :data:`LAYER_VARS` and
         :data:`CONFIG_VARS`. Attributes (JSON strings): ``spec``, ``versions``, ``probe`` (the
         backend's measured floating-point behaviour), ``devices``. With ``out``, the dataset read
-        back by :func:`load`.
+        back by :func:`load` (or the path, see ``load_result``).
 
     Raises:
         TypeError: ``spec`` is not a :class:`SweepSpec`.
@@ -840,8 +890,11 @@ def sweep(
     ndev = len(devices)
     store = None
     if out is not None:
-        write = jax.process_index() == 0
-        store = _Store(pathlib.Path(out), spec, meta, resume, write)
+        rows = max(
+            _plan_chunk(spec, dt, w, block, ndev, chunk_size, memory_budget)
+            for dt, w, block, _ in _work(spec)
+        )
+        store = _Store(pathlib.Path(out), spec, meta, resume, jax.process_index() == 0, rows)
         flat = None
     else:
         flat = {
@@ -929,7 +982,7 @@ def sweep(
                 pending = (flat_start, count, res)
             finish(pending)
     if store is not None:
-        return load(out)
+        return load(out) if load_result else pathlib.Path(out)
     return _dataset(meta, flat)
 
 

@@ -232,6 +232,15 @@ def test_save_load_round_trip(tmp_path, rev):
     xr.testing.assert_identical(again, rev)
     with pytest.raises(FileNotFoundError):
         sk.load(tmp_path / "nothing")
+    path = sk.sweep(
+        sk.SweepSpec(**REV),
+        out=tmp_path / "p",
+        chunk_size=REV_CHUNK,
+        progress=False,
+        load_result=False,
+    )
+    assert path == tmp_path / "p"
+    xr.testing.assert_identical(sk.load(path), rev)
 
 
 _KILLED = """
