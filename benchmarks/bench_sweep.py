@@ -1,0 +1,273 @@
+"""Benchmark: stabkit.sweep against the loop a user would write, on the issue's standard grid.
+
+Standard grid: activations linear, relu, tanh, sigmoid x 16 depths (4..64) x 8 scales
+(0.5..2.0) x 4 seeds = 2048 configs, width 64, batch 128, float32, gaussian init, forward and
+backward statistics. Measured in one run, each against a baseline measured in the same run:
+
+* end to end, compile included: ``sweep`` vs one ``jit`` of ``trace(mlp_init(...))`` per (depth,
+  activation) and a Python loop over scales and seeds (the same statistics);
+* useful FLOP/s (the three matrix products of each config's own depth + 1 layers: forward,
+  backward to the input, backward to the weights) vs the dense matmul peak and vs the batched
+  matmul ``(chunk, 128, 64) @ (chunk, 64, 64)`` that the sweep runs;
+* compile time of a sweep over 64 depths (1..64) vs 1 depth (64);
+* resident memory of a 1,000,000-config streamed sweep (tiny nets, ``out=``) in a subprocess,
+  sampled every 50 ms: its growth over the warmed-up runtime, against ``memory_budget``.
+
+Run: ``python benchmarks/bench_sweep.py [--loop-fraction F] [--skip-million]``. Prints a table and
+writes ``benchmarks/results/bench_sweep.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import stabkit as sk
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    activations: tuple = ("linear", "relu", "tanh", "sigmoid")  # the issue's four
+    depths: tuple = tuple(range(4, 65, 4))  # 16 depths, 4..64
+    scales: tuple = tuple(np.linspace(0.5, 2.0, 8).tolist())  # sigma_w
+    seeds: int = 4
+    width: int = 64
+    batch: int = 128
+    init: str = "gaussian"
+    repeats: int = 3  # timed warm runs (median)
+    million_budget: int = 256 * 2**20  # memory_budget of the streamed 1M-config sweep
+
+
+def _spec(cfg: Config, **over) -> sk.SweepSpec:
+    kw = dict(
+        depth=cfg.depths,
+        width=cfg.width,
+        activation=cfg.activations,
+        init=cfg.init,
+        scale=cfg.scales,
+        seed=range(cfg.seeds),
+        batch=cfg.batch,
+    )
+    return sk.SweepSpec(**{**kw, **over})
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def useful_flops(cfg: Config) -> float:
+    """3 matrix products of 2 * batch * width^2 for each of a config's depth + 1 layers."""
+    layers = sum(d + 1 for d in cfg.depths) * len(cfg.activations) * len(cfg.scales) * cfg.seeds
+    return 3.0 * layers * 2.0 * cfg.batch * cfg.width**2
+
+
+def bench_sweep(cfg: Config) -> dict:
+    spec = _spec(cfg)
+    first = _timed(lambda: sk.sweep(spec, progress=False))
+    warm = [_timed(lambda: sk.sweep(spec, progress=False)) for _ in range(cfg.repeats)]
+    return {"configs": spec.n_configs, "first_s": first, "warm_s": statistics.median(warm)}
+
+
+def bench_loop(cfg: Config, fraction: float) -> dict:
+    """One jit per (depth, activation), a Python loop over scales and seeds: the naive sweep."""
+    x = sk.sweep_input(0, cfg.batch, cfg.width, "float32")
+    pairs = [(d, a) for d in cfg.depths for a in cfg.activations]
+    step = max(1, round(1 / fraction))
+    pairs = pairs[::step]
+
+    def run():
+        for depth, act in pairs:
+
+            def one(key, scale, depth=depth, act=act):
+                p = sk.mlp_init(key, depth=depth, width=cfg.width, init=cfg.init, scale=scale)
+                return sk.trace(p, x, activation=act)
+
+            f = jax.jit(one)
+            for scale in cfg.scales:
+                for seed in range(cfg.seeds):
+                    jax.block_until_ready(f(jax.random.key(seed), jnp.float32(scale)))
+
+    seconds = _timed(run)
+    return {"pairs_run": len(pairs), "fraction": len(pairs) * step / (len(cfg.depths) * 4),
+            "seconds_measured": seconds, "seconds": seconds * step}  # fmt: skip
+
+
+def _rate(fn, args, flops: float, repeats: int = 10) -> float:
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return flops / statistics.median(times)
+
+
+def bench_matmul(cfg: Config, chunk: int) -> dict:
+    hi = jax.lax.Precision.HIGHEST
+    n = 2048
+    a = jnp.ones((n, n), jnp.float32)
+    dense = _rate(jax.jit(lambda a: jnp.matmul(a, a, precision=hi)), (a,), 2.0 * n**3)
+    h = jnp.ones((chunk, cfg.batch, cfg.width), jnp.float32)
+    w = jnp.ones((chunk, cfg.width, cfg.width), jnp.float32)
+    batched = _rate(
+        jax.jit(lambda h, w: jnp.einsum("cbi,cij->cbj", h, w, precision=hi)),
+        (h, w),
+        2.0 * chunk * cfg.batch * cfg.width**2,
+    )
+    return {"dense_flops": dense, "batched_flops": batched, "batched_chunk": chunk}
+
+
+def bench_compile(cfg: Config) -> dict:
+    """First call minus a warm call: the compile time, for 64 depths and for 1."""
+    out = {}
+    for name, depths in (("depths_64", tuple(range(1, 65))), ("depths_1", (64,))):
+        # A batch no other measurement uses, so the kernel is compiled here.
+        spec = _spec(cfg, depth=depths, activation="relu", scale=1.0, seed=0, batch=96)
+        first = _timed(lambda spec=spec: sk.sweep(spec, progress=False))
+        warm = _timed(lambda spec=spec: sk.sweep(spec, progress=False))
+        out[name] = first - warm
+    out["ratio"] = out["depths_64"] / out["depths_1"]
+    return out
+
+
+_MILLION = """
+import json, sys, threading, time
+import stabkit as sk
+
+def rss():  # current resident set, bytes (ru_maxrss would include the compiler's peak)
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS"))
+
+spec = sk.SweepSpec(depth=range(1, 11), width=8, batch=8, activation=["relu", "tanh"],
+                    init=["gaussian", "orthogonal"], scale=[0.5 + 0.01 * i for i in range(250)],
+                    seed=range(100))
+assert spec.n_configs == 1_000_000
+# Warm up with a small sweep of the same kernel (same chunk, seeds, activations, inits), so that
+# the compiler's memory is not counted as the sweep's.
+warm = dict(spec.to_dict(), scale=spec.scale[:11])
+sk.sweep(sk.SweepSpec(**warm), memory_budget=int(sys.argv[2]), progress=False)
+base, peak, done = rss(), [0], []
+
+def poll():
+    while not done:
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.05)
+
+threading.Thread(target=poll, daemon=True).start()
+start = time.perf_counter()
+sk.sweep(spec, out=sys.argv[1], memory_budget=int(sys.argv[2]), progress=False, load_result=False)
+seconds = time.perf_counter() - start
+done.append(1)
+time.sleep(0.1)
+print(json.dumps({"configs": spec.n_configs, "seconds": seconds, "baseline_rss": base,
+                  "peak_rss": peak[0]}))
+"""
+
+
+def bench_million(cfg: Config) -> dict:
+    """Peak RSS of a streamed 1M-config sweep; the final load is not part of it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run(
+            [sys.executable, "-c", _MILLION, os.path.join(tmp, "m.zarr"), str(cfg.million_budget)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r["budget"] = cfg.million_budget
+    r["growth"] = r["peak_rss"] - r["baseline_rss"]
+    return r
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--loop-fraction", type=float, default=1.0,
+                        help="run this fraction of the loop's (depth, activation) jits and scale "
+                        "its time up (1.0: all 64)")  # fmt: skip
+    parser.add_argument("--skip-million", action="store_true")
+    parser.add_argument("--only-million", action="store_true")
+    args = parser.parse_args()
+    cfg = Config()
+    sk.probe()  # measured once, outside every timing
+    if args.only_million:
+        print(json.dumps(bench_million(cfg), indent=1))
+        return
+
+    sweep = bench_sweep(cfg)
+    loop = bench_loop(cfg, args.loop_fraction)
+    spec = _spec(cfg)
+    chunk = (
+        __import__("importlib")
+        .import_module("stabkit.sweep")
+        ._plan_chunk(
+            spec, "float32", cfg.width, spec.n_configs // 4, len(jax.devices()), None, 2**30
+        )
+    )
+    mm = bench_matmul(cfg, chunk)
+    flops = useful_flops(cfg)
+    rate = flops / sweep["warm_s"]
+    compile_ = bench_compile(cfg)
+    million = None if args.skip_million else bench_million(cfg)
+
+    rows = [
+        ("configs", f"{sweep['configs']}"),
+        ("sweep, compile included", f"{sweep['first_s']:.2f} s"),
+        ("sweep, warm (median)", f"{sweep['warm_s']:.2f} s"),
+        ("loop of jits (per depth, activation)", f"{loop['seconds']:.2f} s"
+         + ("" if loop["fraction"] == 1 else f" (scaled from {loop['fraction']:.2f})")),
+        ("speedup, compile included", f"{loop['seconds'] / sweep['first_s']:.1f}x"),
+        ("useful FLOP/s of the sweep", f"{rate / 1e9:.1f} GFLOP/s"),
+        ("dense matmul peak", f"{mm['dense_flops'] / 1e9:.1f} GFLOP/s"),
+        (f"batched matmul, chunk {chunk}", f"{mm['batched_flops'] / 1e9:.1f} GFLOP/s"),
+        ("sweep / dense peak", f"{rate / mm['dense_flops']:.0%}"),
+        ("sweep / batched matmul", f"{rate / mm['batched_flops']:.0%}"),
+        ("compile, 64 depths", f"{compile_['depths_64']:.2f} s"),
+        ("compile, 1 depth", f"{compile_['depths_1']:.2f} s"),
+        ("compile ratio 64 / 1", f"{compile_['ratio']:.2f}"),
+    ]  # fmt: skip
+    if million is not None:
+        rows += [
+            ("1M-config streamed sweep", f"{million['seconds']:.1f} s"),
+            ("  peak RSS growth / budget", f"{million['growth'] / 2**20:.0f} MiB / "
+             f"{million['budget'] / 2**20:.0f} MiB"),
+            ("  peak RSS (runtime included)", f"{million['peak_rss'] / 2**20:.0f} MiB"),
+            ("  configs/s", f"{million['configs'] / million['seconds']:.0f}"),
+        ]  # fmt: skip
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+    record = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpus": os.cpu_count(), "load_average": os.getloadavg()},
+        "jax": jax.__version__,
+        "devices": [str(d) for d in jax.devices()],
+        "config": dataclasses.asdict(cfg),
+        "sweep": sweep, "loop": loop, "matmul": mm, "useful_flops": flops,
+        "useful_flops_per_s": rate, "compile": compile_, "million": million,
+        "max_rss_this_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }  # fmt: skip
+    out = pathlib.Path(__file__).parent / "results" / "bench_sweep.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
