@@ -341,21 +341,24 @@ def _c_star_1(k: _Kernel, sw, sb, q, chaotic):
     big_q = sw * k.diag(q)[0] + sb
 
     def body(state):
-        c, _, i = state
+        c, _, i, _ = state
         e12, d12 = k.cross(q, c)
         f = (sw * e12 + sb) / big_q - c
         df = sw * q * d12 / big_q - 1.0
         step = jnp.where(df < 0, -f / df, jnp.inf)
         c_new = jnp.clip(c + jnp.where(jnp.isfinite(step), step, jnp.inf), c, 1.0)
-        return c_new, c, i + 1
+        return c_new, c, i + 1, d12
 
     def cond(state):
-        c, prev, i = state
+        c, prev, i, _ = state
         return chaotic & (i < _C_ITER) & (jnp.abs(c - prev) > 1e-14)
 
     start = jnp.where(chaotic, 0.0, 1.0)
-    c, _, _ = jax.lax.while_loop(cond, body, (start, jnp.full_like(start, -1.0), 0))
-    return c
+    init = (start, jnp.full_like(start, -1.0), 0, jnp.full_like(start, jnp.nan))
+    c, _, _, d12 = jax.lax.while_loop(cond, body, init)
+    # E[phi'(u1) phi'(u2)] at the last step's c (within 1e-14 of c*): chi_c without another 2-D
+    # quadrature, so that points that skip the loop cost nothing.
+    return c, d12
 
 
 def _xi(chi):
@@ -380,36 +383,36 @@ def _solve_q(k: _Kernel, sw, sb, q0, atol):
     return q, chi1, jnp.where(finite, chiq, jnp.nan), _phase_code(chi1, atol)
 
 
-def _solve_c(k: _Kernel, sw, sb, q, chi1, code):
-    """c* and chi_c at one point, given its q* and phase."""
+def _solve_c(k: _Kernel, sw, sb, q, chi1, code, with_c):
+    """c* and chi_c at one point, given its q* and phase (NaN unless ``with_c``)."""
     finite = jnp.isfinite(q)
     qs = jnp.where(finite, q, 1.0)
-    chaotic = (code == 1) & finite
-    c = _c_star_1(k, sw, sb, qs, chaotic)
-    chic = jnp.where(chaotic, sw * k.cross(qs, c)[1], chi1)
-    return jnp.where(finite, c, jnp.nan), jnp.where(finite, chic, jnp.nan)
+    chaotic = (code == 1) & finite & with_c
+    c, d12 = _c_star_1(k, sw, sb, qs, chaotic)
+    chic = jnp.where(chaotic, sw * d12, chi1)
+    keep = finite & with_c
+    return jnp.where(keep, c, jnp.nan), jnp.where(keep, chic, jnp.nan)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "with_c"))
-def _solve(k, sw, sb, q0, atol, *, with_c):
+@functools.partial(jax.jit, static_argnames=("k",))
+def _solve(k, sw, sb, q0, atol, with_c):
+    # with_c is data, not static: one compilation per kernel serves chi_1/phase (the c* loops
+    # then exit at once) and mean_field.
     # lax.map in batches: a 2-D quadrature holds order**2 values per point, and the while loops of
     # a batch run until its slowest point converges.
     q, chi1, chiq, code = jax.lax.map(
         lambda a: _solve_q(k, *a, atol), jnp.stack([sw, sb, q0], axis=-1), batch_size=256
     )
-    if with_c:
-        # Newton for c* slows down as chi_1 -> 1 (c* -> 1 becomes a double root): sorting by
-        # chi_1 puts the slow points in the same batches and lets the others stop early.
-        perm = jnp.argsort(chi1)
-        c, chic = jax.lax.map(
-            lambda a: _solve_c(k, *a),
-            tuple(v[perm] for v in (sw, sb, q, chi1, code)),
-            batch_size=256,
-        )
-        inv = jnp.argsort(perm)
-        c, chic = c[inv], chic[inv]
-    else:
-        c = chic = jnp.full_like(q, jnp.nan)
+    # Newton for c* slows down as chi_1 -> 1 (c* -> 1 becomes a double root): sorting by chi_1
+    # puts the slow points in the same batches and lets the others stop early.
+    perm = jnp.argsort(chi1)
+    c, chic = jax.lax.map(
+        lambda a: _solve_c(k, *a, with_c),
+        tuple(v[perm] for v in (sw, sb, q, chi1, code)),
+        batch_size=256,
+    )
+    inv = jnp.argsort(perm)
+    c, chic = c[inv], chic[inv]
     return q, c, chi1, chic, chiq, _xi(chiq), _xi(chic), code
 
 
@@ -618,7 +621,7 @@ def _mean_field(activation, sigma_w2, sigma_b2, q0, order, method, atol, with_c)
     atol = float(_check_grid(atol, "atol", lo=0.0))
     k, shape, (sw, sb, q0) = _prepare(activation, order, method, sw, sb, q0)
     with jax.enable_x64(True):
-        res = _solve(k, *(jnp.asarray(a) for a in (sw, sb, q0)), atol, with_c=with_c)
+        res = _solve(k, *(jnp.asarray(a) for a in (sw, sb, q0)), atol, bool(with_c))
         res = [np.asarray(a) for a in res]
     fields = [_out(a, shape) for a in res[:-1]] + [_out(res[-1], shape, np.int8)]
     return MeanField(*fields)

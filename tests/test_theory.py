@@ -61,8 +61,6 @@ def test_erf_mean_field_closed_vs_quadrature():
     for field in ("q_star", "c_star", "chi_1", "chi_c", "chi_q"):
         np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-7, atol=1e-9)
     np.testing.assert_array_equal(a.phase, b.phase)
-    crit = th.critical_line("erf", [0.0, 0.3], method="quadrature")
-    np.testing.assert_allclose(crit, th.critical_line("erf", [0.0, 0.3]), rtol=1e-7)
 
 
 def test_quadrature_converges_with_order():
@@ -174,9 +172,9 @@ def test_chi_1_is_one_on_the_critical_line(activation):
 
 def test_phase_and_depth_scales_on_a_grid():
     sw = np.linspace(0.5, 4.0, 36)[None, :]
-    sb = np.linspace(0.0, 0.3, 8)[:, None]
+    sb = np.linspace(0.0, 0.3, 5)[:, None]
     mf = th.mean_field("tanh", sw, sb)
-    assert mf.phase.shape == (8, 36) and mf.phase.dtype == np.int8
+    assert mf.phase.shape == (5, 36) and mf.phase.dtype == np.int8
     np.testing.assert_array_equal(mf.c_star[mf.phase == -1], 1.0)
     assert np.all(mf.c_star[mf.phase == 1] < 1)
     np.testing.assert_allclose(mf.xi_c[mf.phase == -1], -1 / np.log(mf.chi_1[mf.phase == -1]))
@@ -302,8 +300,9 @@ def test_jacobian_equals_the_explicit_product():
     s_out = th.jacobian_singular_values(p, x, "tanh", readout=True)
     ref = np.linalg.svd(jac @ np.asarray(p.w_out, np.float64), compute_uv=False)
     np.testing.assert_allclose(s_out, ref, rtol=1e-5)
-    s2 = th.jacobian_singular_values(p, jnp.stack([x, x]), "tanh", depth=2)
-    assert s2.shape == (2, 4)
+    # A shallower depth is data: the same compilation, and the 1-D result is the batch's row.
+    s2 = th.jacobian_singular_values(p, x, "tanh", depth=2)
+    assert s2.shape == (4,) and not np.allclose(s2, s)
 
 
 def test_orthogonal_linear_is_an_isometry():
@@ -316,12 +315,13 @@ def test_orthogonal_linear_is_an_isometry():
     ("activation", "init", "sw", "sb"),
     [
         ("linear", "gaussian", 1.0, 0.0),
-        ("relu", "orthogonal", 2.0, 0.0),
-        ("tanh", "gaussian", 1.7609546, 0.05),
+        ("relu", "gaussian", 2.0, 0.0),
+        ("tanh", "orthogonal", 1.7609546, 0.05),
     ],
 )
 def test_jacobian_moments_match_free_probability(activation, init, sw, sb):
-    n, depth, seeds, batch = 128, 6, 6, 4
+    # One spectrum per net (independent samples for the standard errors), input at q^1 = q*.
+    n, depth, seeds = 128, 6, 12
     qs = float(th.q_star(activation, sw, sb))
     m1, m2 = [], []
     for seed in range(seeds):
@@ -329,11 +329,12 @@ def test_jacobian_moments_match_free_probability(activation, init, sw, sb):
         p = sk.mlp_init(
             key, depth=depth, width=n, init=init, scale=math.sqrt(sw), bias_std=math.sqrt(sb)
         )
-        x = jax.random.normal(jax.random.fold_in(key, 1), (batch, n))
-        x = x / jnp.sqrt(jnp.mean(x**2, axis=1, keepdims=True)) * math.sqrt((qs - sb) / sw)
+        jax.block_until_ready(p)  # one computation at a time: XLA:CPU thrashes on a busy machine
+        x = jax.random.normal(jax.random.fold_in(key, 1), (n,))
+        x = x / jnp.sqrt(jnp.mean(x**2)) * math.sqrt((qs - sb) / sw)
         lam = np.asarray(th.jacobian_singular_values(p, x, activation), np.float64) ** 2
-        m1 += list(lam.mean(1))
-        m2 += list((lam**2).mean(1))
+        m1.append(lam.mean())
+        m2.append((lam**2).mean())
     m1, m2 = np.array(m1), np.array(m2)
     var = m2.mean() - m1.mean() ** 2
     se_var = np.std(m2 - 2 * m1.mean() * m1, ddof=1) / math.sqrt(m1.size)  # delta method
