@@ -5,9 +5,10 @@ A study is a flat script in ``experiments/`` that imports only public ``stabkit`
 * ``NAME`` (str): a short identifier, also the stem of its output files;
 * ``TITLE`` (str): one line for the report;
 * ``ORDER`` (int, optional): position in the report (lower first, default 100);
-* ``run(out: pathlib.Path, *, quick: bool) -> list[Claim]``: writes ``out/NAME*.png`` figures and
-  ``out/NAME.json`` numbers (use :func:`save_json`), and returns one :class:`Claim` per statement it
-  checks against theory.
+* ``run(out: pathlib.Path, *, quick: bool) -> list[Claim]``: writes ``out/NAME*.png`` figures (the
+  report shows every PNG the study writes under ``out``, subfolders included) and ``out/NAME.json``
+  numbers (use :func:`save_json`), and returns one :class:`Claim` per statement it checks against
+  theory.
 
 ``reproduce`` runs them in order and writes ``out/report.md``: per study its figures and a table of
 claim, theory, measurement and PASS/FAIL. A study that raises is reported as a FAIL with the error,
@@ -223,11 +224,12 @@ def reproduce(
         studies = {n: m for n, m in studies.items() if n in only}
     out.mkdir(parents=True, exist_ok=True)
     results = []
+    claimed: set[pathlib.Path] = set()
     for name, module in studies.items():
         title = getattr(module, "TITLE", name)
         if echo:
             print(f"[{name}] {title} ...", flush=True)
-        start = time.perf_counter()
+        start, started_at = time.perf_counter(), time.time()
         error, claims = None, ()
         try:
             claims = tuple(module.run(out, quick=quick))
@@ -237,7 +239,12 @@ def reproduce(
         except Exception:  # a broken study is reported, and the others still run
             error = traceback.format_exc()
         seconds = time.perf_counter() - start
-        figures = tuple(sorted(p.name for p in out.glob(f"{name}*.png")))
+        # The study's figures: every PNG under out (subfolders included) that it wrote.
+        written = {
+            p for p in out.rglob("*.png") if p.stat().st_mtime >= started_at and p not in claimed
+        }
+        claimed |= written
+        figures = tuple(sorted(p.relative_to(out).as_posix() for p in written))
         result = StudyResult(name, title, claims, figures, seconds, error)
         results.append(result)
         if echo:

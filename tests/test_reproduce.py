@@ -19,6 +19,8 @@ ORDER = 2
 from stabkit.reproduce import Claim
 def run(out, *, quick=False):
     (out / "good.png").write_bytes(b"png")
+    (out / "good_panels").mkdir(exist_ok=True)
+    (out / "good_panels" / "a.png").write_bytes(b"png")
     return [Claim("one plus one", "2", str(1 + 1), True)]
 """
 BAD = """
@@ -56,7 +58,9 @@ def test_report_lists_every_claim_and_error(studies, tmp_path):
     out = tmp_path / "out"
     results = reproduce(out, directory=studies, echo=False)
     by_name = {r.name: r for r in results}
-    assert by_name["good"].passed and by_name["good"].figures == ("good.png",)
+    assert by_name["good"].passed
+    assert by_name["good"].figures == ("good.png", "good_panels/a.png")
+    assert by_name["bad"].figures == () and by_name["failing"].figures == ()
     assert not by_name["bad"].passed and "boom" in by_name["bad"].error
     assert not by_name["failing"].passed
     report = (out / "report.md").read_text()
