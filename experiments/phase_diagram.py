@@ -49,7 +49,7 @@ ORDER = 70
 class Config:
     grid: int = 200  # the phase diagram is grid x grid points
     sw_range: tuple[float, float] = (0.5, 4.0)  # sigma_w^2 axis
-    sb_range: tuple[float, float] = (0.0, 0.3)  # sigma_b^2 axis (Schoenholz et al., Fig. 1)
+    sb_range: tuple[float, float] = (0.0, 0.3)  # sigma_b^2 axis, as in Schoenholz et al. 2017
     order: int = 40  # Gauss-Hermite nodes for the grid (40^2 for the c-map); lines use 128
     width: int = 512  # Monte Carlo network width (the maps are its n -> infinity limit)
     depth: int = 24  # hidden layers of the Monte Carlo nets
@@ -387,8 +387,8 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
         sk.Claim(
             claim="tanh's critical line starts at (σ_b², σ_w²) = (0, 1) and passes σ_w² ≈ 1.76 "
             "at σ_b² = 0.05",
-            theory="Schoenholz et al. 2017 (Fig. 1, and their σ_b² = 0.05 experiments): σ_w² = 1 "
-            "at σ_b² = 0 (tanh'(0) = 1), ≈ 1.76 at σ_b² = 0.05",
+            theory="Schoenholz et al. 2017 (phase diagram; their tanh experiments use σ_b² = "
+            "0.05): σ_w² = 1 at σ_b² = 0 (tanh'(0) = 1), ≈ 1.76 at σ_b² = 0.05",
             measured=f"bisection on χ₁ (128-node quadrature): σ_w² = {crit0:.8f} at σ_b² = 0, "
             f"{crit_005:.7f} at 0.05",
             passed=abs(crit0 - 1) < 1e-6 and abs(crit_005 - 1.76) < 0.005,

@@ -67,7 +67,7 @@ References:
     B. Poole, S. Lahiri, M. Raghu, J. Sohl-Dickstein, S. Ganguli, "Exponential expressivity in deep
     neural networks through transient chaos", NeurIPS 2016.
     S. S. Schoenholz, J. Gilmer, S. Ganguli, J. Sohl-Dickstein, "Deep information propagation",
-    ICLR 2017 (sec. 3: the maps, chi_1 and the depth scales; Fig. 1: the tanh phase diagram).
+    ICLR 2017 (the maps, chi_1, the depth scales and the tanh phase diagram).
     J. Pennington, S. S. Schoenholz, S. Ganguli, "Resurrecting the sigmoid in deep learning through
     dynamical isometry: theory and practice", NeurIPS 2017 (sec. 2: moments of the spectrum of
     JJ^T from the S-transform).

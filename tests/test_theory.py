@@ -147,10 +147,10 @@ def test_relu_critical_point_and_chi_1():
 
 
 def test_tanh_critical_line_golden_values():
-    # Schoenholz et al. 2017 (Fig. 1): the tanh line starts at (sigma_b^2, sigma_w^2) = (0, 1) and
-    # sigma_b^2 = 0.05 is critical near sigma_w^2 = 1.76. Golden float64 values from order 512
-    # (orders 256 and 512 agree to 1e-12 away from sigma_b^2 = 0, where the root is a tangency);
-    # the default order 128 is within 1e-8 of them.
+    # Schoenholz et al. 2017's tanh phase diagram: the line starts at (sigma_b^2, sigma_w^2) =
+    # (0, 1) and sigma_b^2 = 0.05 is critical near sigma_w^2 = 1.76. Golden float64 values from
+    # order 512 (orders 256 and 512 agree to 1e-12 away from sigma_b^2 = 0, where the root is a
+    # tangency); the default order 128 is within 1e-8 of them.
     golden = [1.0, 1.7609546396067, 2.5051271896800]
     np.testing.assert_allclose(
         th.critical_line("tanh", [0.0, 0.05, 0.3]), golden, rtol=2e-8, atol=1e-7
