@@ -39,10 +39,11 @@ memory stays bounded by the chunk size. :func:`load` reads a store back (zarr ar
 attributes; no pickle).
 
 Devices: each chunk's config axis is split over ``jax.devices()`` (``shard_map`` over a
-one-axis mesh, no communication between devices). Counts and first-layer results are identical
-whatever the device count; XLA:CPU rounds a multi-device program's matrix products differently,
-so float statistics agree to a few ulp across device counts (bit for bit across chunk sizes and
-axis order). Across hosts (``jax.distributed``) the mesh would span every host, but gathering
+one-axis mesh, no communication between devices), and results are bit-identical whatever the
+device count. That needs care: XLA rewrites ``v / b`` (``b`` broadcast) as ``v * (1 / b)`` in
+some programs and not in others (a program partitioned for several devices is simplified in
+another order), so no statistic divides by a broadcast value; the RMS scales by an exact power of
+two instead. Across hosts (``jax.distributed``) the mesh would span every host, but gathering
 results to process 0 is not written yet: run one sweep per host on a slice of the grid instead.
 """
 
@@ -397,18 +398,36 @@ def _chunk_fn(st: _Static) -> Callable:
     def absmax(v):
         return jnp.max(jnp.abs(v), axis=(1, 2)).astype(sdt)
 
-    def rms(v, m=None):
-        """RMS over (batch, units) as stabkit.trace computes it; ``m``: max|v| if known.
+    sinfo = jnp.finfo(sdt)
+    s_uint = {32: jnp.uint32, 64: jnp.uint64}[8 * sdt.itemsize]
+    s_bias = (1 << (sinfo.nexp - 1)) - 1
 
-        The statistics cost more than the matrix products on CPU, so each pass over the data
-        counts: the max that post_max needs is reused here.
+    def pow2(m):
+        """Powers of two ``(2^-e, 2^e)`` with ``2^e <= m < 2^(e+1)`` (1 where m is 0 or not finite).
+
+        Scaling by an exact power of two rounds nothing, so however XLA arranges the arithmetic
+        (it rewrites ``v / b`` as ``v * (1 / b)`` in some programs and not in others, e.g. after
+        the SPMD partitioner) the result is the same bit for bit. ``e`` is clamped two short of
+        the exponent range so both factors are normal numbers.
+        """
+        e = (jax.lax.bitcast_convert_type(m, s_uint) >> sinfo.nmant).astype(jnp.int32) - s_bias
+        e = jnp.where((m > 0) & jnp.isfinite(m), jnp.clip(e, 2 - s_bias, s_bias - 2), 0)
+        down = jax.lax.bitcast_convert_type(((s_bias - e).astype(s_uint)) << sinfo.nmant, sdt)
+        up = jax.lax.bitcast_convert_type(((s_bias + e).astype(s_uint)) << sinfo.nmant, sdt)
+        return down, up
+
+    def rms(v, m=None):
+        """RMS over (batch, units) that cannot overflow; ``m``: max|v| if known.
+
+        The entries are scaled by a power of two near 1/max|v| (exact), so the squares are at
+        most 4 and the sum cannot overflow; a non-finite max leaves inf/NaN entries to show
+        through. The statistics cost more than the matrix products on CPU, so each pass over the
+        data counts: the max that post_max needs is reused here.
         """
         v = v.astype(sdt)
         m = absmax(v) if m is None else m
-        # tracing._rms: divide by sqrt(max) twice, so the squares are at most 1 (no overflow) and
-        # each reciprocal stays normal; a non-finite max leaves inf/NaN entries to show through.
-        r = jnp.sqrt(jnp.where((m > 0) & jnp.isfinite(m), m, jnp.ones_like(m)))[:, None, None]
-        return jnp.sqrt(jnp.mean(jnp.square(v / r / r), axis=(1, 2))) * r[:, 0, 0] * r[:, 0, 0]
+        down, up = pow2(m)
+        return jnp.sqrt(jnp.mean(jnp.square(v * down[:, None, None]), axis=(1, 2))) * up
 
     # Census by bit pattern (XLA:CPU reads float32 subnormals as 0 in comparisons): the magnitude
     # bits are 0 for zeros, below the smallest normal's for subnormals, those of inf for inf and
