@@ -78,12 +78,14 @@ __all__ = [
     "Runs",
     "Task",
     "TrainSpec",
+    "Trainability",
     "diagnose",
     "make_runs",
     "optimizer_names",
     "teacher_classification",
     "teacher_student",
     "train",
+    "trainability_grid",
 ]
 
 # --------------------------------------------------------------------------------------- tasks
@@ -252,7 +254,10 @@ class TrainSpec:
         clip_norm: if set, :func:`stabkit.safe_clip_by_global_norm` before the optimizer.
         max_consecutive_skips: if set, :func:`stabkit.skip_nonfinite` around the optimizer.
         loss_scale: if set, :func:`stabkit.loss_scaling` with this rule around everything.
-        bias_std: standard deviation of the initial biases.
+        bias_std: standard deviation of the initial biases, >= 0. With ``inits=("gaussian",)``
+            and a run's ``scale = sigma_w`` the weights are :math:`N(0, \\sigma_w^2/n_{in})` and the
+            biases :math:`N(0, \\sigma_b^2)` for ``bias_std = sigma_b``: the mean-field
+            parametrisation of :mod:`stabkit.theory` (see :func:`trainability_grid`).
     """
 
     task: Task
@@ -312,6 +317,8 @@ class TrainSpec:
         if self.loss_scale is not None and not isinstance(self.loss_scale, DynamicLossScale):
             raise TypeError(f"loss_scale must be a DynamicLossScale, got {self.loss_scale!r}")
         set_("bias_std", finite_float(self.bias_std, "bias_std"))
+        if self.bias_std < 0:
+            raise ValueError(f"bias_std must be >= 0, got {self.bias_std}")
 
     @property
     def n_layers(self) -> int:
@@ -451,6 +458,9 @@ class History(NamedTuple):
         first_nonfinite: ``(R,)`` the first step whose loss was non-finite or whose non-finite
             gradient reached the parameters; -1 if none.
         final_loss: ``(R,)`` loss on the whole data set after the last step.
+        final_accuracy: ``(R,)`` for classification, the fraction of the whole data set whose
+            arg-max output is the label after the last step (training accuracy; a non-finite
+            output row counts as wrong); NaN for regression.
         runs: the :class:`Runs` trained.
     """
 
@@ -465,6 +475,7 @@ class History(NamedTuple):
     absorbed: jax.Array
     first_nonfinite: jax.Array
     final_loss: jax.Array
+    final_accuracy: jax.Array
     runs: Runs
 
 
@@ -659,7 +670,14 @@ def _one_run(
     carry, records = jax.lax.scan(window, carry, jnp.arange(n_logs))
     params, _, first_bad = carry
     p_c = jax.tree.map(lambda v: v.astype(compute), params)
-    final = _loss(spec, mlp_apply(p_c, x, activation=phi, depth=run.depth), y)
+    out = mlp_apply(p_c, x, activation=phi, depth=run.depth)
+    final = _loss(spec, out, y)
+    if spec.task.kind == "classification":
+        # a row with inf/NaN outputs is wrong, whatever arg-max would pick among its NaNs
+        right = (jnp.argmax(out, axis=-1) == y) & jnp.all(jnp.isfinite(out), axis=-1)
+        accuracy = jnp.mean(right.astype(jnp.float32))
+    else:
+        accuracy = jnp.float32(jnp.nan)
     loss, gnorm, unorm, layers, cens, scales, bad, absorbed = records
     return History(
         step=jnp.arange(n_logs, dtype=jnp.int32) * k,
@@ -673,6 +691,7 @@ def _one_run(
         absorbed=absorbed,
         first_nonfinite=first_bad,
         final_loss=final,
+        final_accuracy=accuracy,
         runs=run,
     )
 
@@ -880,7 +899,7 @@ def diagnose(
     Examples:
         See the module docstring; a history of the wrong shape is refused:
 
-        >>> h = History(*([np.zeros(3)] * 11), runs=None)
+        >>> h = History(*([np.zeros(3)] * 12), runs=None)
         >>> diagnose(h)
         Traceback (most recent call last):
         ...
@@ -960,4 +979,206 @@ def diagnose(
         plateau_end=p_end,
         layer_ratio=out["layer_ratio"],
         grad_to_loss=out["grad_to_loss"],
+    )
+
+
+# ------------------------------------------------------------------------------ trainable depth
+
+
+class Trainability(NamedTuple):
+    """What :func:`trainability_grid` measured: final training accuracy over depth x sigma_w^2.
+
+    Attributes:
+        depth: ``(D,)`` int hidden-layer counts, increasing.
+        sigma_w2: ``(S,)`` weight variances :math:`\\sigma_w^2`, increasing.
+        sigma_b2: the bias variance :math:`\\sigma_b^2` shared by every run.
+        lr: ``(D,)`` the learning rate each depth trained with.
+        accuracy: ``(D, S)`` final training accuracy on the whole data set, mean over seeds.
+        loss: ``(D, S)`` final training loss, mean over seeds (inf/NaN where a run diverged).
+        baseline: accuracy of always answering the most frequent class.
+        score: ``(D, S)`` ``(accuracy - baseline) / (1 - baseline)``: 0 at the baseline, 1 when
+            every example is right.
+        trainable: ``(D, S)`` ``score >= threshold``.
+        threshold: the score that counts as trained.
+        boundary: ``(S,)`` float, the measured trainable depth: where the score falls through
+            ``threshold`` after the last grid depth that is trainable together with every
+            shallower one, interpolated linearly in log depth; 0 if the shallowest depth is not
+            trainable, ``depth[-1]`` if every depth is (then a lower bound: see ``censored``).
+        censored: ``(S,)`` bool, every grid depth trained: the boundary lies beyond the grid.
+        history: the :class:`History` of every run, ``(D * S * seeds)`` runs in depth-major order.
+    """
+
+    depth: np.ndarray
+    sigma_w2: np.ndarray
+    sigma_b2: float
+    lr: np.ndarray
+    accuracy: np.ndarray
+    loss: np.ndarray
+    baseline: float
+    score: np.ndarray
+    trainable: np.ndarray
+    threshold: float
+    boundary: np.ndarray
+    censored: np.ndarray
+    history: History
+
+
+def _increasing(values: Any, name: str, convert: Callable[[Any, str], Any]) -> np.ndarray:
+    items = [convert(v, name) for v in np.atleast_1d(np.asarray(values, dtype=object)).tolist()]
+    if not items or np.ndim(values) > 1:
+        raise ValueError(f"{name} must be a non-empty 1-D list, got {values!r}")
+    if any(b <= a for a, b in itertools.pairwise(items)):
+        raise ValueError(f"{name} must be strictly increasing, got {items}")
+    return np.asarray(items)
+
+
+def _boundary(depths: np.ndarray, score: np.ndarray, threshold: float):
+    """Per column of ``score`` ``(D, S)``: the depth where it first falls below ``threshold``.
+
+    The crossing between the last depth that passes (with every shallower one) and the next is
+    interpolated linearly in log depth. Returns the boundaries ``(S,)`` and whether each column
+    passed at every depth (then the boundary is ``depths[-1]``, a lower bound).
+    """
+    ok = np.nan_to_num(score, nan=-np.inf) >= threshold
+    reached = np.cumprod(ok, axis=0).sum(axis=0)
+    log_d = np.log(np.asarray(depths, np.float64))
+    out = np.zeros(score.shape[1])
+    for j, k in enumerate(reached):
+        if k == len(depths):
+            out[j] = depths[-1]
+        elif k > 0:
+            hi, lo = score[k - 1, j], score[k, j]
+            t = (hi - threshold) / (hi - lo) if np.isfinite(lo) else 0.0
+            out[j] = np.exp(log_d[k - 1] + t * (log_d[k] - log_d[k - 1]))
+    return out, reached == len(depths)
+
+
+def trainability_grid(
+    task: Task,
+    *,
+    depth: Any,
+    sigma_w2: Any,
+    sigma_b2: float = 0.05,
+    activation: str | Callable = "tanh",
+    width: int = 32,
+    steps: int = 300,
+    batch_size: int | None = 32,
+    optimizer: str | Callable[[Any], optax.GradientTransformation] = "adam",
+    lr: float | Callable[[int], float] = 1e-3,
+    seeds: int = 1,
+    threshold: float = 0.5,
+) -> Trainability:
+    """Train a depth x sigma_w^2 grid from mean-field initialisation; measure which nets train.
+
+    Schoenholz et al. (2017) found that random networks with weights :math:`N(0, \\sigma_w^2/n)`
+    and biases :math:`N(0, \\sigma_b^2)` train only up to about :math:`6 \\xi_c` layers, where
+    :math:`\\xi_c` (:func:`stabkit.xi_c`) is the depth over which two inputs' correlation forgets
+    its start; it diverges on the critical line (:func:`stabkit.critical_line`). This trains the
+    grid in **one** compiled :func:`train` call (``init="gaussian"`` with ``scale = sigma_w``,
+    ``bias_std = sigma_b``; depth is data, so every run pays for the deepest) and reports the
+    final training accuracy, a trainable flag and the measured boundary per :math:`\\sigma_w^2`.
+
+    **Trainable** means a final training accuracy at least ``threshold`` of the way from the
+    majority-class baseline to 1: ``score = (accuracy - baseline) / (1 - baseline) >= threshold``,
+    with the accuracy averaged over seeds. A network that has lost its inputs' correlation
+    structure can only learn the class frequencies, so it stays near score 0.
+
+    Args:
+        task: a classification :class:`Task` (e.g. :func:`teacher_classification`).
+        depth: hidden-layer counts, strictly increasing ints >= 1.
+        sigma_w2: weight variances, strictly increasing, > 0.
+        sigma_b2: the bias variance, >= 0.
+        activation: a name or elementwise callable.
+        width: units per hidden layer.
+        steps: optimizer steps per run (the fixed budget).
+        batch_size: examples per step; None: the full set.
+        optimizer: as for :class:`TrainSpec`.
+        lr: the learning rate, or a function ``depth -> lr`` (a deeper net usually needs a smaller
+            one; the value must be finite and > 0).
+        seeds: independent initialisations (and batch orders) per cell, >= 1.
+        threshold: the score that counts as trained, in (0, 1].
+
+    Returns:
+        A :class:`Trainability`.
+
+    Raises:
+        TypeError: ``task`` is not a :class:`Task`, a non-numeric grid value or ``lr``.
+        ValueError: a regression task, a grid that is empty or not increasing, a non-positive
+            variance, depth or learning rate, a threshold outside (0, 1].
+
+    References:
+        S. S. Schoenholz, J. Gilmer, S. Ganguli, J. Sohl-Dickstein, "Deep Information
+        Propagation", ICLR 2017, section 5 (trainability and :math:`6 \\xi_c`).
+
+    Examples:
+        >>> task = teacher_classification(jax.random.key(0), n=64, n_classes=2)
+        >>> g = trainability_grid(task, depth=[1, 2], sigma_w2=[1.0, 2.0], width=8, steps=20,
+        ...                       batch_size=None, lr=0.01)
+        >>> g.accuracy.shape, g.boundary.shape, g.history.loss.shape
+        ((2, 2), (2,), (4, 1))
+    """
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a Task, got {type(task).__name__}")
+    if task.kind != "classification":
+        raise ValueError(f"trainability_grid needs a classification task, got {task.kind!r}")
+    depths = _increasing(depth, "depth", positive_int)
+    sw2 = _increasing(sigma_w2, "sigma_w2", partial(finite_float, positive=True))
+    sb2 = finite_float(sigma_b2, "sigma_b2")
+    if sb2 < 0:
+        raise ValueError(f"sigma_b2 must be >= 0, got {sb2}")
+    seeds = positive_int(seeds, "seeds")
+    threshold = finite_float(threshold, "threshold")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    if callable(lr):
+        lrs = [finite_float(lr(int(d)), f"lr({int(d)})") for d in depths]
+    else:
+        lrs = [finite_float(lr, "lr")] * len(depths)
+    for d, v in zip(depths, lrs, strict=True):
+        if v <= 0:
+            raise ValueError(f"lr must be > 0, got {v} at depth {d}")
+    spec = TrainSpec(
+        task,
+        max_depth=int(depths[-1]),
+        width=width,
+        activations=(activation,),
+        inits=("gaussian",),
+        optimizer=optimizer,
+        steps=steps,
+        log_every=steps,
+        batch_size=batch_size,
+        bias_std=float(np.sqrt(sb2)),
+    )
+    rows = list(itertools.product(range(len(depths)), range(len(sw2)), range(seeds)))
+    runs = make_runs(
+        spec,
+        depth=[int(depths[i]) for i, _, _ in rows],
+        scale=[float(np.sqrt(sw2[j])) for _, j, _ in rows],
+        lr=[lrs[i] for i, _, _ in rows],
+        seed=[s for _, _, s in rows],
+        product=False,
+    )
+    history = train(spec, runs)
+    shape = (len(depths), len(sw2), seeds)
+    accuracy = np.asarray(history.final_accuracy, np.float64).reshape(shape).mean(axis=-1)
+    loss = np.asarray(history.final_loss, np.float64).reshape(shape).mean(axis=-1)
+    counts = np.bincount(np.asarray(task.y), minlength=task.out_dim)
+    baseline = float(counts.max() / counts.sum())
+    score = (accuracy - baseline) / (1 - baseline) if baseline < 1 else np.zeros_like(accuracy)
+    trainable = score >= threshold
+    boundary, censored = _boundary(depths, score, threshold)
+    return Trainability(
+        depth=depths,
+        sigma_w2=sw2,
+        sigma_b2=sb2,
+        lr=np.asarray(lrs),
+        accuracy=accuracy,
+        loss=loss,
+        baseline=baseline,
+        score=score,
+        trainable=trainable,
+        threshold=threshold,
+        boundary=boundary,
+        censored=censored,
+        history=history,
     )

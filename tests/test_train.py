@@ -249,6 +249,7 @@ def _history(loss, grad=None, layers=None, first=-1):
         z,
         np.full(r, first),
         loss[:, -1],
+        np.full(r, np.nan),
         runs=None,
     )
 

@@ -1,0 +1,412 @@
+"""Study: how deep a tanh network trains, over depth x sigma_w^2, against 6 xi_c.
+
+Schoenholz et al. (2017, "Deep Information Propagation", section 5) found that random networks
+with weights :math:`N(0, \\sigma_w^2/n)` and biases :math:`N(0, \\sigma_b^2)` train only up to
+about :math:`6 \\xi_c` layers, where :math:`\\xi_c` is the depth over which the correlation of two
+inputs forgets where it started. :math:`\\xi_c` diverges on the critical line (at
+:math:`\\sigma_b^2 = 0.05`, :math:`\\sigma_w^2 \\approx 1.76`), so the trainable region is a ridge
+centred on criticality; beyond about :math:`12 \\xi_c` nothing trains.
+
+Here ``stabkit.trainability_grid`` trains every (depth, :math:`\\sigma_w^2`) tanh net of a grid in
+one compiled, vmapped ``stabkit.train`` call, on ``teacher_classification`` (inputs
+:math:`N(0, I_8)`, 4 classes from a random relu teacher's arg-max; no download), and measures the
+final **training accuracy** after a fixed budget of Adam steps. **Trainable** means a score
+``(accuracy - majority-class baseline) / (1 - baseline)`` of at least 0.5, i.e. at least half-way
+from always answering the commonest class to every example right. The measured boundary per
+:math:`\\sigma_w^2` is where that score first falls through 0.5, interpolated in log depth.
+``stabkit.xi_c`` and ``stabkit.critical_line`` give the theory curves.
+
+**Scaled down** for two shared CPU cores: Schoenholz et al. trained width-300 nets up to depth 300
+on MNIST for many thousands of steps; here width 32, depths 3-64, 300 Adam steps of batch 16 on
+256 examples, one seed per cell (``--quick``: depths up to 32, 200 steps). The learning rate falls
+with depth, :math:`3 \\cdot 10^{-3} (8/L)^{1.5}` (one rate for all depths either stalls the deep
+nets or destabilises the shallow ones in so few steps). Every run pays for the deepest net of the
+grid (depth is data, the layers beyond a run's depth compute on zeros), so the grid is kept small.
+A short budget can only make the measured boundary shallower than the long-training one.
+
+Run alone: ``python experiments/trainable_depth.py [--out DIR] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import time
+
+import jax
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.colors as mcolors
+import matplotlib.pyplot as plt
+
+import stabkit as sk
+from stabkit.train import trainability_grid  # public; re-exported as sk.trainability_grid
+
+NAME = "trainable_depth"
+TITLE = "Trainable depth of tanh nets over depth x sigma_w^2, against 6 xi_c"
+ORDER = 72
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    sigma_b2: float = 0.05  # bias variance, as in Schoenholz et al.'s figure
+    sigma_w2: tuple[float, ...] = (0.5, 0.7, 1.0, 1.3, 1.76, 2.5, 4.0, 7.0)  # 1.76: critical
+    depths: tuple[int, ...] = (3, 6, 10, 16, 24, 32, 48, 64)  # hidden layers
+    width: int = 32  # units per hidden layer
+    n: int = 256  # training examples (in_dim 8, 4 classes)
+    in_dim: int = 8
+    n_classes: int = 4
+    steps: int = 300  # the fixed budget of Adam steps
+    batch_size: int = 16
+    lr0: float = 3e-3  # Adam learning rate at depth 8 ...
+    lr_power: float = 1.5  # ... times (8 / depth) ** lr_power
+    seeds: int = 1  # initialisations per cell
+    threshold: float = 0.5  # score (accuracy above the baseline, as a fraction) that is "trained"
+    factor: float = 2.0  # claim: the boundary is within this factor of 6 xi_c
+    seed: int = 0  # the task's key
+
+
+QUICK = Config(sigma_w2=(0.5, 1.0, 1.76, 4.0, 7.0), depths=(4, 8, 16, 32), steps=200)
+
+
+def _lr(cfg: Config):
+    return lambda depth: cfg.lr0 * (8 / depth) ** cfg.lr_power
+
+
+def _edges(v: np.ndarray, log: bool) -> np.ndarray:
+    """Cell edges for pcolormesh: midpoints (geometric if ``log``) and the ends mirrored."""
+    t = np.log(v) if log else np.asarray(v, float)
+    mid = (t[1:] + t[:-1]) / 2
+    e = np.concatenate([[2 * t[0] - mid[0]], mid, [2 * t[-1] - mid[-1]]])
+    return np.exp(e) if log else e
+
+
+def _figure(out: pathlib.Path, r: dict, cfg: Config) -> None:
+    g = r["grid"]
+    fig, (ax, bx) = plt.subplots(
+        1, 2, figsize=(14.5, 6.2), gridspec_kw={"width_ratios": [1.35, 1]}, layout="constrained"
+    )
+    # (a) the heatmap: x = sigma_w^2 (log), y = depth (log), colour = final accuracy
+    cmap = plt.get_cmap("magma")
+    norm = mcolors.Normalize(vmin=0.0, vmax=1.0)
+    mesh = ax.pcolormesh(
+        _edges(g.sigma_w2, True),
+        _edges(g.depth, True),
+        g.accuracy,
+        cmap=cmap,
+        norm=norm,
+        shading="flat",
+    )
+    for i, d in enumerate(g.depth):
+        for j, s in enumerate(g.sigma_w2):
+            a = g.accuracy[i, j]
+            ax.text(
+                s,
+                d,
+                f"{a:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="black" if a > 0.6 else "white",
+            )
+    sw, xi = r["theory_sw2"], r["theory_xi_c"]
+    ax.plot(sw, 6 * xi, color="#37c8f0", lw=2.6, label="6 ξ_c (Schoenholz et al.)")
+    ax.plot(sw, 12 * xi, color="#37c8f0", lw=2.0, ls=":", label="12 ξ_c")
+    ax.plot(sw, xi, color="#9fe8ff", lw=1.4, ls="--", label="ξ_c")
+    ax.axvline(r["critical"], color="white", lw=1, ls="-.", alpha=0.8)
+    ax.text(
+        r["critical"],
+        _edges(g.depth, True)[0] * 1.04,
+        f"critical σ_w² = {r['critical']:.3f}",
+        color="white",
+        fontsize=8,
+        ha="center",
+        va="bottom",
+        bbox=dict(boxstyle="round,pad=0.2", fc="black", ec="none", alpha=0.6),
+    )
+    b = g.boundary
+    ok = b > 0
+    ax.plot(
+        g.sigma_w2[ok],
+        b[ok],
+        color="#7CFC00",
+        lw=1.6,
+        marker="o",
+        ms=7,
+        mec="black",
+        label=f"measured boundary (score = {g.threshold:g})",
+    )
+    if g.censored.any():
+        ax.plot(
+            g.sigma_w2[g.censored],
+            b[g.censored],
+            ls="none",
+            marker="^",
+            ms=11,
+            color="#7CFC00",
+            mec="black",
+            label="every depth trained (lower bound)",
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(*_edges(g.sigma_w2, True)[[0, -1]])
+    ax.set_ylim(*_edges(g.depth, True)[[0, -1]])
+    ax.set_xticks(g.sigma_w2, [f"{s:g}" for s in g.sigma_w2])
+    ax.set_yticks(g.depth, [str(d) for d in g.depth])
+    ax.minorticks_off()
+    ax.set_xlabel("weight variance σ_w²")
+    ax.set_ylabel("depth L (hidden layers)")
+    ax.set_title("(a) final training accuracy; ridge of trainability along criticality")
+    cb = fig.colorbar(mesh, ax=ax, pad=0.01)
+    cb.set_label("final training accuracy")
+    cut = g.baseline + g.threshold * (1 - g.baseline)
+    cb.ax.axhline(g.baseline, color="#e0e0e0", lw=2.5)
+    cb.ax.axhline(cut, color="#7CFC00", lw=2.5)
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [
+        plt.Line2D(
+            [],
+            [],
+            color="#e0e0e0",
+            lw=2.5,
+            label=f"colour bar: majority-class baseline {g.baseline:.2f}",
+        ),
+        plt.Line2D(
+            [], [], color="#7CFC00", lw=2.5, label=f"colour bar: trainable threshold {cut:.2f}"
+        ),
+    ]
+    ax.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.09),
+        ncol=3,
+        fontsize=8,
+        frameon=False,
+    )
+
+    # (b) the collapse: score against depth / xi_c, one curve per sigma_w^2
+    xi_grid = r["xi_c"]
+    colors = plt.get_cmap("coolwarm")(np.linspace(0, 1, len(g.sigma_w2)))
+    hidden = []
+    for j, s in enumerate(g.sigma_w2):
+        x = g.depth / xi_grid[j]
+        if x[-1] < 1:  # next to criticality the whole column is at L << xi_c: off this axis
+            hidden.append(f"{s:g}")
+            continue
+        phase = "ordered" if s < r["critical"] else "chaotic"
+        bx.plot(
+            x,
+            g.score[:, j],
+            marker="o",
+            ms=4,
+            color=colors[j],
+            lw=1.4,
+            label=f"σ_w² = {s:g} ({phase}, ξ_c = {xi_grid[j]:.3g})",
+        )
+    bx.axvline(6, color="#1f8fb0", lw=2.2, label="L = 6 ξ_c")
+    bx.axvline(12, color="#1f8fb0", lw=1.2, ls=":", label="L = 12 ξ_c")
+    bx.axhline(g.threshold, color="#3a9a1a", lw=1.2, ls="--", label="trainable threshold")
+    bx.axhline(0, color="gray", lw=0.8)
+    bx.set_xscale("log")
+    bx.set_xlim(0.3, None)
+    bx.set_xlabel("depth in units of the correlation depth scale, L / ξ_c")
+    bx.set_ylabel("score = (accuracy − baseline) / (1 − baseline)")
+    bx.set_ylim(min(-0.35, float(np.min(g.score)) - 0.05), 1.05)
+    bx.set_title("(b) every σ_w² on one axis: L / ξ_c decides trainability")
+    if hidden:
+        bx.text(
+            0.98,
+            0.98,
+            f"σ_w² = {', '.join(hidden)}: L ≤ {g.depth[-1]} < ξ_c, off this axis",
+            transform=bx.transAxes,
+            ha="right",
+            va="top",
+            fontsize=8,
+        )
+    bx.legend(fontsize=7, loc="lower left", framealpha=0.85)
+    bx.grid(alpha=0.3, which="both")
+    fig.suptitle(
+        f"Trainable depth of tanh MLPs, σ_b² = {cfg.sigma_b2:g}: width {cfg.width}, "
+        f"{cfg.steps} Adam steps (batch {cfg.batch_size}, lr ∝ L^-{cfg.lr_power:g}), "
+        f"{cfg.n} examples, {cfg.n_classes} classes, {cfg.seeds} seed(s) per cell",
+        fontsize=12,
+    )
+    fig.savefig(out / f"{NAME}.png", dpi=90)
+    plt.close(fig)
+
+
+def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = QUICK if quick else Config()
+    timings = {}
+
+    t0 = time.perf_counter()
+    critical = float(sk.critical_line("tanh", cfg.sigma_b2))
+    sw2 = np.asarray(cfg.sigma_w2, float)
+    xi = np.asarray(sk.xi_c("tanh", sw2, cfg.sigma_b2), float)
+    theory_sw2 = np.geomspace(sw2[0] * 0.85, sw2[-1] * 1.15, 300)
+    theory_xi = np.asarray(sk.xi_c("tanh", theory_sw2, cfg.sigma_b2), float)
+    timings["theory"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    task = sk.teacher_classification(
+        jax.random.key(cfg.seed), n=cfg.n, in_dim=cfg.in_dim, n_classes=cfg.n_classes
+    )
+    g = trainability_grid(
+        task,
+        depth=cfg.depths,
+        sigma_w2=sw2,
+        sigma_b2=cfg.sigma_b2,
+        activation="tanh",
+        width=cfg.width,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        optimizer="adam",
+        lr=_lr(cfg),
+        seeds=cfg.seeds,
+        threshold=cfg.threshold,
+    )
+    timings["train (one compilation)"] = time.perf_counter() - t0
+
+    six = 6 * xi
+    max_depth = cfg.depths[-1]
+    # 6 xi_c beyond the grid: theory says every grid depth trains (the boundary is censored)
+    censored_theory = six > max_depth
+    r = {
+        "grid": g,
+        "xi_c": xi,
+        "theory_sw2": theory_sw2,
+        "theory_xi_c": theory_xi,
+        "critical": critical,
+        "censored_theory": censored_theory,
+    }
+    t0 = time.perf_counter()
+    _figure(out, r, cfg)
+    timings["figure"] = time.perf_counter() - t0
+
+    claims = []
+    # 1. the boundary within a factor of 6 xi_c where both are inside the grid
+    both = ~g.censored & ~censored_theory & (g.boundary > 0)
+    ratio = np.where(both, g.boundary / six, np.nan)
+    sides = {
+        "ordered": both & (sw2 < critical),
+        "chaotic": both & (sw2 > critical),
+    }
+    within = np.abs(np.log(ratio[both])) <= np.log(cfg.factor)
+    detail = "; ".join(
+        f"σ_w² = {s:g}: {b:.1f} vs {x:.1f} (×{b / x:.2f})"
+        for s, b, x, m in zip(sw2, g.boundary, six, both, strict=True)
+        if m
+    )
+    claims.append(
+        sk.Claim(
+            claim=f"The measured trainable depth lies within a factor {cfg.factor:g} of 6 ξ_c on "
+            "both sides of criticality",
+            theory="Schoenholz et al. 2017: networks train up to ≈ 6 ξ_c layers (long training, "
+            "MNIST, width 300); a short budget can only lower the boundary",
+            measured=f"boundary vs 6 ξ_c where both lie inside depths {cfg.depths[0]}–{max_depth}: "
+            f"{detail}; ordered points {int(sides['ordered'].sum())}, chaotic "
+            f"{int(sides['chaotic'].sum())}",
+            passed=bool(
+                sides["ordered"].any() and sides["chaotic"].any() and within.all() and both.any()
+            ),
+        )
+    )
+    # 2. the deepest trainable nets sit at the critical sigma_w^2
+    nearest = int(np.argmin(np.abs(np.log(sw2 / critical))))
+    best = np.flatnonzero(g.boundary == g.boundary.max())
+    claims.append(
+        sk.Claim(
+            claim="The deepest trainable nets are at the critical σ_w²",
+            theory=f"ξ_c diverges at σ_w² = {critical:.3f} (σ_b² = {cfg.sigma_b2:g}), so the "
+            "trainable depth peaks there",
+            measured=f"deepest boundary {g.boundary.max():.1f}"
+            + (" (every grid depth trained)" if g.censored[best].any() else "")
+            + f" at σ_w² = {', '.join(f'{sw2[i]:g}' for i in best)}; grid point nearest "
+            f"critical: {sw2[nearest]:g}; boundaries by σ_w²: "
+            + ", ".join(f"{b:.0f}" for b in g.boundary),
+            passed=bool(nearest in best),
+        )
+    )
+    # 3. beyond 12 xi_c nothing trains
+    deep = g.depth[:, None] > 12 * xi[None, :]
+    n_deep = int(deep.sum())
+    worst = float(np.max(g.score[deep])) if n_deep else float("nan")
+    trained_deep = int((g.trainable & deep).sum())
+    claims.append(
+        sk.Claim(
+            claim="Networks deeper than 12 ξ_c do not train",
+            theory="beyond ≈ 12 ξ_c the inputs' correlations have relaxed to their fixed point "
+            "(ordered: all inputs alike; chaotic: all equally decorrelated), so the labels "
+            "cannot be learnt from them",
+            measured=f"{n_deep} grid cells deeper than 12 ξ_c, {trained_deep} of them trainable; "
+            f"best score there {worst:.2f} (threshold {g.threshold:g}); σ_w² with such cells: "
+            + ", ".join(f"{s:g}" for s, m in zip(sw2, deep.any(axis=0), strict=True) if m),
+            passed=n_deep > 0 and trained_deep == 0,
+        )
+    )
+    # 4. the task: a shallow critical net learns it, a net past 12 xi_c keeps nothing of it
+    crit_col = nearest
+    shallow = float(g.accuracy[0, crit_col])
+    far = np.unravel_index(
+        np.argmax(np.where(deep, g.depth[:, None] / xi[None, :], -1)), deep.shape
+    )
+    far_acc = float(g.accuracy[far]) if n_deep else float("nan")
+    claims.append(
+        sk.Claim(
+            claim="The task has structure to learn: a shallow critical net fits it, a net that "
+            "has lost its inputs' correlations cannot",
+            theory="trainability is the ability to use the inputs' correlation structure: a "
+            "net deep past ξ_c keeps only the class frequencies (majority-class baseline)",
+            measured=f"depth {g.depth[0]}, σ_w² = {sw2[crit_col]:g}: accuracy {shallow:.3f}; "
+            f"depth {g.depth[far[0]]}, σ_w² = {sw2[far[1]]:g} "
+            f"(L = {g.depth[far[0]] / xi[far[1]]:.1f} ξ_c): {far_acc:.3f}; baseline "
+            f"{g.baseline:.3f}",
+            passed=bool(
+                shallow >= 0.95 and n_deep and far_acc <= g.baseline + 0.1 * (1 - g.baseline)
+            ),
+        )
+    )
+
+    record = {
+        "config": dataclasses.asdict(cfg),
+        "timings_s": timings,
+        "critical_sigma_w2": critical,
+        "sigma_w2": sw2,
+        "depth": g.depth,
+        "lr": g.lr,
+        "xi_c": xi,
+        "six_xi_c": six,
+        "accuracy": g.accuracy,
+        "loss": g.loss,
+        "score": g.score,
+        "trainable": g.trainable,
+        "baseline": g.baseline,
+        "threshold": g.threshold,
+        "boundary": g.boundary,
+        "boundary_censored": g.censored,
+        "boundary_over_six_xi_c": ratio,
+    }
+    sk.save_json(out / f"{NAME}.json", record)
+    return claims
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=TITLE)
+    parser.add_argument("--out", default="stabkit-results")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    for c in run(pathlib.Path(args.out), quick=args.quick):
+        print(f"{'PASS' if c.passed else 'FAIL'}  {c.claim}: {c.measured}")
+    print(f"({time.perf_counter() - start:.1f} s)")
+    print(json.loads((pathlib.Path(args.out) / f"{NAME}.json").read_text())["timings_s"])
+
+
+if __name__ == "__main__":
+    main()
