@@ -1024,9 +1024,10 @@ class Trainability(NamedTuple):
 
 
 def _increasing(values: Any, name: str, convert: Callable[[Any, str], Any]) -> np.ndarray:
-    items = [convert(v, name) for v in np.atleast_1d(np.asarray(values, dtype=object)).tolist()]
-    if not items or np.ndim(values) > 1:
+    arr = np.atleast_1d(np.asarray(values, dtype=object))
+    if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D list, got {values!r}")
+    items = [convert(v, name) for v in arr.tolist()]
     if any(b <= a for a, b in itertools.pairwise(items)):
         raise ValueError(f"{name} must be strictly increasing, got {items}")
     return np.asarray(items)
@@ -1111,11 +1112,17 @@ def trainability_grid(
         Propagation", ICLR 2017, section 5 (trainability and :math:`6 \\xi_c`).
 
     Examples:
-        >>> task = teacher_classification(jax.random.key(0), n=64, n_classes=2)
-        >>> g = trainability_grid(task, depth=[1, 2], sigma_w2=[1.0, 2.0], width=8, steps=20,
-        ...                       batch_size=None, lr=0.01)
+        Depth 2 trains at every :math:`\\sigma_w^2`; depth 64 is past :math:`12 \\xi_c` in the
+        ordered (0.5) and chaotic (8) phases, and too deep for 100 steps at criticality (1.76).
+
+        >>> task = teacher_classification(jax.random.key(0), n=128, n_classes=2)
+        >>> g = trainability_grid(task, depth=[2, 64], sigma_w2=[0.5, 1.76, 8.0], width=16,
+        ...                       steps=100, batch_size=16, lr=0.01)
+        >>> g.trainable  # depth x sigma_w^2
+        array([[ True,  True,  True],
+               [False, False, False]])
         >>> g.accuracy.shape, g.boundary.shape, g.history.loss.shape
-        ((2, 2), (2,), (4, 1))
+        ((2, 3), (3,), (6, 1))
     """
     if not isinstance(task, Task):
         raise TypeError(f"task must be a Task, got {type(task).__name__}")

@@ -10,6 +10,7 @@ import pytest
 
 from stabkit.fixes import DynamicLossScale
 from stabkit.nets import mlp_apply
+from stabkit.theory import xi_c
 from stabkit.train import (
     History,
     Runs,
@@ -20,6 +21,7 @@ from stabkit.train import (
     teacher_classification,
     teacher_student,
     train,
+    trainability_grid,
 )
 
 # `stabkit.train` the function shadows the module of the same name as an attribute of stabkit.
@@ -74,6 +76,7 @@ def test_history_fields(note):
     for f in ("loss", "grad_norm", "update_norm", "loss_scale", "nonfinite_grads", "absorbed"):
         assert getattr(h, f).shape == (r, t), f
     assert h.layer_grad_rms.shape == (r, t, layers)
+    assert h.final_accuracy.shape == (r,) and np.isnan(h.final_accuracy).all()  # regression
     assert h.grad_census.shape == (r, t, 5)
     n_params = sum(
         x.size
@@ -354,3 +357,127 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="kind must be"):
         train_mod.Task(task.x, task.y, "ranking", 2)
     assert "adam" in optimizer_names() and "sgd" in optimizer_names()
+
+
+# ------------------------------------------------------------------------ trainable depth
+
+# Exactly the docstring example of trainability_grid, so that the doctest reuses the compilation.
+TD_TASK = dict(n=128, n_classes=2)
+TD_GRID = dict(
+    depth=[2, 64], sigma_w2=[0.5, 1.76, 8.0], width=16, steps=100, batch_size=16, lr=0.01
+)
+
+
+def _td_spec(task):
+    """The TrainSpec trainability_grid builds for TD_GRID (sigma_b^2 = 0.05)."""
+    return TrainSpec(
+        task,
+        max_depth=64,
+        width=16,
+        activations=("tanh",),
+        inits=("gaussian",),
+        optimizer="adam",
+        steps=100,
+        log_every=100,
+        batch_size=16,
+        bias_std=float(np.sqrt(0.05)),
+    )
+
+
+@pytest.fixture(scope="module")
+def grid():
+    task = teacher_classification(jax.random.key(0), **TD_TASK)
+    before = train_mod._TRACE_COUNT
+    g = trainability_grid(task, **TD_GRID)
+    return task, g, train_mod._TRACE_COUNT - before
+
+
+def test_trainability_grid_shallow_trains_past_12_xi_c_does_not(grid):
+    task, g, compilations = grid
+    assert compilations <= 1  # one kernel for the whole grid (0 if the doctest compiled it)
+    assert g.accuracy.shape == g.score.shape == g.trainable.shape == (2, 3)
+    assert g.history.final_accuracy.shape == (6,) and g.lr.tolist() == [0.01, 0.01]
+    counts = np.bincount(np.asarray(task.y))
+    assert g.baseline == counts.max() / task.n
+    n_right = g.accuracy * task.n  # accuracies are counts of examples
+    np.testing.assert_allclose(n_right, np.round(n_right), atol=1e-4)
+    np.testing.assert_allclose(g.score, (g.accuracy - g.baseline) / (1 - g.baseline))
+    assert np.array_equal(g.trainable, g.score >= g.threshold)
+    # depth 2: every phase fits the teacher's labels well above the majority class
+    assert (g.score[0] > 0.6).all()
+    # depth 64, ordered and chaotic: past 12 xi_c, only the class frequencies are left
+    xi = xi_c("tanh", g.sigma_w2, 0.05)
+    assert 64 > 12 * xi[0] and 64 > 12 * xi[2]
+    assert (g.score[1, [0, 2]] <= 0.1).all()
+    # the boundary falls between the two depths, none reached the end of the grid
+    assert ((g.boundary > 2) & (g.boundary < 64)).all() and not g.censored.any()
+
+
+def test_trainability_grid_initialises_the_mean_field_way_and_reports_its_accuracy(grid):
+    """W ~ N(0, sigma_w^2 / fan_in), b ~ N(0, sigma_b^2); final_accuracy is the net's accuracy."""
+    task, g, _ = grid
+    spec = _td_spec(task)
+    runs = g.history.runs
+    for i in (1, 5):  # sigma_w^2 = 1.76 at depth 2, 8.0 at depth 64
+        row = Runs(*(v[i] for v in runs))
+        p = train_mod._init_params(spec, train_mod._init_key(int(row.seed)), row, jnp.float32)
+        sw2 = float(row.scale) ** 2
+        w, b = np.asarray(p.w_hidden, np.float64), np.asarray(p.b_hidden, np.float64)
+        # 4 standard errors of a sample variance (2 / n relative variance)
+        assert abs(w.var() * 16 / sw2 - 1) < 4 * np.sqrt(2 / w.size)
+        assert abs(b.var() / 0.05 - 1) < 4 * np.sqrt(2 / b.size)
+        assert abs(np.asarray(p.w_in).var() * task.in_dim / sw2 - 1) < 4 * np.sqrt(2 / 128)
+    # a learning rate too small to move a float32 weight: final = initial parameters, and the
+    # same spec and run count reuse the grid's compilation
+    before = train_mod._TRACE_COUNT
+    h = train(spec, runs._replace(lr=jnp.full_like(runs.lr, 1e-30)))
+    assert train_mod._TRACE_COUNT == before
+    for i in range(6):
+        row = Runs(*(v[i] for v in runs))
+        p = train_mod._init_params(spec, train_mod._init_key(int(row.seed)), row, jnp.float32)
+        out = mlp_apply(p, task.x, activation="tanh", depth=int(row.depth))
+        acc = float(jnp.mean(jnp.argmax(out, axis=1) == task.y))
+        assert abs(float(h.final_accuracy[i]) - acc) <= 1 / task.n, i
+
+
+def test_boundary_interpolates_in_log_depth():
+    depths = np.array([4, 16, 64])
+    score = np.array(
+        [
+            [1.0, 0.9, 0.2, 1.0],
+            [0.9, 0.0, 0.9, 0.0],
+            [0.8, 0.9, 0.9, 0.9],  # a pass after a failure does not extend the boundary
+        ]
+    )
+    b, censored = train_mod._boundary(depths, score, 0.5)
+    np.testing.assert_allclose(b, [64, np.exp(np.log(4) + 0.4 / 0.9 * np.log(4)), 0, 8])
+    assert censored.tolist() == [True, False, False, False]
+
+
+def test_trainability_grid_bad_input(grid):
+    cls = grid[0]
+    reg = train_mod.Task(np.ones((4, 2), np.float32), np.ones((4, 1), np.float32), "regression", 1)
+    ok = dict(depth=[1, 2], sigma_w2=[1.0, 2.0])
+    with pytest.raises(TypeError, match="task must be a Task"):
+        trainability_grid("digits", **ok)
+    with pytest.raises(ValueError, match="classification task, got 'regression'"):
+        trainability_grid(reg, **ok)
+    for kw, err, match in (
+        ({"depth": [4, 2]}, ValueError, r"depth must be strictly increasing, got \[4, 2\]"),
+        ({"depth": []}, ValueError, "depth must be a non-empty"),
+        ({"depth": [0, 2]}, ValueError, "depth must be >= 1, got 0"),
+        ({"depth": [1.5]}, TypeError, "depth must be an int"),
+        ({"sigma_w2": [0.0, 1.0]}, ValueError, "sigma_w2 must be > 0"),
+        ({"sigma_w2": [[1.0, 2.0]]}, ValueError, "1-D"),
+        ({"sigma_b2": -0.1}, ValueError, r"sigma_b2 must be >= 0, got -0\.1"),
+        ({"threshold": 0.0}, ValueError, r"threshold must be in \(0, 1\]"),
+        ({"threshold": 1.5}, ValueError, "threshold"),
+        ({"seeds": 0}, ValueError, "seeds must be >= 1"),
+        ({"lr": lambda d: 1.5 - d}, ValueError, r"lr must be > 0, got -0\.5 at depth 2"),
+        ({"lr": "fast"}, TypeError, "lr must be a real number"),
+        ({"activation": "swish"}, ValueError, "unknown activation"),
+    ):
+        with pytest.raises(err, match=match):
+            trainability_grid(cls, **{**ok, **kw})
+    with pytest.raises(ValueError, match=r"bias_std must be >= 0, got -1\.0"):
+        TrainSpec(cls, max_depth=2, bias_std=-1)
