@@ -7,8 +7,14 @@
   linear net with the scaled identity the closed form :math:`a^{\\mathrm{depth}+1}` is overlaid
   (dashed contours at the same levels, :func:`stabkit.deep_linear_gain`), with the depth at which
   the dtype's largest finite value is reached.
+  Wherever the mean field applies (:func:`stabkit.theory.predict_sweep`: i.i.d. or orthogonal
+  weights, any registered activation) the predicted :math:`\\log_{10}` output RMS and backward gain
+  are drawn as dashed contours at the same levels, and the critical scale (:math:`\\chi_1 = 1`,
+  :func:`stabkit.critical_line` mapped to the initializer's scale by
+  :func:`stabkit.theory.weight_variance`) as a horizontal line.
 * :func:`profiles`: per-layer RMS of the signal and of its gradient at the deepest depth, one line
-  per scale, with the closed form for the deep linear net.
+  per scale, with the closed form for the deep linear net and the mean-field prediction (dashed,
+  :func:`stabkit.theory.predict_sweep`) wherever it applies.
 
 Both write PNGs and return their paths.
 """
@@ -22,12 +28,41 @@ from typing import Any
 
 import numpy as np
 
+from stabkit.theory import critical_line, predict_sweep, weight_variance
 from stabkit.tracing import deep_linear_gain
 
 __all__ = ["heatmaps", "plot", "profiles"]
 
 _GROUPS = ("dtype", "width", "init", "bias_std")
 _INF_COLOR, _NAN_COLOR, _ZERO_COLOR = "black", "magenta", "#9a9a9a"
+_CRIT_COLOR = "#00b050"
+
+
+def _prediction(ds, theory: bool):
+    """The mean-field prediction of ``ds``, or None (theory off, or an unregistered activation)."""
+    if not theory:
+        return None
+    try:
+        return predict_sweep(ds)
+    except ValueError:  # a sweep of callables stores only their names
+        return None
+
+
+def _critical_scale(act: str, init: str, bias_std: float) -> float:
+    """The initializer scale where chi_1 = 1 (NaN where undefined or not applicable)."""
+    if init == "scaled_identity" and act != "linear":
+        return math.nan
+    try:
+        sw = float(critical_line(act, bias_std**2))
+    except (TypeError, ValueError):
+        return math.nan
+    return math.sqrt(sw / float(weight_variance(init, 1.0))) if math.isfinite(sw) else math.nan
+
+
+def _seed_median(a) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN where the theory does not apply
+        return np.nanmedian(a, axis=-1)
 
 
 def _pyplot():
@@ -66,13 +101,16 @@ def _finfo_max(dtype: str) -> float:
     return float(ml_dtypes.finfo(dtype).max)
 
 
-def heatmaps(ds, out: str | pathlib.Path, *, max_figures: int = 32) -> list[pathlib.Path]:
+def heatmaps(
+    ds, out: str | pathlib.Path, *, max_figures: int = 32, theory: bool = True
+) -> list[pathlib.Path]:
     """Depth x scale heatmaps of a sweep dataset, one PNG per (dtype, width, init, bias_std).
 
     Args:
         ds: a dataset from :func:`stabkit.sweep` or :func:`stabkit.load`.
         out: directory for the PNGs (created).
         max_figures: at most this many figures (the first groups in axis order).
+        theory: overlay the mean-field prediction (contours, critical scale) where it applies.
 
     Returns:
         The paths written.
@@ -82,6 +120,7 @@ def heatmaps(ds, out: str | pathlib.Path, *, max_figures: int = 32) -> list[path
     out.mkdir(parents=True, exist_ok=True)
     depth, scale = ds.depth.values, ds.scale.values
     acts = ds.activation.values.tolist()
+    pred = _prediction(ds, theory)
     paths = []
     for group in _groups(ds)[:max_figures]:
         sub = ds.sel(group)
@@ -120,6 +159,16 @@ def heatmaps(ds, out: str | pathlib.Path, *, max_figures: int = 32) -> list[path
                         ax.scatter(xs, ys, marker="s", s=30, c=color, label=label)
                 if act == "linear" and group["init"] == "scaled_identity":
                     _linear_theory(ax, sub, depth, scale, name, mesh)
+                elif pred is not None:
+                    p = pred[name].sel(group).sel(activation=act)
+                    _mean_field_theory(ax, p.transpose("scale", "depth", "seed").values, mesh)
+                if pred is not None:
+                    crit = _critical_scale(act, group["init"], float(group["bias_std"]))
+                    y = np.interp(crit, scale, np.arange(len(scale)), left=np.nan, right=np.nan)
+                    if np.isfinite(y):
+                        ax.axhline(
+                            y, color=_CRIT_COLOR, lw=1.5, ls="-.", label="mean field: χ₁ = 1"
+                        )
                 ax.set_xticks(range(len(depth)), [str(d) for d in depth], fontsize=7)
                 ax.set_yticks(range(len(scale)), [f"{s:.3g}" for s in scale], fontsize=7)
                 ax.set_xlabel("depth")
@@ -172,13 +221,35 @@ def _linear_theory(ax, sub, depth, scale, name, mesh) -> None:
     ax.plot([], [], "k--", lw=0.7, label="theory: log10 a^(d+1) contours")
 
 
-def profiles(ds, out: str | pathlib.Path, *, max_figures: int = 32) -> list[pathlib.Path]:
+def _mean_field_theory(ax, predicted: np.ndarray, mesh) -> None:
+    """Dashed contours of the predicted log10 value (scale x depth x seed) at the colour levels."""
+    img = _seed_median(predicted)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        img = np.log10(img)
+    if img.shape[0] < 2 or img.shape[1] < 2 or not np.isfinite(img).any():
+        return
+    ax.contour(
+        np.arange(img.shape[1]),
+        np.arange(img.shape[0]),
+        np.ma.masked_invalid(img),
+        levels=np.linspace(*mesh.get_clim(), 9),
+        colors="k",
+        linestyles="dashed",
+        linewidths=0.7,
+    )
+    ax.plot([], [], "k--", lw=0.7, label="mean field: log10 contours")
+
+
+def profiles(
+    ds, out: str | pathlib.Path, *, max_figures: int = 32, theory: bool = True
+) -> list[pathlib.Path]:
     """Per-layer RMS of h and of dL/dh at the deepest depth, one line per scale (seed median).
 
     Args:
         ds: a dataset from :func:`stabkit.sweep` or :func:`stabkit.load`.
         out: directory for the PNGs (created).
         max_figures: at most this many figures.
+        theory: overlay the mean-field prediction (dashed, same colour) where it applies.
 
     Returns:
         The paths written.
@@ -191,6 +262,7 @@ def profiles(ds, out: str | pathlib.Path, *, max_figures: int = 32) -> list[path
     layers = np.arange(d + 2)
     paths = []
     colors = plt.get_cmap("viridis")(np.linspace(0, 1, ds.sizes["scale"]))
+    pred = _prediction(ds, theory)
     for group in _groups(ds)[:max_figures]:
         sub = ds.sel(group).sel(depth=d, layer=layers)
         fig, axes = plt.subplots(len(acts), 2, figsize=(10, 3 * len(acts)), squeeze=False)
@@ -203,6 +275,11 @@ def profiles(ds, out: str | pathlib.Path, *, max_figures: int = 32) -> list[path
                         a[name].sel(scale=s).transpose("layer", "seed").values, -1
                     )
                     ax.semilogy(layers, v, color=color, label=f"scale {s:.3g}")
+                    if pred is not None:
+                        p = pred[name].sel(group).sel(activation=act, depth=d, scale=s)
+                        pv = _seed_median(p.sel(layer=layers).transpose("layer", "seed").values)
+                        if np.isfinite(pv).any():
+                            ax.semilogy(layers, pv, color=color, ls="--", lw=0.9)
                     if (
                         act == "linear"
                         and group["init"] == "scaled_identity"
@@ -213,9 +290,8 @@ def profiles(ds, out: str | pathlib.Path, *, max_figures: int = 32) -> list[path
                 ax.set_title(f"{act}: {name} at depth {d}", fontsize=9)
                 ax.set_xlabel("layer")
             axes[row, 0].legend(fontsize=6, ncol=2)
-        fig.suptitle(
-            ", ".join(f"{k}={v}" for k, v in group.items()) + " (dotted: a^l)", fontsize=10
-        )
+        note = " (dotted: a^l" + (", dashed: mean field)" if pred is not None else ")")
+        fig.suptitle(", ".join(f"{k}={v}" for k, v in group.items()) + note, fontsize=10)
         fig.tight_layout()
         path = out / f"profile_{_tag(group)}.png"
         fig.savefig(path, dpi=90)
@@ -225,11 +301,16 @@ def profiles(ds, out: str | pathlib.Path, *, max_figures: int = 32) -> list[path
 
 
 def plot(
-    ds, out: str | pathlib.Path, kind: str = "heatmap", *, max_figures: int = 32
+    ds,
+    out: str | pathlib.Path,
+    kind: str = "heatmap",
+    *,
+    max_figures: int = 32,
+    theory: bool = True,
 ) -> list[pathlib.Path]:
     """``heatmaps`` (kind ``heatmap``) or ``profiles`` (kind ``profile``) of ``ds`` into ``out``."""
     if kind == "heatmap":
-        return heatmaps(ds, out, max_figures=max_figures)
+        return heatmaps(ds, out, max_figures=max_figures, theory=theory)
     if kind == "profile":
-        return profiles(ds, out, max_figures=max_figures)
+        return profiles(ds, out, max_figures=max_figures, theory=theory)
     raise ValueError(f"unknown kind {kind!r}; valid: heatmap, profile")

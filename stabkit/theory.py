@@ -1472,7 +1472,8 @@ def predict_sweep(
         "sigma_b2": (("bias_std",), sb),
     }
     coords = {d: ds[d].values for d in (*dims, "layer")}
-    return xr.Dataset(data, coords=coords, attrs={"loss": spec["loss"], "order": order})
+    attrs = {"spec": ds.attrs["spec"], "order": order}
+    return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
 #: Relative rounding a layer may add to a measured RMS, per dtype: the unit roundoff eps/2 of
@@ -1532,8 +1533,6 @@ def compare_sweep(ds, prediction=None, *, n_sigma: float = DEFAULT_N_SIGMA, **kw
     import xarray as xr
 
     n_sigma = float(_check_grid(n_sigma, "n_sigma", lo=0.0, closed=False))
-    spec = _sweep_spec(ds)
-    del spec
     pred = predict_sweep(ds, **kwargs) if prediction is None else prediction
     depth = ds.depth
     layer = ds.layer

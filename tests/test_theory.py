@@ -385,3 +385,229 @@ def test_bad_jacobian_input():
         th.jacobian_singular_values(p, jnp.ones(4), "tanh", depth=3)
     with pytest.raises(TypeError, match="activation"):
         th.jacobian_singular_values(p, jnp.ones(4), None)
+
+
+# ------------------------------------------------------------- predicted per-layer profiles
+#
+# Tolerances:
+# * closed forms (linear, relu: every Gaussian moment is a polynomial in q) vs predict_profile:
+#   1e-12 relative, float64 rounding over a few dozen layers.
+# * the chi_1 power law at the fixed point: 1e-9 relative (q* from Newton to ~1e-15, tanh's
+#   quadrature at order 128 to ~1e-12 at q* < 1, compounded over 10 layers).
+# * measured sweeps (float32, width 256 and 512): compare_sweep's stated tolerance, 4 predicted
+#   single-example standard deviations of the log (c sqrt(l/n), c = 1.2-1.9); float32 rounding
+#   (1e-7 a layer) is negligible beside it.
+# * initializer variances from draws of 512 x 512 weights: 5 standard errors of the sample
+#   variance (sqrt(2/N) normal, sqrt(4/5/N) uniform, N = 2^18 entries); orthogonal and identity
+#   are exact (1e-5 relative, float32 sums).
+
+
+@pytest.mark.parametrize(
+    ("init", "scale"),
+    [
+        ("gaussian", 1.3),
+        ("he_normal", 0.8),
+        ("he_uniform", 1.0),
+        ("glorot_uniform", 1.1),
+        ("lecun_normal", 0.7),
+        ("standard", 1.0),
+        ("orthogonal", 1.2),
+        ("scaled_identity", 0.9),
+    ],
+)
+def test_weight_variance_matches_the_initializers(init, scale):
+    n = 512
+    w = np.asarray(sk.get_initializer(init, scale)(jax.random.key(3), (n, n)), np.float64)
+    measured = n * np.mean(w * w)
+    expected = float(th.weight_variance(init, scale))
+    if init in ("orthogonal", "scaled_identity"):
+        np.testing.assert_allclose(measured, expected, rtol=1e-5)
+    else:
+        se = math.sqrt((2.0 if "normal" in init or init == "gaussian" else 0.8) / n**2)
+        assert abs(measured / expected - 1) <= 5 * se
+
+
+def test_profile_closed_forms_linear_and_relu():
+    depth, q0 = 12, 0.7
+    for act, sw, sb in (("linear", 1.3, 0.2), ("relu", 2.6, 0.1), ("relu", 1.2, 0.0)):
+        p = th.predict_profile(act, sw, sb, depth, q0)
+        half = 0.5 if act == "relu" else 1.0
+        q = [q0, sw * q0 + sb]
+        for _ in range(depth):
+            q.append(sw * half * q[-1] + sb)
+        q = np.array(q)
+        np.testing.assert_allclose(p.q, q, rtol=1e-12)
+        post = np.sqrt(np.concatenate([[q0], half * q[1:-1], [q[-1]]]))
+        np.testing.assert_allclose(p.post_rms, post, rtol=1e-12)
+        np.testing.assert_allclose(p.chi[1:-1], sw * half, rtol=1e-12)
+        # sum loss: dL/dh^l = chi^(L-l) times the readout's sigma_w^2, exactly.
+        expect = np.sqrt(sw * (sw * half) ** (depth - np.arange(depth + 1)))
+        np.testing.assert_allclose(p.grad_rms[:-1], expect, rtol=1e-12)
+    # mse, Gaussian weights: the Fuss-Catalan moment of a linear net, (k + 1) for k weight
+    # matrices above layer l; orthogonal weights keep every norm: sigma_w^(2k).
+    p = th.predict_profile("linear", 1.0, 0.0, depth, 1.0, loss="mse")
+    k = depth + 1 - np.arange(depth + 2)
+    np.testing.assert_allclose(p.grad_rms**2, k + 1, rtol=1e-12)
+    p = th.predict_profile("linear", 1.5, 0.0, depth, 1.0, loss="mse", weights="orthogonal")
+    np.testing.assert_allclose(p.grad_rms**2, 1.5**k, rtol=1e-12)
+    # relu + He + mse: 2(L + 1 - l) more than the chi product (= 2) at every layer.
+    p = th.predict_profile("relu", 2.0, 0.0, depth, 1.0, loss="mse")
+    np.testing.assert_allclose(p.grad_rms[:-1] ** 2, 4.0 * k[:-1], rtol=1e-12)
+
+
+def test_gradient_profile_is_chi_1_power_at_the_fixed_point():
+    depth = 10
+    for sw, sb in ((1.2, 0.05), (1.76, 0.05), (3.0, 0.05)):
+        mf = th.mean_field("tanh", sw, sb)
+        qs, chi1 = float(mf.q_star), float(mf.chi_1)
+        p = th.predict_profile("tanh", sw, sb, depth, (qs - sb) / sw)  # q^1 = q*
+        np.testing.assert_allclose(p.q[1:], qs, rtol=1e-9)
+        np.testing.assert_allclose(p.chi[1:-1], chi1, rtol=1e-9)
+        ell = np.arange(depth + 1)
+        np.testing.assert_allclose(p.grad_rms[:-1] ** 2, sw * chi1 ** (depth - ell), rtol=1e-9)
+        rel = p.grad_rms[: depth + 1] / p.grad_rms[depth]
+        np.testing.assert_allclose(rel, chi1 ** ((depth - ell) / 2), rtol=1e-9)
+
+
+def test_profile_spreads_are_the_linear_response_variances():
+    # relu without bias: ln|h|^2 gains kappa = 5 a layer (Hanin & Nica), pre-activations 2.
+    p = th.predict_profile("relu", 2.0, 0.0, 6, 1.0)
+    ell = np.arange(1, 7)
+    np.testing.assert_allclose(p.post_spread[1:-1], np.sqrt(5 * ell) / 2, rtol=1e-3)
+    np.testing.assert_allclose(p.pre_spread[1:-1], np.sqrt(5 * (ell - 1) + 2) / 2, rtol=1e-3)
+    # tanh contracts toward q*: the spread saturates instead of growing like sqrt(l).
+    t = th.predict_profile("tanh", 1.5, 0.05, 60, 1.0)
+    assert t.post_spread[60] < 1.05 * t.post_spread[30] < 1.2 * t.post_spread[15]
+
+
+# -------------------------------------------------------------------- measured sweeps
+
+SIGNAL = dict(
+    depth=24,
+    activation=("tanh", "relu"),
+    init="gaussian",
+    scale=tuple(math.sqrt(v) for v in (1.0, 1.76, 2.0, 3.0)),  # sigma_w^2 1, 1.76, 2 (He), 3
+    bias_std=math.sqrt(0.05),
+    seed=(0, 1, 2, 3),
+    batch=16,
+)
+
+
+@pytest.fixture(scope="module")
+def signal():
+    """float32 sweeps of SIGNAL at widths 256 and 512 with their predictions and comparisons."""
+    out = {}
+    for width in (256, 512):
+        ds = sk.sweep(sk.SweepSpec(**SIGNAL, width=width), progress=False)
+        pred = th.predict_sweep(ds)
+        out[width] = ds, pred, th.compare_sweep(ds, pred)
+    return out
+
+
+def test_sweep_agrees_with_the_mean_field(signal):
+    for width, (ds, pred, cmp) in signal.items():
+        assert bool(cmp.passed.all()), width
+        for name in ("pre_rms", "post_rms", "grad_gain"):
+            judged = cmp[f"tol_{name}"].notnull()
+            # every hidden layer and the readout of every config was judged (nothing overflowed)
+            assert int(judged.sum()) >= cmp[name].notnull().sum() - 2 * cmp.passed.size
+            assert bool((np.abs(cmp[name]) <= cmp[f"tol_{name}"]).where(judged, True).all())
+        # Layer 0 is the input itself: q0 from sweep_input is what the sweep measured.
+        np.testing.assert_allclose(pred.pre_rms.sel(layer=0), ds.pre_rms.sel(layer=0), rtol=1e-6)
+        # The absolute gradient at the readout follows mse's dL/dy = y / N.
+        top = ds.grad_post_rms.sel(layer=ds.depth + 1)
+        n = SIGNAL["batch"] * width
+        np.testing.assert_allclose(top, ds.output_rms / n, rtol=1e-5)
+        assert float(np.abs(np.log10(top / pred.grad_post_rms.sel(layer=ds.depth + 1))).max()) < 0.2
+
+
+def test_sweep_error_shrinks_with_width(signal):
+    raw, weighted = {}, {}
+    for width, (_, pred, cmp) in signal.items():
+        errs = [np.abs(cmp[v]) for v in ("pre_rms", "post_rms", "grad_gain")]
+        spreads = [pred.pre_spread, pred.post_spread, pred.grad_spread]
+        raw[width] = np.mean([float(e.mean()) for e in errs])
+        weighted[width] = np.mean(
+            [float((e / s).where(s > 0).mean()) for e, s in zip(errs, spreads, strict=True)]
+        )
+    # finite-width fluctuations scale like 1/sqrt(width): the mean error halves in variance
+    assert raw[512] < raw[256] and weighted[512] < weighted[256]
+
+
+def test_gradient_independence_product_fails_for_mse(signal):
+    """The chi product (loss="sum") mispredicts the sweep's mse gradients beyond tolerance."""
+    ds, pred, _ = signal[256]
+    relu = ds.sel(activation=["relu"], scale=[math.sqrt(2.0)], seed=[0])
+    wrong = pred.sel(activation=["relu"], scale=[math.sqrt(2.0)], seed=[0]).copy()
+    p = th.predict_profile("relu", 2.0, 0.05, 24, float(wrong.pre_rms.sel(layer=0)) ** 2)
+    wrong["grad_gain"].values[..., : p.grad_rms.size] = p.grad_rms
+    bad = th.compare_sweep(relu, wrong)
+    assert not bool(bad.passed.all())
+    assert float(np.abs(bad.grad_gain).max()) > 0.6  # sqrt(2 * 25) ~ 7x at the input
+
+
+def _fake_sweep(**spec):
+    """A sweep-shaped dataset (coords and spec only) for predict_sweep's bookkeeping."""
+    import json
+
+    import xarray as xr
+
+    s = sk.SweepSpec(**spec)
+    coords = s.coords()
+    coords["layer"] = np.arange(s.n_layers)
+    return xr.Dataset(coords=coords, attrs={"spec": json.dumps(s.to_dict())})
+
+
+def test_predict_sweep_inits_and_where_the_theory_applies():
+    ds = _fake_sweep(
+        depth=(2, 3),
+        width=64,
+        activation=("linear", "tanh"),
+        init=("he_uniform", "orthogonal", "scaled_identity", "standard"),
+        scale=(0.5, 1.5),
+        bias_std=(0.0, 0.3),
+        batch=4,
+        loss="sum",
+    )
+    pred = th.predict_sweep(ds)
+    np.testing.assert_allclose(
+        pred.sigma_w2.values, np.outer([2.0, 1.0, 1.0, 1 / 3], [0.25, 2.25]), rtol=1e-15
+    )
+    ident = pred.pre_rms.sel(init="scaled_identity")
+    assert bool(ident.sel(activation="tanh").isnull().all())
+    lin = ident.sel(activation="linear", depth=3, scale=1.5, bias_std=0.3).squeeze()
+    q0 = float(lin[0]) ** 2
+    np.testing.assert_allclose(lin[1] ** 2, 2.25 * q0 + 0.09, rtol=1e-12)
+    # layers above a config's readout are NaN; sum loss: the readout gradient RMS is 1
+    assert bool(pred.pre_rms.sel(depth=2, layer=4).isnull().all())
+    g = pred.grad_post_rms.sel(init="he_uniform", depth=2, layer=3)
+    np.testing.assert_allclose(g, 1.0)
+    with pytest.raises(ValueError, match="swish_like"):
+        th.predict_sweep(_fake_sweep(depth=2, activation=lambda_named("swish_like"), batch=2))
+
+
+def lambda_named(name):
+    def f(x):
+        return x * jax.nn.sigmoid(x)
+
+    f.__name__ = name
+    return f
+
+
+def test_compare_sweep_judges_by_the_tolerance():
+    import xarray as xr
+
+    ds = _fake_sweep(depth=4, width=256, activation="tanh", scale=1.2, batch=8, dtype="float16")
+    pred = th.predict_sweep(ds)
+    tol = th.compare_sweep(pred, pred)  # the prediction as a "measurement": zero error
+    assert bool(tol.passed.all()) and float(np.abs(tol.pre_rms).max()) == 0.0
+    t = tol.tol_pre_rms
+    for factor, ok in ((0.5, True), (1.5, False)):
+        fake = pred.copy()
+        fake["pre_rms"] = pred.pre_rms * 10 ** (factor * t.fillna(0))
+        assert bool(th.compare_sweep(fake, pred).passed.all()) is ok
+    # beyond float16's range the theory (real arithmetic) is not judged
+    fake = pred.copy()
+    fake["pre_rms"] = xr.where(fake.layer == 2, 1e6, fake.pre_rms)
+    cmp = th.compare_sweep(fake, pred)
+    assert bool(cmp.tol_pre_rms.sel(layer=2).isnull().all()) and bool(cmp.passed.all())
