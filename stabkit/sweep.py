@@ -429,6 +429,36 @@ def _chunk_fn(st: _Static) -> Callable:
         down, up = pow2(m)
         return jnp.sqrt(jnp.mean(jnp.square(v * down[:, None, None]), axis=(1, 2))) * up
 
+    # A scaled sum of squares within 2^+-window cannot have overflowed, and the squares flushed
+    # to zero (below 2^-126 in float32) add up to less than 2^-52 of it: no pass for the max needed.
+    window = sinfo.maxexp // 2 - 14
+
+    def exponent(m):
+        """e with 2^e <= m < 2^(e+1) for a positive normal ``m``."""
+        return (jax.lax.bitcast_convert_type(m, s_uint) >> sinfo.nmant).astype(jnp.int32) - s_bias
+
+    def factor(e):
+        """2^e, exact, for e within the normal exponent range."""
+        return jax.lax.bitcast_convert_type((s_bias + e).astype(s_uint) << sinfo.nmant, sdt)
+
+    def rms_guess(v, e):
+        """``(rms(v), exponent)``: one pass over ``v``, scaled by the guess ``2^-e`` per config.
+
+        ``e`` is the exponent of the same statistic one layer before (a net's RMS changes by
+        far less than 2^25 a layer). Where the scaled sum of squares leaves the window the guess
+        was wrong, or an entry is inf/NaN, or every entry is 0: those configs take :func:`rms`
+        (max, then sum), in a ``cond`` that runs only when a config of the chunk needs it. Either
+        way the result depends on the config alone, never on its chunk-mates.
+        """
+        v = v.astype(sdt)
+        e = jnp.clip(e, 2 - s_bias, s_bias - 2)
+        ss = jnp.mean(jnp.square(v * factor(-e)[:, None, None]), axis=(1, 2))
+        ok = (ss >= 2.0**-window) & (ss <= 2.0**window)
+        r = jnp.where(ok, jnp.sqrt(ss) * factor(e), 0)
+        r = jax.lax.cond(jnp.all(ok), lambda: r, lambda: jnp.where(ok, r, rms(v)))
+        fine = (r > 0) & jnp.isfinite(r)
+        return r, jnp.where(fine, exponent(jnp.where(fine, r, 1)), e)
+
     # Census by bit pattern (XLA:CPU reads float32 subnormals as 0 in comparisons): the magnitude
     # bits are 0 for zeros, below the smallest normal's for subnormals, those of inf for inf and
     # above for NaN. Two classes are packed in 16-bit halves of one int32 sum where the counts fit,
@@ -440,20 +470,31 @@ def _chunk_fn(st: _Static) -> Callable:
     inf_bits = ((1 << info.nexp) - 1) << info.nmant
     normal_bits = 1 << info.nmant
     packed = entries < 2**15
+    i32 = jnp.int32
 
-    def counts(v, prefix):
+    def counts(v, prefix, finite=None):
+        """The census of ``v``; ``finite``: per config, whether ``v`` is known to hold no inf or
+        NaN (its RMS is finite): then the inf/NaN pass runs only if a chunk-mate needs it."""
         a = jax.lax.bitcast_convert_type(v, ubits) & magnitude
-        zero, inf = a == 0, a == inf_bits
-        sub, nan = (a < normal_bits) & ~zero, a > inf_bits
+        zero, sub = a == 0, (a < normal_bits) & (a != 0)
+
+        def nonfinite():
+            if packed:
+                inf, nan = (a == inf_bits).astype(i32), (a > inf_bits).astype(i32)
+                hi = jnp.sum(inf | (nan << 16), axis=(1, 2), dtype=i32)
+                return hi & 0xFFFF, hi >> 16
+            return tuple(jnp.sum(c, axis=(1, 2), dtype=i32) for c in (a == inf_bits, a > inf_bits))
+
         if packed:
-            i32 = jnp.int32
-            lo = jnp.sum(zero.astype(i32) | (sub.astype(i32) << 16), axis=(1, 2))
-            hi = jnp.sum(inf.astype(i32) | (nan.astype(i32) << 16), axis=(1, 2))
-            zero, sub, inf, nan = lo & 0xFFFF, lo >> 16, hi & 0xFFFF, hi >> 16
+            lo = jnp.sum(zero.astype(i32) | (sub.astype(i32) << 16), axis=(1, 2), dtype=i32)
+            zero, sub = lo & 0xFFFF, lo >> 16
         else:
-            zero, sub, inf, nan = (
-                jnp.sum(c, axis=(1, 2), dtype=jnp.int32) for c in (zero, sub, inf, nan)
-            )
+            zero, sub = (jnp.sum(c, axis=(1, 2), dtype=i32) for c in (zero, sub))
+        if finite is None:
+            inf, nan = nonfinite()
+        else:
+            none = jnp.zeros(a.shape[0], i32)
+            inf, nan = jax.lax.cond(jnp.all(finite), lambda: (none, none), nonfinite)
         return {
             f"{prefix}_subnormal": sub,
             f"{prefix}_zero": zero,
@@ -508,7 +549,7 @@ def _chunk_fn(st: _Static) -> Callable:
 
         # Forward, layers 1..trip; configs shallower than the chunk's deepest pass through.
         def fwd(i, carry):
-            h, hs, dps, uws, ubs, stats = carry
+            h, hs, dps, uws, ubs, stats, (e_pre, e_dphi) = carry
             layer = i + 1
             active = layer <= depth
             uw, ub = draw(layer)
@@ -516,27 +557,30 @@ def _chunk_fn(st: _Static) -> Callable:
             z = mm("cbi,cij->cbj", h, wt) + b[:, None, :]
             hn, dphi = jax.lax.switch(act, phis, z)
             hmax = absmax(hn)
+            pre_rms, e_pre = rms_guess(z, e_pre)
+            dphi_rms, e_dphi = rms_guess(dphi, e_dphi)
             stats = put(
                 stats,
                 layer,
                 active,
-                pre_rms=rms(z),
+                pre_rms=pre_rms,
                 post_rms=rms(hn, hmax),
                 post_max=hmax,
-                dphi_rms=rms(dphi),
+                dphi_rms=dphi_rms,
                 saturated=jnp.mean(jnp.abs(dphi).astype(sdt) < threshold, axis=(1, 2), dtype=sdt),
                 # By bit pattern: XLA on CPU reads subnormals as 0 in comparisons.
                 dead=dead(dphi),
-                **counts(hn, "post"),
+                **counts(hn, "post", jnp.isfinite(hmax)),
             )
-            hs = jax.lax.dynamic_update_index_in_dim(hs, h, i, 0)
+            hs = jax.lax.dynamic_update_index_in_dim(hs, jnp.swapaxes(h, 1, 2), i, 0)
             dps = jax.lax.dynamic_update_index_in_dim(dps, dphi, i, 0)
             uws = jax.lax.dynamic_update_index_in_dim(uws, uw, i, 0)
             ubs = jax.lax.dynamic_update_index_in_dim(ubs, ub, i, 0)
             h = jnp.where(active[:, None, None], hn, h)
-            return h, hs, dps, uws, ubs, stats
+            return h, hs, dps, uws, ubs, stats, (e_pre, e_dphi)
 
         s = seeds.shape[0]
+        e0 = jnp.zeros(c, jnp.int32)
         carry = (
             x,
             hs,
@@ -544,7 +588,7 @@ def _chunk_fn(st: _Static) -> Callable:
             jnp.zeros((max_depth, s, w, w), sdt),
             jnp.zeros((max_depth, s, w), sdt),
         )
-        h, hs, dps, uws, ubs, stats = jax.lax.fori_loop(0, trip, fwd, (*carry, stats))
+        h, hs, dps, uws, ubs, stats, _ = jax.lax.fori_loop(0, trip, fwd, (*carry, stats, (e0, e0)))
         w0, b0 = scaled(*draw(0))
         y = mm("cbi,cij->cbj", h, w0) + b0[:, None, :]
         yf = y.astype(sdt)
@@ -574,7 +618,7 @@ def _chunk_fn(st: _Static) -> Callable:
         # Backward by hand, layers trip..1: dL/dz = dL/dh * phi'(z), dL/dW = h_in^T dL/dz,
         # dL/dh_in = dL/dz W^T.
         def bwd(j, carry):
-            g, stats = carry
+            g, stats, (e_post, e_pre, e_w) = carry
             i = trip - 1 - j
             layer = i + 1
             active = layer <= depth
@@ -584,19 +628,23 @@ def _chunk_fn(st: _Static) -> Callable:
             ub = jax.lax.dynamic_index_in_dim(ubs, i, 0, keepdims=False)
             wt, _ = scaled(uw, ub)
             gz = g * dphi
+            grad_post_rms, e_post = rms_guess(g, e_post)
+            grad_pre_rms, e_pre = rms_guess(gz, e_pre)
+            grad_w_rms, e_w = rms_guess(mm("cib,cbj->cij", h_in, gz), e_w)
             stats = put(
                 stats,
                 layer,
                 active,
-                grad_post_rms=rms(g),
-                grad_pre_rms=rms(gz),
-                grad_w_rms=rms(mm("cbi,cbj->cij", h_in, gz)),
-                **counts(g, "grad"),
+                grad_post_rms=grad_post_rms,
+                grad_pre_rms=grad_pre_rms,
+                grad_w_rms=grad_w_rms,
+                **counts(g, "grad", jnp.isfinite(grad_post_rms)),
             )
             g = jnp.where(active[:, None, None], mm("cbj,cij->cbi", gz, wt), g)
-            return g, stats
+            return g, stats, (e_post, e_pre, e_w)
 
-        g, stats = jax.lax.fori_loop(0, trip, bwd, (g, stats))
+        e_g = exponent(jnp.maximum(readout["grad_post_rms"], sinfo.tiny))
+        g, stats, _ = jax.lax.fori_loop(0, trip, bwd, (g, stats, (e_g, e_g, e_g)))
         stats = put(stats, 0, True, grad_post_rms=rms(g), grad_pre_rms=rms(g), **counts(g, "grad"))
         stats = {k: v.T for k, v in stats.items()}  # (config, layer)
         valid = layers[None, :] <= top[:, None]
@@ -968,7 +1016,8 @@ def sweep(
         with x64:
             kernel, cfg_sharding, rep_sharding, buf_sharding = _kernel(st)
             shape = (n_layers - 2, chunk, spec.batch, width)
-            work = [jnp.zeros(shape, dtype, device=buf_sharding) for _ in range(2)]
+            tshape = (n_layers - 2, chunk, width, spec.batch)
+            work = [jnp.zeros(sh, dtype, device=buf_sharding) for sh in (tshape, shape)]
             sdt = np.dtype(np.float64 if dtype == "float64" else np.float32)
             pending = None
             for flat_start, ai, ii, s in todo:
