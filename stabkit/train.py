@@ -1040,7 +1040,7 @@ def _boundary(depths: np.ndarray, score: np.ndarray, threshold: float):
     interpolated linearly in log depth. Returns the boundaries ``(S,)`` and whether each column
     passed at every depth (then the boundary is ``depths[-1]``, a lower bound).
     """
-    ok = np.nan_to_num(score, nan=-np.inf) >= threshold
+    ok = np.asarray(score) >= threshold  # NaN fails
     reached = np.cumprod(ok, axis=0).sum(axis=0)
     log_d = np.log(np.asarray(depths, np.float64))
     out = np.zeros(score.shape[1])
