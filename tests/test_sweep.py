@@ -25,6 +25,7 @@ import stabkit as sk
 
 # The module, not the function stabkit.sweep that shadows it as a package attribute.
 sw = importlib.import_module("stabkit.sweep")
+kern = importlib.import_module("stabkit._sweep_kernel")
 
 MAIN = dict(
     depth=(2, 5, 30),
@@ -51,9 +52,9 @@ REV_CHUNK = 3
 @pytest.fixture(scope="module")
 def main():
     """The MAIN sweep in float32 and float16, and how many kernels it compiled."""
-    before = sw._KERNEL_TRACES
+    before = kern._KERNEL_TRACES
     ds = sk.sweep(sk.SweepSpec(**MAIN, dtype=("float32", "float16")), progress=False)
-    return ds, sw._KERNEL_TRACES - before
+    return ds, kern._KERNEL_TRACES - before
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +92,10 @@ def f32(ds):
     ],
 )
 def test_spec_rejects_bad_values_before_compiling(kwargs, error, match):
-    before = sw._KERNEL_TRACES
+    before = kern._KERNEL_TRACES
     with pytest.raises(error, match=match):
         sk.SweepSpec(**kwargs)
-    assert sw._KERNEL_TRACES == before
+    assert kern._KERNEL_TRACES == before
 
 
 def test_spec_is_frozen_canonical_and_round_trips():
@@ -247,6 +248,7 @@ _KILLED = """
 import importlib, os, signal, sys
 import stabkit as sk
 sw = importlib.import_module("stabkit.sweep")
+kern = importlib.import_module("stabkit._sweep_kernel")
 put, calls = sw._Store.put, [0]
 
 def put_and_die(self, start, results):
