@@ -44,7 +44,8 @@ def _prediction(ds, theory: bool):
         return None
     try:
         return predict_sweep(ds)
-    except ValueError:  # a sweep of callables stores only their names
+    except (KeyError, TypeError, ValueError) as e:  # e.g. a sweep of callables: names only
+        warnings.warn(f"no mean-field overlay: {e}", stacklevel=3)
         return None
 
 
