@@ -634,11 +634,17 @@ def _one_run(
         update_ok = all_finite(updates)
         failed = ~jnp.isfinite(loss) | (~grads_ok & ~update_ok)
         first_bad = jnp.where((first_bad < 0) & failed, i, first_bad)
+        events = ((~grads_ok).astype(jnp.int32), (~grads_ok & update_ok).astype(jnp.int32))
+        return (params, opt_state, first_bad), (loss, g_c, updates, scale), events
+
+    def summarise(raw):
+        """The record of one step: loss, norms, per-layer gradient RMS, census, loss scale."""
+        loss, g_c, updates, scale = raw
         layer_rms, grad_norm = _grad_stats(
             jax.tree.map(lambda g: g.astype(jnp.float32) / scale, g_c)
         )
         c = census(jnp.concatenate([g.ravel() for g in jax.tree.leaves(g_c)]))
-        record = (
+        return (
             loss,
             grad_norm,
             safe_global_norm(updates).astype(jnp.float32),
@@ -646,22 +652,24 @@ def _one_run(
             jnp.stack(list(c)),
             scale,
         )
-        events = ((~grads_ok).astype(jnp.int32), (~grads_ok & update_ok).astype(jnp.int32))
-        return (params, opt_state, first_bad), record, events
 
     k = spec.log_every
 
     def window(carry, t):
         # One step body serves logged and unlogged steps (one copy to compile): the window keeps
-        # the record of its first step and sums the non-finite events of all its steps.
+        # the record of its first step and sums the non-finite events of all its steps. The
+        # record's statistics are computed on that first step only: `j` is not batched by the
+        # vmap over runs, so the `cond` stays a branch and the other steps skip them.
         def body(state, j):
             carry, record, events = state
-            carry, new_record, new_events = step(carry, t * k + j)
-            record = jax.tree.map(lambda a, b: jnp.where(j == 0, b, a), record, new_record)
+            carry, raw, new_events = step(carry, t * k + j)
+            record = jax.lax.cond(j == 0, lambda: summarise(raw), lambda: record)
             return (carry, record, jax.tree.map(jnp.add, events, new_events)), None
 
-        shapes = jax.eval_shape(step, carry, t * k)
-        zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes[1:])
+        _, raw, events = jax.eval_shape(step, carry, t * k)
+        zeros = jax.tree.map(
+            lambda a: jnp.zeros(a.shape, a.dtype), (jax.eval_shape(summarise, raw), events)
+        )
         (carry, record, events), _ = jax.lax.scan(body, (carry, *zeros), jnp.arange(k))
         return carry, (*record, *events)
 
