@@ -208,26 +208,30 @@ def _chunk_fn(st: _Static) -> Callable:
     def counts(v, prefix, finite=None):
         """The census of ``v``; ``finite``: per config, whether ``v`` is known to hold no inf or
         NaN (its RMS is finite): then the inf/NaN pass runs only if a chunk-mate needs it."""
-        a = jax.lax.bitcast_convert_type(v, ubits) & magnitude
-        zero, sub = a == 0, (a < normal_bits) & (a != 0)
 
-        def nonfinite():
+        def bits(v):  # computed inside each pass: XLA fuses it there instead of storing it
+            return jax.lax.bitcast_convert_type(v, ubits) & magnitude
+
+        def nonfinite(v):
+            a = bits(v)
             if packed:
                 inf, nan = (a == inf_bits).astype(i32), (a > inf_bits).astype(i32)
                 hi = jnp.sum(inf | (nan << 16), axis=(1, 2), dtype=i32)
                 return hi & 0xFFFF, hi >> 16
             return tuple(jnp.sum(c, axis=(1, 2), dtype=i32) for c in (a == inf_bits, a > inf_bits))
 
+        a = bits(v)
+        zero, sub = a == 0, (a < normal_bits) & (a != 0)
         if packed:
             lo = jnp.sum(zero.astype(i32) | (sub.astype(i32) << 16), axis=(1, 2), dtype=i32)
             zero, sub = lo & 0xFFFF, lo >> 16
         else:
             zero, sub = (jnp.sum(c, axis=(1, 2), dtype=i32) for c in (zero, sub))
         if finite is None:
-            inf, nan = nonfinite()
+            inf, nan = nonfinite(v)
         else:
             none = jnp.zeros(a.shape[0], i32)
-            inf, nan = jax.lax.cond(jnp.all(finite), lambda: (none, none), nonfinite)
+            inf, nan = jax.lax.cond(jnp.all(finite), lambda v: (none, none), nonfinite, v)
         return {
             f"{prefix}_subnormal": sub,
             f"{prefix}_zero": zero,
