@@ -64,7 +64,7 @@ class Config:
     batch_size: int = 16
     lr0: float = 3e-3  # Adam learning rate at depth 8 ...
     lr_power: float = 1.5  # ... times (8 / depth) ** lr_power
-    seeds: int = 1  # initialisations per cell
+    seeds: int = 1  # initialisations (and batch orders) per cell; accuracy is their mean
     threshold: float = 0.5  # score (accuracy above the baseline, as a fraction) that is "trained"
     factor: float = 2.0  # claim: the boundary is within this factor of 6 xi_c
     peak_tol: float = 0.1  # claim: the critical point's boundary within 10% of the deepest
