@@ -27,11 +27,12 @@ grid (depth is data, the layers beyond a run's depth compute on zeros), so the g
 What agrees and what does not (default grid, task seeds 0-2): the trainable depth is a ridge on
 the critical :math:`\\sigma_w^2`, nothing deeper than :math:`12 \\xi_c` trains, and the measured
 boundary is within a factor 2 of :math:`6 \\xi_c` on both sides (seed 1: 2.07 at
-:math:`\\sigma_w^2 = 0.5`). It is not symmetric: ordered nets train to 1.1-2 times
-:math:`6 \\xi_c` (probably because Adam rescales each weight's gradient, so a vanishing gradient
-matters less than for Schoenholz et al.'s SGD), chaotic ones to about 0.6 times (probably: 300
-steps are few for their rough loss surface), and at criticality, where theory has no limit, the
-step budget stops them near 40 layers.
+:math:`\\sigma_w^2 = 0.5`). It is not symmetric: deep in the ordered phase
+(:math:`\\sigma_w^2 \\le 1`) nets train to 1.0-2.1 times :math:`6 \\xi_c` (probably because Adam
+rescales each weight's gradient, so a vanishing gradient matters less than for Schoenholz et al.'s
+SGD); near criticality (1.3) and in the chaotic phase (3, 7) to 0.55-0.85 times (probably: 300
+steps are too few for long :math:`\\xi_c` and rough chaotic loss surfaces), and at criticality,
+where theory has no limit, the step budget stops them near 40 layers.
 
 Run alone: ``python experiments/trainable_depth.py [--out DIR] [--quick]``.
 """
