@@ -397,9 +397,10 @@ def test_bad_jacobian_input():
 # * measured sweeps (float32, width 256 and 512): compare_sweep's stated tolerance, 4 predicted
 #   single-example standard deviations of the log (c sqrt(l/n), c = 1.2-1.9); float32 rounding
 #   (1e-7 a layer) is negligible beside it.
-# * initializer variances from draws of 512 x 512 weights: 5 standard errors of the sample
-#   variance (sqrt(2/N) normal, sqrt(4/5/N) uniform, N = 2^18 entries); orthogonal and identity
-#   are exact (1e-5 relative, float32 sums).
+# * initializer variances from draws of 256 x 256 weights: 5 standard errors of the sample
+#   variance (sqrt(2/N) normal, sqrt(4/5/N) uniform, N = 2^16 entries); the identity is exact
+#   (1e-5 relative, float32 sums). Orthogonal (gain^2 / n per entry by construction) is checked
+#   through predict_sweep's sigma_w2 table (a QR draw would add a compilation).
 
 
 @pytest.mark.parametrize(
@@ -411,16 +412,15 @@ def test_bad_jacobian_input():
         ("glorot_uniform", 1.1),
         ("lecun_normal", 0.7),
         ("standard", 1.0),
-        ("orthogonal", 1.2),
         ("scaled_identity", 0.9),
     ],
 )
 def test_weight_variance_matches_the_initializers(init, scale):
-    n = 512
+    n = 256
     w = np.asarray(sk.get_initializer(init, scale)(jax.random.key(3), (n, n)), np.float64)
     measured = n * np.mean(w * w)
     expected = float(th.weight_variance(init, scale))
-    if init in ("orthogonal", "scaled_identity"):
+    if init == "scaled_identity":
         np.testing.assert_allclose(measured, expected, rtol=1e-5)
     else:
         se = math.sqrt((2.0 if "normal" in init or init == "gaussian" else 0.8) / n**2)
@@ -428,7 +428,7 @@ def test_weight_variance_matches_the_initializers(init, scale):
 
 
 def test_profile_closed_forms_linear_and_relu():
-    depth, q0 = 12, 0.7
+    depth, q0 = 24, 0.7  # as SIGNAL's: the compilations are shared
     for act, sw, sb in (("linear", 1.3, 0.2), ("relu", 2.6, 0.1), ("relu", 1.2, 0.0)):
         p = th.predict_profile(act, sw, sb, depth, q0)
         half = 0.5 if act == "relu" else 1.0
@@ -456,7 +456,7 @@ def test_profile_closed_forms_linear_and_relu():
 
 
 def test_gradient_profile_is_chi_1_power_at_the_fixed_point():
-    depth = 10
+    depth = 24  # as SIGNAL's: one compilation of the tanh profile serves both
     for sw, sb in ((1.2, 0.05), (1.76, 0.05), (3.0, 0.05)):
         mf = th.mean_field("tanh", sw, sb)
         qs, chi1 = float(mf.q_star), float(mf.chi_1)
@@ -471,13 +471,14 @@ def test_gradient_profile_is_chi_1_power_at_the_fixed_point():
 
 def test_profile_spreads_are_the_linear_response_variances():
     # relu without bias: ln|h|^2 gains kappa = 5 a layer (Hanin & Nica), pre-activations 2.
-    p = th.predict_profile("relu", 2.0, 0.0, 6, 1.0)
-    ell = np.arange(1, 7)
+    p = th.predict_profile("relu", 2.0, 0.0, 24, 1.0)
+    ell = np.arange(1, 25)
     np.testing.assert_allclose(p.post_spread[1:-1], np.sqrt(5 * ell) / 2, rtol=1e-3)
     np.testing.assert_allclose(p.pre_spread[1:-1], np.sqrt(5 * (ell - 1) + 2) / 2, rtol=1e-3)
-    # tanh contracts toward q*: the spread saturates instead of growing like sqrt(l).
-    t = th.predict_profile("tanh", 1.5, 0.05, 60, 1.0)
-    assert t.post_spread[60] < 1.05 * t.post_spread[30] < 1.2 * t.post_spread[15]
+    # tanh contracts toward q*: the spread saturates instead of growing like sqrt(l) (relu's
+    # would grow by 2 from layer 6 to 24).
+    t = th.predict_profile("tanh", 1.5, 0.05, 24, 1.0)
+    assert t.post_spread[24] < 1.01 * t.post_spread[12] < 1.05 * t.post_spread[6]
 
 
 # -------------------------------------------------------------------- measured sweeps
@@ -488,8 +489,8 @@ SIGNAL = dict(
     init="gaussian",
     scale=tuple(math.sqrt(v) for v in (1.0, 1.76, 2.0, 3.0)),  # sigma_w^2 1, 1.76, 2 (He), 3
     bias_std=math.sqrt(0.05),
-    seed=(0, 1, 2, 3),
-    batch=16,
+    seed=(0, 1, 2),
+    batch=8,  # the two compilations dominate; the statistics average over batch x width
 )
 
 
@@ -539,7 +540,7 @@ def test_gradient_independence_product_fails_for_mse(signal):
     ds, pred, _ = signal[256]
     relu = ds.sel(activation=["relu"], scale=[math.sqrt(2.0)], seed=[0])
     wrong = pred.sel(activation=["relu"], scale=[math.sqrt(2.0)], seed=[0]).copy()
-    p = th.predict_profile("relu", 2.0, 0.05, 24, float(wrong.pre_rms.sel(layer=0)) ** 2)
+    p = th.predict_profile("relu", 2.0, 0.05, 24, wrong.pre_rms.sel(layer=0).values.item() ** 2)
     wrong["grad_gain"].values[..., : p.grad_rms.size] = p.grad_rms
     bad = th.compare_sweep(relu, wrong)
     assert not bool(bad.passed.all())
@@ -560,7 +561,7 @@ def _fake_sweep(**spec):
 
 def test_predict_sweep_inits_and_where_the_theory_applies():
     ds = _fake_sweep(
-        depth=(2, 3),
+        depth=(2, 24),
         width=64,
         activation=("linear", "tanh"),
         init=("he_uniform", "orthogonal", "scaled_identity", "standard"),
@@ -575,7 +576,7 @@ def test_predict_sweep_inits_and_where_the_theory_applies():
     )
     ident = pred.pre_rms.sel(init="scaled_identity")
     assert bool(ident.sel(activation="tanh").isnull().all())
-    lin = ident.sel(activation="linear", depth=3, scale=1.5, bias_std=0.3).squeeze()
+    lin = ident.sel(activation="linear", depth=24, scale=1.5, bias_std=0.3).squeeze()
     q0 = float(lin[0]) ** 2
     np.testing.assert_allclose(lin[1] ** 2, 2.25 * q0 + 0.09, rtol=1e-12)
     # layers above a config's readout are NaN; sum loss: the readout gradient RMS is 1
@@ -597,7 +598,7 @@ def lambda_named(name):
 def test_compare_sweep_judges_by_the_tolerance():
     import xarray as xr
 
-    ds = _fake_sweep(depth=4, width=256, activation="tanh", scale=1.2, batch=8, dtype="float16")
+    ds = _fake_sweep(depth=24, width=256, activation="tanh", scale=1.2, batch=8, dtype="float16")
     pred = th.predict_sweep(ds)
     tol = th.compare_sweep(pred, pred)  # the prediction as a "measurement": zero error
     assert bool(tol.passed.all()) and float(np.abs(tol.pre_rms).max()) == 0.0
