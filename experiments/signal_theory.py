@@ -53,7 +53,9 @@ COLORS = {"ordered": "#1f5fa8", "near-critical": "#2e8b57", "chaotic": "#c0392b"
 class Config:
     width: int = 256  # the maps are the n -> infinity limit; the tolerance shrinks like 1/sqrt(n)
     depth: tuple = (4, 8, 16, 32)  # the profiles are drawn at the deepest
-    scales: int = 10  # sigma_w = scale, log-spaced over scale_range
+    scales: int = (
+        10  # sigma_w = scale, log-spaced over scale_range, plus tanh's and relu's critical
+    )
     # tanh's critical scale is 1.33, relu's 1.41, the sigmoid's 10.3 (q* ~ 50, beyond what 128
     # Gauss-Hermite nodes resolve: the sigmoid stays ordered here)
     scale_range: tuple = (0.5, 8.0)
@@ -69,7 +71,10 @@ QUICK = Config(depth=(8, 32), scales=8, seeds=1)
 
 
 def _scales(cfg: Config) -> tuple[float, ...]:
-    return tuple(float(s) for s in np.round(np.geomspace(*cfg.scale_range, cfg.scales), 4))
+    """Log-spaced scales plus the critical ones of tanh (sigma_w^2 = 1.761) and relu (He, 2)."""
+    grid = np.round(np.geomspace(*cfg.scale_range, cfg.scales), 4)
+    crit = [math.sqrt(float(sk.critical_line(a, cfg.sigma_b2))) for a in ("tanh", "relu")]
+    return tuple(sorted({float(s) for s in grid} | set(crit)))
 
 
 def _pick(chi: np.ndarray) -> dict[str, int]:
@@ -86,6 +91,8 @@ def _pick(chi: np.ndarray) -> dict[str, int]:
             return np.where(np.isfinite(chi), np.abs(np.log(chi / target)), np.inf)
 
     out = {"ordered": int(np.argmin(dist(0.55))), "near-critical": int(np.argmin(dist(1.0)))}
+    if out["ordered"] == out["near-critical"]:  # nothing closer to 1: a deeper-ordered net
+        out["ordered"] = int(np.argmin(dist(0.25)))
     if np.nanmax(chi) > 1.3:
         out["chaotic"] = int(np.argmin(dist(1.6)))
     return out
