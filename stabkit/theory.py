@@ -58,6 +58,12 @@ compiled, vectorized call), and returns NumPy float64 arrays of the broadcast sh
 for scalar input). Fixed points are found by safeguarded Newton iterations written here (no SciPy);
 the critical line by bisection in :math:`\\log \\sigma_w^2`.
 
+:func:`predict_profile` follows the maps layer by layer for a whole network (pre- and
+post-activation RMS, and the gradient RMS with the correction a mean-square loss needs), with the
+finite-width spread of a measurement; :func:`predict_sweep` does it for every configuration of a
+:func:`stabkit.sweep` and :func:`compare_sweep` judges the sweep against it at a tolerance that
+shrinks like :math:`1/\\sqrt{n}`.
+
 The second half is the spectrum of the input-output Jacobian :math:`J = \\partial h^L /
 \\partial x` (:func:`jacobian_singular_values` measures it on sampled nets;
 :func:`jacobian_spectrum_moments` predicts the mean and variance of its squared singular values by

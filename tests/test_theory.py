@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -370,6 +371,18 @@ def test_jacobian_moments_match_free_probability(activation, sw, sb):
         ),
         (lambda: th.jacobian_spectrum_moments("relu", 3.0, 0.1, 3), ValueError, "q\\* is infinite"),
         (lambda: th.jacobian_singular_values({}, jnp.ones(3), "tanh"), TypeError, "MLPParams"),
+        (lambda: th.predict_profile("tanh", 1.0, 0.0, 0), ValueError, "depth.*0"),
+        (lambda: th.predict_profile("tanh", 1.0, 0.0, 2.5), TypeError, "depth.*2.5"),
+        (lambda: th.predict_profile("tanh", 1.0, 0.0, 3, -1.0), ValueError, "q0.*-1.0"),
+        (lambda: th.predict_profile("tanh", 1.0, 0.0, 3, weights="haar"), ValueError, "haar"),
+        (lambda: th.predict_profile("tanh", 1.0, 0.0, 3, loss="l1"), ValueError, "loss.*l1"),
+        (lambda: th.predict_profile("tanh", -1.0, 0.0, 3), ValueError, "sigma_w2.*-1.0"),
+        (lambda: th.predict_profile(None, 1.0, 0.0, 3), TypeError, "activation"),
+        (lambda: th.weight_variance("kaiming"), ValueError, "kaiming"),
+        (lambda: th.weight_variance(3), TypeError, "init.*3"),
+        (lambda: th.weight_variance("gaussian", np.inf), ValueError, "scale.*inf"),
+        (lambda: th.predict_sweep(xr.Dataset()), ValueError, "stabkit.sweep"),
+        (lambda: th.compare_sweep(xr.Dataset(), n_sigma=0), ValueError, "n_sigma.*0"),
     ],
 )
 def test_bad_input(call, error, match):
