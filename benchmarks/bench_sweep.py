@@ -9,12 +9,22 @@ backward statistics. Measured in one run, each against a baseline measured in th
 * useful FLOP/s (the three matrix products of each config's own depth + 1 layers: forward,
   backward to the input, backward to the weights) vs the dense matmul peak and vs the batched
   matmul ``(chunk, 128, 64) @ (chunk, 64, 64)`` that the sweep runs;
+* where the time goes: the sweep's own matrix products alone (the same three forms, shapes and
+  loop trip counts, nothing else) against the warm sweep: the rest is the per-layer statistics,
+  the activation, the workspace of every layer's input and phi'(z), and the weight draws;
 * compile time of a sweep over 64 depths (1..64) vs 1 depth (64);
 * resident memory of a 1,000,000-config streamed sweep (tiny nets, ``out=``) in a subprocess,
   sampled every 50 ms: its growth over the warmed-up runtime, against ``memory_budget``.
 
 Run: ``python benchmarks/bench_sweep.py [--loop-fraction F] [--skip-million]``. Prints a table and
 writes ``benchmarks/results/bench_sweep.json``.
+
+On a GPU or TPU it runs unchanged: every kernel goes to ``jax.devices()`` (the sweep shards its
+configs over all of them), the chunk is planned for the device (the cache-sized cap applies on
+CPU only) and the matmul baselines are measured on the same device. The sweep's results there are
+still bit-identical across chunk sizes and axis order; across device counts they are as
+deterministic as the backend's batched matrix products (cuBLAS may pick another algorithm for
+another batch count). Not measured yet: no accelerator was available when it was written.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import stabkit as sk
+from stabkit.sweep import _plan_chunk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +144,47 @@ def bench_matmul(cfg: Config, chunk: int) -> dict:
     return {"dense_flops": dense, "batched_flops": batched, "batched_chunk": chunk}
 
 
+def _chunk_trips(cfg: Config, chunk: int) -> list[int]:
+    """The loop trip count (largest depth) of each kernel chunk of the standard grid."""
+    per_depth = len(cfg.scales) * cfg.seeds  # configs are depth-major within an activation
+    block = per_depth * len(cfg.depths)
+    trips = []
+    for start in range(0, block, chunk):
+        last = min(start + chunk, block) - 1
+        trips.append(cfg.depths[last // per_depth])
+    return trips * len(cfg.activations)
+
+
+def bench_dots(cfg: Config, chunk: int, warm_s: float) -> dict:
+    """The sweep's matrix products alone: per layer h W (forward), dL/dz W^T (backward) and
+    h^T dL/dz (dL/dW, from h stored transposed), on the chunk's shapes, in a ``fori_loop`` run
+    for every chunk's trip count. Their share of the warm sweep says what the rest costs."""
+    hi = jax.lax.Precision.HIGHEST
+    c, b, w = chunk // len(jax.devices()) * len(jax.devices()), cfg.batch, cfg.width
+    trip = max(cfg.depths)
+
+    @jax.jit
+    def layers(h, ht, g, wt):
+        def body(_, carry):
+            h, g, gw = carry
+            z = jnp.einsum("cbi,cij->cbj", h, wt, precision=hi)
+            gw = jnp.einsum("cib,cbj->cij", ht, g, precision=hi)
+            g = jnp.einsum("cbj,cij->cbi", g, wt, precision=hi)
+            return z, g, gw
+
+        return jax.lax.fori_loop(0, trip, body, (h, g, jnp.zeros((c, w, w), h.dtype)))
+
+    # W = I / 1 keeps every value 1: no growth, no subnormals, nothing data-dependent.
+    wt = jnp.broadcast_to(jnp.eye(w, dtype=jnp.float32), (c, w, w))
+    h = jnp.ones((c, b, w), jnp.float32)
+    ht = jnp.ones((c, w, b), jnp.float32)
+    seconds = 1.0 / _rate(layers, (h, ht, h, wt), 1.0, repeats=5)  # one call: trip layers
+    trips = _chunk_trips(cfg, chunk)
+    total = seconds / trip * sum(trips)
+    return {"seconds": total, "per_layer_s": seconds / trip, "layer_trips": sum(trips),
+            "share_of_warm_sweep": total / warm_s}  # fmt: skip
+
+
 def bench_compile(cfg: Config) -> dict:
     """First call minus a warm call: the compile time, for 64 depths and for 1."""
     out = {}
@@ -149,6 +201,7 @@ def bench_compile(cfg: Config) -> dict:
 _MILLION = """
 import json, sys, threading, time
 import stabkit as sk
+from stabkit.sweep import _plan_chunk
 
 def rss():  # current resident set, bytes (ru_maxrss would include the compiler's peak)
     with open("/proc/self/status") as f:
@@ -212,16 +265,12 @@ def main() -> None:
     sweep = bench_sweep(cfg)
     loop = bench_loop(cfg, args.loop_fraction)
     spec = _spec(cfg)
-    chunk = (
-        __import__("importlib")
-        .import_module("stabkit.sweep")
-        ._plan_chunk(
-            spec, "float32", cfg.width, spec.n_configs // 4, len(jax.devices()), None, 2**30
-        )
-    )
+    block = spec.n_configs // len(cfg.activations)
+    chunk = _plan_chunk(spec, "float32", cfg.width, block, len(jax.devices()), None, 2**30)
     mm = bench_matmul(cfg, chunk)
     flops = useful_flops(cfg)
     rate = flops / sweep["warm_s"]
+    dots = bench_dots(cfg, chunk, sweep["warm_s"])
     compile_ = bench_compile(cfg)
     million = None if args.skip_million else bench_million(cfg)
 
@@ -237,6 +286,9 @@ def main() -> None:
         (f"batched matmul, chunk {chunk}", f"{mm['batched_flops'] / 1e9:.1f} GFLOP/s"),
         ("sweep / dense peak", f"{rate / mm['dense_flops']:.0%}"),
         ("sweep / batched matmul", f"{rate / mm['batched_flops']:.0%}"),
+        ("its matrix products alone (same shapes, trips)", f"{dots['seconds']:.2f} s"),
+        ("  share of the warm sweep", f"{dots['share_of_warm_sweep']:.0%} (the rest: statistics, "
+         "activation, workspace, weights)"),
         ("compile, 64 depths", f"{compile_['depths_64']:.2f} s"),
         ("compile, 1 depth", f"{compile_['depths_1']:.2f} s"),
         ("compile ratio 64 / 1", f"{compile_['ratio']:.2f}"),
@@ -259,7 +311,7 @@ def main() -> None:
         "jax": jax.__version__,
         "devices": [str(d) for d in jax.devices()],
         "config": dataclasses.asdict(cfg),
-        "sweep": sweep, "loop": loop, "matmul": mm, "useful_flops": flops,
+        "sweep": sweep, "loop": loop, "matmul": mm, "useful_flops": flops, "dots_alone": dots,
         "useful_flops_per_s": rate, "compile": compile_, "million": million,
         "max_rss_this_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }  # fmt: skip

@@ -12,8 +12,10 @@ Cause 2, the activation: with Glorot weights the sigmoid multiplies the gradient
 weights keeps it (Schoenholz et al. 2017, eq. 7). In float16 the vanished gradient rounds to
 exactly 0.
 
-One :class:`stabkit.SweepSpec` covers both: 6 depths (5..160) x 4 activations x 3 inits x 5
-scales x 3 dtypes x 2 seeds = 2,160 networks, one compiled kernel per dtype.
+One :class:`stabkit.SweepSpec` covers both: 13 depths (5..160) x 4 activations x 3 inits x 11
+scales x 3 dtypes x 2 seeds = 10,296 networks, one compiled kernel per dtype. The heatmaps go to
+``sweep_grid_linear/`` (the scaled identity, every dtype) and ``sweep_grid_activations/`` (Glorot
+weights, float32, one row per activation).
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ ORDER = 50
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    depth: tuple = (5, 10, 20, 50, 64, 160)  # 160 > float32's 150 halvings
+    depth: tuple = (5, 10, 15, 20, 25, 30, 40, 50, 64, 80, 100, 128, 160)  # 160 > 150 halvings
     activation: tuple = ("linear", "sigmoid", "tanh", "relu")
     init: tuple = ("scaled_identity", "glorot_normal", "he_normal")
-    scale: tuple = (0.5, 0.9, 1.0, 1.5, 2.0)  # a of the identity, or the gain
+    # a of the identity, or the gain; 0.5, 1 and 2 make every product exact
+    scale: tuple = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 1.75, 2.0)
     dtype: tuple = ("float16", "bfloat16", "float32")
     seeds: int = 2
     width: int = 16
@@ -71,7 +74,8 @@ def _first(pred, limit: int = 400) -> int:
 
 def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
     out = pathlib.Path(out)
-    cfg = Config(dtype=("float16", "float32"), seeds=1) if quick else Config()
+    quick_grid = dict(depth=(5, 10, 20, 50, 64, 160), scale=(0.5, 0.9, 1.0, 1.5, 2.0))
+    cfg = Config(dtype=("float16", "float32"), seeds=1, **quick_grid) if quick else Config()
     ds = sk.sweep(_spec(cfg), progress=False).sel(width=cfg.width, bias_std=0.0)
     lin = ds.sel(activation="linear", init="scaled_identity")
     deepest = max(cfg.depth)
@@ -178,13 +182,14 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
             )
         )
 
+    # Subfolders named after the study: other studies are called "activations" and "deep_linear".
     figs = heatmaps(ds.sel(activation=["linear"], init=["scaled_identity"]).expand_dims(
-        width=[cfg.width], bias_std=[0.0]), out / "linear")  # fmt: skip
+        width=[cfg.width], bias_std=[0.0]), out / f"{NAME}_linear")  # fmt: skip
     figs += heatmaps(
         ds.sel(init=["glorot_normal"], dtype=["float32"]).expand_dims(
             width=[cfg.width], bias_std=[0.0]
         ),
-        out / "activations",
+        out / f"{NAME}_activations",
     )
     sk.save_json(
         out / "sweep_grid.json",

@@ -93,9 +93,12 @@ class _Store:
     """The zarr store of a streamed sweep: flat config-major arrays and an atomic progress file."""
 
     def __init__(self, path, spec: SweepSpec, meta: dict, resume: bool, write: bool, rows: int):
+        """``rows``: configs per zarr chunk, and per write (results are buffered up to a chunk
+        boundary: one file per variable and chunk, written whole, whatever the kernel chunk)."""
         import zarr
 
-        self.path, self.write, n = path, write, spec.n_configs
+        self.path, self.write, self.rows, n = path, write, rows, spec.n_configs
+        self.buffer: list[tuple[int, dict[str, np.ndarray]]] = []
         progress = path / "progress.json"
         if path.exists() and resume and progress.exists():
             self.group = zarr.open_group(str(path), mode="r+" if write else "r")
@@ -113,7 +116,6 @@ class _Store:
             return
         self.group = zarr.open_group(str(path), mode="w")
         self.group.attrs["stabkit"] = meta
-        # A zarr chunk of a kernel chunk's rows: each write touches at most two zarr chunks.
         for name in {**LAYER_VARS, **CONFIG_VARS}:
             shape = _var_shape(name, n, spec.n_layers)
             dt = _var_dtype(name, spec.dtype)
@@ -132,7 +134,37 @@ class _Store:
         os.replace(tmp, self.path / "progress.json")  # atomic: the old or the new, never half
         self.done = done
 
+    def add(self, start: int, results: dict[str, np.ndarray]) -> None:
+        """Buffer a kernel chunk's results; write every zarr chunk they complete."""
+        if self.buffer and start != self._end():
+            self.flush()
+        self.buffer.append((start, results))
+        first = self.buffer[0][0]
+        boundary = (first // self.rows + 1) * self.rows
+        if self._end() >= boundary:
+            merged = self._merged()
+            cut = boundary - first + (self._end() - boundary) // self.rows * self.rows
+            self.put(first, {k: v[:cut] for k, v in merged.items()})
+            rest = {k: v[cut:] for k, v in merged.items()}
+            self.buffer = [(first + cut, rest)] if len(next(iter(rest.values()))) else []
+
+    def flush(self) -> None:
+        """Write whatever is buffered."""
+        if self.buffer:
+            self.put(self.buffer[0][0], self._merged())
+            self.buffer = []
+
+    def _end(self) -> int:
+        start, results = self.buffer[-1]
+        return start + len(next(iter(results.values())))
+
+    def _merged(self) -> dict[str, np.ndarray]:
+        if len(self.buffer) == 1:
+            return self.buffer[0][1]
+        return {k: np.concatenate([r[k] for _, r in self.buffer]) for k in self.buffer[0][1]}
+
     def put(self, start: int, results: dict[str, np.ndarray]) -> None:
+        """Write rows ``start...`` of every variable, then mark them done (atomically)."""
         if self.write:
             stop = start + len(next(iter(results.values())))
             for name, a in results.items():

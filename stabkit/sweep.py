@@ -102,6 +102,22 @@ def _bytes_per_config(spec: SweepSpec, dtype: str, width: int) -> int:
     return buffers + temporaries + 2 * 8 * spec.n_layers * len(LAYER_VARS)
 
 
+#: Host bytes of results buffered before a write to the store (and a zarr chunk's size).
+_FLUSH_BYTES = 16 * 2**20
+
+
+def _store_rows(spec: SweepSpec) -> int:
+    """Configs per zarr chunk and per write: ``_FLUSH_BYTES`` of results, at least one config.
+
+    Many small files cost more than the sweep: a kernel chunk of 3 configs per file made a
+    576-config sweep write 5,568 files."""
+    per = sum(
+        _var_dtype(k, spec.dtype).itemsize * (spec.n_layers if k in LAYER_VARS else 1)
+        for k in {**LAYER_VARS, **CONFIG_VARS}
+    )
+    return max(1, min(spec.n_configs, _FLUSH_BYTES // per))
+
+
 def _plan_chunk(spec, dtype, width, block, ndev, chunk_size, memory_budget) -> int:
     """Configs per kernel call: the budget's worth, whole depth rows where possible."""
     per = _bytes_per_config(spec, dtype, width)
@@ -193,7 +209,7 @@ def sweep(
             default: as many as ``memory_budget`` allows, at most 1024. Results do not depend on
             it.
         memory_budget: bytes of device memory a chunk may use (its loop buffers and temporaries;
-            the host holds one chunk's results at a time when ``out`` is given).
+            with ``out`` the host buffers at most 16 MiB of results before each write).
         progress: a progress bar (configs/s, ETA) on stderr.
         load_result: with ``out``, return the dataset read back (True) or only the path (False:
             a sweep larger than memory streams to disk without ever being held whole).
@@ -234,10 +250,7 @@ def sweep(
     ndev = len(devices)
     store = None
     if out is not None:
-        rows = max(
-            _plan_chunk(spec, dt, w, block, ndev, chunk_size, memory_budget)
-            for dt, w, block, _ in _work(spec)
-        )
+        rows = _store_rows(spec)
         store = _Store(pathlib.Path(out), spec, meta, resume, jax.process_index() == 0, rows)
         flat = None
     else:
@@ -258,7 +271,7 @@ def sweep(
         start, count, res = pending
         host = {k: np.asarray(v)[:count].astype(_var_dtype(k, spec.dtype)) for k, v in res.items()}
         if store is not None:
-            store.put(start, host)
+            store.add(start, host)
         else:
             for k, v in host.items():
                 flat[k][start : start + count] = v
@@ -327,6 +340,7 @@ def sweep(
                 pending = (flat_start, count, res)
             finish(pending)
     if store is not None:
+        store.flush()
         return load(out) if load_result else pathlib.Path(out)
     return _dataset(meta, flat)
 
