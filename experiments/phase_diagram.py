@@ -10,7 +10,7 @@ converge to one point, gradients vanish) and a chaotic phase (:math:`\\chi_1 > 1
 decorrelate, gradients explode); on the critical line between them the correlation depth scale
 :math:`\\xi_c` diverges, and networks train up to about :math:`6 \\xi_c` layers.
 
-Everything here is ``stabkit.theory`` (float64, Gauss-Hermite quadrature, closed forms for relu)
+Everything here is ``stabkit.theory`` (float64, q-adapted quadrature, closed forms for relu)
 against ``stabkit.mlp_init``/``mlp_apply`` networks of width 512 (float32): for three tanh points
 (ordered, critical, chaotic) the measured mean square pre-activation :math:`q^l` and the cosine
 :math:`c^l` of two inputs' pre-activations at every layer are compared with the iterated maps.
@@ -50,7 +50,7 @@ class Config:
     grid: int = 200  # the phase diagram is grid x grid points
     sw_range: tuple[float, float] = (0.5, 4.0)  # sigma_w^2 axis
     sb_range: tuple[float, float] = (0.0, 0.3)  # sigma_b^2 axis, as in Schoenholz et al. 2017
-    order: int = 40  # Gauss-Hermite nodes for the grid (40^2 for the c-map); lines use 128
+    order: int = 40  # quadrature nodes for the grid (40^2 for the c-map); lines use 128
     width: int = 512  # Monte Carlo network width (the maps are its n -> infinity limit)
     depth: int = 24  # hidden layers of the Monte Carlo nets
     seeds: int = 12  # independent nets per point; the standard error comes from their spread

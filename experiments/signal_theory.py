@@ -17,8 +17,8 @@ One sweep at width 256 (float32, Gaussian weights :math:`\\sigma_w^2 = \\text{sc
 layer) against a tolerance that shrinks like :math:`1/\\sqrt{n}`: four predicted standard
 deviations of the log of a width-:math:`n` measurement (:math:`c\\sqrt{l/n}`, :math:`c` = 1.2
 for tanh near 0 and linear, 1.9 for relu, less where the q-map contracts); entries that overflow
-float32 (chaotic relu) or that 128 Gauss-Hermite nodes cannot resolve (tanh at
-:math:`q \\gtrsim 9`) are not judged.
+float32 (chaotic relu) or that the quadrature cannot resolve (none at these scales) are not
+judged.
 
 Run alone: ``python experiments/signal_theory.py [--out DIR] [--quick]``.
 """
@@ -56,8 +56,8 @@ class Config:
     scales: int = (
         10  # sigma_w = scale, log-spaced over scale_range, plus tanh's and relu's critical
     )
-    # tanh's critical scale is 1.33, relu's 1.41, the sigmoid's 10.3 (q* ~ 50, beyond what 128
-    # Gauss-Hermite nodes resolve: the sigmoid stays ordered here)
+    # tanh's critical scale is 1.33, relu's 1.41, the sigmoid's 10.3 (beyond the range: the
+    # sigmoid stays ordered here)
     scale_range: tuple = (0.5, 8.0)
     sigma_b2: float = 0.05  # Schoenholz et al.'s tanh bias variance
     seeds: int = 2

@@ -78,17 +78,22 @@ from stabkit.theory import (
     JacobianMoments,
     MapIterates,
     MeanField,
+    Profile,
     c_map,
     c_star,
     chi_1,
+    compare_sweep,
     critical_line,
     iterate_maps,
     jacobian_singular_values,
     jacobian_spectrum_moments,
     mean_field,
     phase,
+    predict_profile,
+    predict_sweep,
     q_map,
     q_star,
+    weight_variance,
     xi_c,
     xi_q,
 )
@@ -105,6 +110,7 @@ from stabkit.train import (
     History,
     Runs,
     Task,
+    Trainability,
     TrainSpec,
     diagnose,
     make_runs,
@@ -112,6 +118,7 @@ from stabkit.train import (
     teacher_classification,
     teacher_student,
     train,
+    trainability_grid,
 )
 
 __version__ = "0.1.0"

@@ -2,8 +2,10 @@
 
 Tolerances (float64 throughout the theory):
 
-* closed form vs Gauss-Hermite quadrature: linear exact (1e-12); erf, smooth, 1e-9 at order 128
-  for q <= 3; relu's kink limits the 2-D rule to ~1/order (4e-3 at order 128 is asserted).
+* closed form vs quadrature (the q-adapted sinh rule), q from 0.05 to 1e4: linear and erf to
+  1e-12 (the rule converges exponentially for smooth integrands); relu's kink limits the 2-D
+  rule to ~1/order**2 (4e-3 at order 128 is asserted: 3.3e-3 at q = 0.05).
+* tanh's E[phi'^2] and the c-map at large q against mpmath / a 4x finer rule: 1e-12.
 * fixed points by substitution: 1e-12 relative (Newton converges to rounding).
 * Monte Carlo (fixed keys): the mean over S nets within 4 standard errors of the maps at every
   layer (the standard error from the spread over the S nets).
@@ -26,13 +28,13 @@ from stabkit import theory as th
 
 # ------------------------------------------------------------------------- closed forms, quadrature
 
-Q = np.array([0.05, 0.5, 1.0, 3.0])[:, None]
+Q = np.array([0.05, 0.5, 1.0, 3.0, 30.0, 1e3, 1e4])[:, None]
 C = np.linspace(-1.0, 1.0, 11)
 
 
 @pytest.mark.parametrize(
     ("activation", "rtol_q", "atol_c"),
-    [("linear", 1e-12, 1e-12), ("erf", 1e-9, 1e-9), ("relu", 1e-12, 4e-3)],
+    [("linear", 1e-12, 1e-12), ("erf", 1e-12, 1e-12), ("relu", 1e-12, 4e-3)],
 )
 def test_closed_forms_match_quadrature(activation, rtol_q, atol_c):
     for sw, sb in [(0.7, 0.0), (1.5, 0.1), (2.5, 0.3)]:
@@ -41,7 +43,7 @@ def test_closed_forms_match_quadrature(activation, rtol_q, atol_c):
         np.testing.assert_allclose(qa, qb, rtol=rtol_q)
         ca = th.c_map(activation, C, Q, sw, sb, method="closed")
         cb = th.c_map(activation, C, Q, sw, sb, method="quadrature")
-        np.testing.assert_allclose(ca, cb, atol=atol_c)
+        np.testing.assert_allclose(ca / qa, cb / qa, atol=atol_c)
 
 
 def test_closed_form_values():
@@ -65,14 +67,36 @@ def test_erf_mean_field_closed_vs_quadrature():
 
 
 def test_quadrature_converges_with_order():
-    # The default order 128 against 256: exact to rounding for q <= 1, ~1e-7 at q = 3 (tanh's
-    # integrand narrows as 1/sqrt(q) while the nodes stay put).
+    # The default order 128 against 512, up to q = 1e4: the sinh rule follows phi's features as
+    # they narrow like 1/sqrt(q) (Gauss-Hermite's fixed nodes were 5% off at q = 16).
     a = th.c_map("tanh", C, Q, 1.8, 0.05)
-    b = th.c_map("tanh", C, Q, 1.8, 0.05, order=256)
-    np.testing.assert_allclose(a[:3], b[:3], atol=1e-12)
-    np.testing.assert_allclose(a[3], b[3], atol=2e-7)
+    b = th.c_map("tanh", C, Q, 1.8, 0.05, order=512)
+    np.testing.assert_allclose(a, b, atol=1e-12)
     a = th.q_map("tanh", Q, 1.8, 0.05)
-    np.testing.assert_allclose(a, th.q_map("tanh", Q, 1.8, 0.05, order=256), rtol=2e-7)
+    np.testing.assert_allclose(a, th.q_map("tanh", Q, 1.8, 0.05, order=512), rtol=1e-12)
+
+
+def _mp_sech4(mp, q):
+    """E[sech(sqrt(q) z)^4], z ~ N(0, 1), by mpmath, split where the integrand narrows."""
+    a = 20 / mp.sqrt(q)
+    f = lambda z: mp.sech(mp.sqrt(q) * z) ** 4 * mp.npdf(z)
+    return mp.quad(f, [-mp.inf, -a, 0, a, mp.inf])
+
+
+def test_large_q_against_mpmath():
+    # E[tanh'(u)^2], u ~ N(0, q), whose integrand narrows like 1/sqrt(q); then chi_1 at
+    # sigma_w^2 = 50, where q* = 44 (chaotic).
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 30
+    for q in (16.0, 144.0, 1e4):
+        got = th.q_map(_sech2, q, 1.0, 0.0)  # E[sech(u)^4] = E[tanh'(u)^2]
+        assert float(got) == pytest.approx(float(_mp_sech4(mp, q)), rel=1e-12), q
+    mf = th.mean_field("tanh", 50.0, 0.05)
+    assert float(mf.chi_1) == pytest.approx(50 * float(_mp_sech4(mp, float(mf.q_star))), rel=1e-12)
+
+
+def _sech2(u):
+    return 1.0 / jnp.cosh(u) ** 2
 
 
 def test_callable_equals_name_and_closed_form_is_detected():
