@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import stabkit as sk
+from stabkit import _meanfield
 from stabkit import theory as th
 
 # ------------------------------------------------------------------------- closed forms, quadrature
@@ -212,9 +213,9 @@ def test_phase_and_depth_scales_on_a_grid():
 
 def test_no_recompilation_for_new_values():
     th.mean_field("tanh", np.linspace(1, 2, 5), 0.05, order=40)
-    size = th._solve._cache_size()
+    size = _meanfield._solve._cache_size()
     th.mean_field("tanh", np.linspace(2, 3, 5), 0.1, order=40)
-    assert th._solve._cache_size() == size
+    assert _meanfield._solve._cache_size() == size
 
 
 def test_x64_stays_contained():

@@ -1,0 +1,633 @@
+"""Per-layer mean-field predictions of a sweep's statistics, and the comparison with a sweep.
+
+The public face is :mod:`stabkit.theory`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from stabkit._meanfield import (
+    _Q_MAX,
+    DEFAULT_ORDER,
+    _check_grid,
+    _Kernel,
+    _kernel,
+    _out,
+    _prepare,
+    _sinh_rule,
+    _variances,
+)
+
+# ------------------------------------------------------------- public: per-layer profiles, sweeps
+
+#: fan_in * Var(W_ij) of each named initializer (stabkit.init's table) for a square layer, per
+#: unit multiplier squared: sigma_w^2 = scale^2 * this. Glorot's 2/(n + m) is 1/n when m = n.
+_WEIGHT_VARIANCE = {
+    "gaussian": 1.0,
+    "lecun_normal": 1.0,
+    "lecun_uniform": 1.0,
+    "he_normal": 2.0,
+    "he_uniform": 2.0,
+    "glorot_normal": 1.0,
+    "glorot_uniform": 1.0,
+    "xavier_normal": 1.0,
+    "xavier_uniform": 1.0,
+    "standard": 1.0 / 3.0,
+    "orthogonal": 1.0,
+    "scaled_identity": 1.0,
+}
+#: How each initializer's weights enter the backward recursion (see predict_profile).
+_WEIGHT_KIND = {"orthogonal": "orthogonal", "scaled_identity": "identity"}
+_PROFILE_LOSSES = ("sum", "mse")
+
+
+def weight_variance(init: str, scale: ArrayLike = 1.0) -> np.ndarray:
+    """The mean-field weight variance :math:`\\sigma_w^2 = n \\operatorname{Var}(W_{ij})` of a
+    named initializer's square ``(n, n)`` layer with multiplier ``scale``.
+
+    From :mod:`stabkit.init`'s table: ``scale**2`` times 1 (``gaussian``, ``lecun_*``,
+    ``glorot_*``/``xavier_*`` on a square layer, ``orthogonal``: entries of variance 1/n,
+    ``scaled_identity``), 2 (``he_*``) or 1/3 (``standard``). Uniform draws have the variance of
+    the normal ones, so the same :math:`\\sigma_w^2` enters the maps.
+
+    Raises:
+        ValueError: an unknown name (the message lists the valid ones) or a non-finite scale.
+        TypeError: a non-string ``init``.
+
+    Examples:
+        >>> float(weight_variance("he_normal")), float(weight_variance("gaussian", 1.5))
+        (2.0, 2.25)
+    """
+    if not isinstance(init, str):
+        raise TypeError(f"init must be an initializer name, got {type(init).__name__} {init!r}")
+    if init not in _WEIGHT_VARIANCE:
+        raise ValueError(
+            f"unknown init {init!r}; valid names: {', '.join(sorted(_WEIGHT_VARIANCE))}"
+        )
+    s = _check_grid(scale, "scale", lo=-math.inf)
+    return _out(s * s * _WEIGHT_VARIANCE[init], s.shape)
+
+
+class Profile(NamedTuple):
+    """Mean-field per-layer statistics of a depth-``L`` MLP, indexed like a sweep's ``layer``.
+
+    Layer 0 is the input, 1..L the hidden layers, L + 1 the linear readout (one more layer of the
+    same weight and bias variances). Every field has shape ``broadcast + (L + 2,)``.
+
+    Attributes:
+        q: pre-activation second moment :math:`q^l` (layer 0: the input's mean square).
+        pre_rms: :math:`\\sqrt{q^l}`.
+        post_rms: :math:`\\sqrt{E[\\phi(z)^2]}`, :math:`z \\sim N(0, q^l)` (identity at 0, L + 1).
+        chi: the per-layer gradient gain :math:`\\sigma_w^2 E[\\phi'(z^l)^2]` (the readout's is
+            :math:`\\sigma_w^2`; NaN at layer 0); at :math:`q^*` it is :math:`\\chi_1`.
+        grad_rms: RMS of :math:`\\partial L/\\partial h^l` over RMS of
+            :math:`\\partial L/\\partial y` (1 at layer L + 1; see :func:`predict_profile`).
+        pre_spread, post_spread, grad_spread: the finite-width standard deviation of
+            :math:`\\ln` (measured / predicted) of ``pre_rms``, ``post_rms``, ``grad_rms``, times
+            :math:`\\sqrt{n}`, for one example (a batch of correlated examples fluctuates less).
+    """
+
+    q: np.ndarray
+    pre_rms: np.ndarray
+    post_rms: np.ndarray
+    chi: np.ndarray
+    grad_rms: np.ndarray
+    pre_spread: np.ndarray
+    post_spread: np.ndarray
+    grad_spread: np.ndarray
+
+
+#: A layer's quadrature is trusted where the rule with half the nodes agrees to this (relative).
+#: The rule converges exponentially for smooth activations (then the full rule is far better than
+#: this) and like order**-2 for a kink in phi' (elu, selu: halves agree to ~3e-3 at q ~ 1).
+_RESOLVED = 1e-2
+
+
+def _quad_moments(y, dy, ddy, w):
+    d2 = dy * dy
+    return w @ (y * y), w @ d2, w @ (d2 * d2), w @ (d2 + y * ddy), w @ (y * y * d2), w @ (y**4)
+
+
+def _moments(k: _Kernel, q):
+    """(E[phi^2], E[phi'^2], E[phi'^4], E[phi'^2 + phi phi''], E[phi^2 phi'^2], E[phi^4]) at q.
+
+    Closed forms for linear and relu (and erf's first four). Otherwise the q-adapted sinh rule
+    (:func:`_sinh_rule`): where the rule with half the nodes disagrees by more than _RESOLVED,
+    every moment is NaN (at order 128 first near q ~ 1e6 for erf, beyond for the others).
+    """
+    if k.kind == "linear":
+        e2, d2, d4, s = k.diag(q)
+        return e2, d2, d4, s, q, 3 * q * q
+    if k.kind == "relu":
+        e2, d2, d4, s = k.diag(q)
+        return e2, d2, d4, s, q / 2, 1.5 * q * q
+    order = k.order or DEFAULT_ORDER
+    xf, wf = _sinh_rule(order, q)
+    xh, wh = _sinh_rule(max(2, order // 2), q)
+    # Both rules in one evaluation of phi and its derivatives (one trace, one compile).
+    y, dy, ddy = k._derivs(jnp.sqrt(q) * jnp.concatenate([xf, xh]))
+    n = order
+    full = _quad_moments(y[:n], dy[:n], ddy[:n], wf)
+    half = _quad_moments(y[n:], dy[n:], ddy[n:], wh)
+    size = (full[0], full[1], full[1] + jnp.abs(full[3]), full[4], full[5])
+    pairs = zip(full[:2] + full[3:], half[:2] + half[3:], size, strict=True)
+    ok = jnp.all(jnp.stack([jnp.abs(a - b) <= _RESOLVED * m for a, b, m in pairs]))
+    first = k.diag(q) if k.kind == "erf" else full[:4]
+    nan = jnp.full_like(q, jnp.nan)
+    return tuple(jnp.where(ok, v, nan) for v in (*first, full[4], full[5]))
+
+
+@functools.partial(jax.jit, static_argnames=("k", "n_layers"))
+def _forward(k: _Kernel, sw, sb, q0, *, n_layers: int):
+    """Per layer 0..n_layers-1: q, E[phi^2] and the moments the backward pass and spreads need."""
+
+    def one(sw, sb, q0):
+        def step(carry, _):
+            m_prev, v_post = carry
+            q = sw * m_prev + sb
+            q = jnp.where(q > _Q_MAX, jnp.inf, q)
+            e2, d2, d4, s, p, e4 = _moments(k, q)
+            r = jnp.where(q > 0, sw * m_prev / jnp.where(q > 0, q, 1.0), 0.0)
+            # Linear response of ln E[phi^2] to ln q: q E[phi'^2 + phi phi''] / E[phi^2] (Price).
+            gain = jnp.where(e2 > 0, q * s / jnp.where(e2 > 0, e2, 1.0), 1.0)
+            kappa = jnp.where(e2 > 0, e4 / jnp.where(e2 > 0, e2 * e2, 1.0) - 1.0, 0.0)
+            v_pre = r * r * v_post + 2.0
+            v_next = (r * gain) ** 2 * v_post + kappa
+            kappa_b = jnp.where(d2 > 0, 3.0 * d4 / jnp.where(d2 > 0, d2 * d2, 1.0) - 1.0, 0.0)
+            return (e2, v_next), (q, e2, d2, s, p, v_pre, v_next, kappa_b)
+
+        _, per = jax.lax.scan(step, (q0, jnp.zeros_like(q0)), None, length=n_layers - 1)
+        first = (q0, q0, jnp.nan, jnp.nan, jnp.nan, 0.0, 0.0, jnp.nan)
+        return tuple(
+            jnp.concatenate([jnp.reshape(f, (1,)), a]) for f, a in zip(first, per, strict=True)
+        )
+
+    return jax.vmap(one)(sw, sb, q0)
+
+
+def _backward(fwd, sw, top, orth, mse):
+    """Gradient RMS ratios and spreads for depths ``top`` (NumPy, vectorized over configs).
+
+    ``fwd`` holds (n, n_layers) arrays from :func:`_forward`; ``sw``, ``top`` (= depth L) and
+    ``orth`` are (n,) arrays. Returns (chi, grad_rms, grad_spread), each (n, n_layers), NaN above
+    layer L + 1.
+    """
+    q, m, d2, s, p, _, _, kb = fwd
+    n, n_layers = q.shape
+    rows = np.arange(n)
+    chi = np.full((n, n_layers), np.nan)
+    ratio = np.full((n, n_layers), np.nan)
+    var = np.full((n, n_layers), np.nan)
+    q_top = q[rows, top + 1]
+    # The loss's gradient at the output v = dL/dy (per entry, up to the 1/N of the mean): the sum
+    # loss gives ones (independent of the weights); mse gives y itself, whose dependence on the
+    # weights adds the correction terms below.
+    ev2 = np.where(mse, q_top, 1.0)
+    edv = np.where(mse, 1.0, 0.0)
+    g_top = ev2.copy()
+    ratio[rows, top + 1] = 1.0
+    var[rows, top + 1] = 0.0
+    chi[rows, top + 1] = sw
+    acc = np.zeros(n)
+    # NaN/inf where a layer's quadrature is unresolved or q diverges: carried through, not raised.
+    with np.errstate(invalid="ignore", over="ignore"):
+        for j in range(n_layers - 2, -1, -1):  # g^j = v^{j+1} W_{j+1}^T
+            on = j <= top
+            a = sw * edv
+            v = sw * ev2 - np.where(orth, a * a * m[:, j], 0.0)
+            g = v + a * a * m[:, j]
+            ratio[:, j] = np.where(on, np.sqrt(g / g_top), ratio[:, j])
+            var[:, j] = np.where(on, acc + 2.0, var[:, j])
+            if j >= 1:
+                hidden = on & (j < top + 1)
+                chi[:, j] = np.where(hidden, sw * d2[:, j], chi[:, j])
+                ev2 = np.where(on, v * d2[:, j] + a * a * p[:, j], ev2)
+                edv = np.where(on, a * s[:, j], edv)
+                acc = np.where(on, acc + kb[:, j], acc)
+        return chi, ratio, np.sqrt(var) / 2
+
+
+def _profile(k, sw, sb, q0, depth, n_layers, orth, mse) -> Profile:
+    """The flat-config core of predict_profile / predict_sweep: every array (n,), depth (n,)."""
+    # The forward pass depends on (sigma_w^2, sigma_b^2, q0) only: once per distinct triple, padded
+    # to a power of two so that few batch shapes (compilations) ever occur.
+    rows = np.stack(np.broadcast_arrays(sw, sb, q0), axis=1).astype(np.float64)
+    uniq, inv = np.unique(rows, axis=0, return_inverse=True)
+    size = 1 << max(3, int(len(uniq) - 1).bit_length())
+    uniq = np.concatenate([uniq, np.repeat(uniq[-1:], size - len(uniq), axis=0)])
+    with jax.enable_x64(True):
+        fwd = _forward(k, *(jnp.asarray(uniq[:, i]) for i in range(3)), n_layers=n_layers)
+        fwd = [np.asarray(a)[inv.ravel()] for a in fwd]
+    chi, ratio, g_spread = _backward(fwd, sw, depth, orth, mse)
+    q, m, *_, v_pre, v_post, _ = fwd
+    layer = np.arange(n_layers)[None, :]
+    top = depth[:, None] + 1
+    with np.errstate(invalid="ignore"):
+        q_out = np.where(layer <= top, q, np.nan)
+        post = np.where(layer == top, q, np.where(layer < top, m, np.nan))
+        v_post = np.where(layer == top, v_pre, v_post)
+        return Profile(
+            q_out,
+            np.sqrt(q_out),
+            np.sqrt(post),
+            chi,
+            ratio,
+            np.where(layer <= top, np.sqrt(v_pre) / 2, np.nan),
+            np.where(layer <= top, np.sqrt(v_post) / 2, np.nan),
+            g_spread,
+        )
+
+
+def _check_depth(depth: Any) -> int:
+    if isinstance(depth, (bool, np.bool_)) or not isinstance(depth, (int, np.integer)):
+        raise TypeError(f"depth must be an int >= 1, got {type(depth).__name__} {depth!r}")
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    return int(depth)
+
+
+def predict_profile(
+    activation: Any,
+    sigma_w2: ArrayLike,
+    sigma_b2: ArrayLike,
+    depth: int,
+    q0: ArrayLike = 1.0,
+    *,
+    weights: str = "gaussian",
+    loss: str = "sum",
+    order: int = DEFAULT_ORDER,
+    method: str = "auto",
+) -> Profile:
+    """Mean-field per-layer forward and backward statistics of a random MLP of ``depth`` layers.
+
+    **Forward.** The input's mean square is ``q0``; :math:`q^1 = \\sigma_w^2 q_0 + \\sigma_b^2`
+    and :math:`q^{l+1} = \\mathcal{Q}(q^l)` (:func:`q_map`) up to the linear readout
+    :math:`q^{L+1}`; the post-activation RMS is :math:`\\sqrt{E[\\phi(z)^2]}`,
+    :math:`z \\sim N(0, q^l)`. Orthogonal weights give the same maps (a Haar rotation keeps
+    :math:`|h|` and makes the coordinates Gaussian as :math:`n \\to \\infty`; Pennington et al.
+    2017).
+
+    **Backward.** With ``loss="sum"`` the output gradient is a constant vector, independent of
+    the weights, and the gradient independence assumption gives the classic product
+    :math:`|\\partial L/\\partial h^{l-1}|^2 = \\chi^l |\\partial L/\\partial h^l|^2`,
+    :math:`\\chi^l = \\sigma_w^2 E[\\phi'(z^l)^2]`, which is :math:`\\chi_1^{L-l}` (times the
+    readout's :math:`\\sigma_w^2`) once :math:`q^l = q^*` (Schoenholz et al. 2017, eq. 12).
+    With ``loss="mse"`` (a regression to 0: :math:`\\partial L/\\partial y \\propto y`) the output
+    gradient depends on the weights it flows back through, and that assumption fails: for a deep
+    linear Gaussian net :math:`|J^T J x|^2` grows like the Fuss-Catalan moment
+    :math:`(L + 1)|x|^2`, not :math:`|x|^2` (a factor :math:`\\sqrt{L+1}` in RMS). The wide-limit
+    recursion (Yang 2019, Tensor Programs: :math:`W^T v = \\hat Z + \\sigma_w^2 h E[\\partial v/
+    \\partial z]`) writes :math:`\\partial L/\\partial h^l = \\hat Z^l + a_l h^l` with a Gaussian
+    :math:`\\hat Z^l` of variance :math:`V_l` independent of :math:`h^l`; with
+    :math:`v = \\partial L/\\partial h^l \\odot \\phi'(z^l)`,
+
+    .. math::
+
+        a_{l-1} = \\sigma_w^2 a_l E[\\phi'^2 + \\phi\\phi''], \\quad
+        V_{l-1} = \\sigma_w^2 (V_l E[\\phi'^2] + a_l^2 E[\\phi^2\\phi'^2]) - [\\text{orth}]\\,
+        a_{l-1}^2 E[(h^{l-1})^2],
+
+    starting from :math:`v = y` (:math:`E[v^2] = q^{L+1}`, :math:`E[\\partial v/\\partial z] =
+    1`); the subtracted term is for orthogonal weights (``weights="orthogonal"``), which preserve
+    norms exactly. ``sum`` is the case :math:`a = 0`.
+
+    **Finite width.** The ``*_spread`` fields predict the standard deviation of the log of a
+    width-:math:`n` measurement, times :math:`\\sqrt n`, by linear response: each layer adds
+    :math:`\\kappa/n` to the variance of :math:`\\ln |h|^2` with :math:`\\kappa =
+    \\operatorname{Var}(\\phi^2)/E[\\phi^2]^2` (2 linear, 5 relu) and scales the earlier variance
+    by the squared log-slope of the map (1 for relu without bias, < 1 where the map contracts);
+    the backward pass adds :math:`3 E[\\phi'^4]/E[\\phi'^2]^2 - 1` a layer and 2 for the
+    readout. For relu this is Hanin & Nica's :math:`\\operatorname{Var} \\ln|h^L|^2 \\approx 5L/n`.
+    They assume every example of a batch moves together (a bound: decorrelated examples average
+    out).
+
+    **Accuracy.** Activations without a closed form are integrated by the q-adapted quadrature of
+    ``order`` nodes (see the module docstring): a layer whose moments the rule with half the nodes
+    does not reproduce to 1% and every layer after it are NaN (at order 128 this first happens
+    near :math:`q = 10^6`, for erf; raise ``order`` for larger :math:`q`).
+
+    Args:
+        activation, sigma_w2, sigma_b2, order, method: as for :func:`q_map` (the variances and
+            ``q0`` broadcast against each other).
+        depth: hidden layers :math:`L \\ge 1`.
+        q0: the input's mean square :math:`|x|^2/n`, >= 0.
+        weights: ``"gaussian"`` (any i.i.d. weights: Gaussian and uniform have the same limit) or
+            ``"orthogonal"`` (also the scaled identity of a linear net).
+        loss: ``"sum"`` (constant output gradient) or ``"mse"``.
+
+    Returns:
+        A :class:`Profile` of float64 arrays shaped ``broadcast + (depth + 2,)``.
+
+    Raises:
+        ValueError: bad variances, ``q0``, depth, ``weights`` or ``loss``.
+        TypeError: a non-int depth, a bad activation.
+
+    References:
+        G. Yang, "Scaling limits of wide neural networks with weight sharing: Gaussian process
+        behavior, gradient independence, and neural tangent kernel derivation", 2019 (sec. on
+        the gradient independence assumption). B. Hanin, M. Nica, "Products of many large random
+        matrices and gradients in deep neural networks", Commun. Math. Phys. 2019.
+
+    Examples:
+        Relu with He weights keeps :math:`q` (and the gradient) fixed; mse adds
+        :math:`\\sqrt{2(L - l + 1)}` to the gradient of layer :math:`l`:
+
+        >>> p = predict_profile("relu", 2.0, 0.0, depth=3, q0=1.0)
+        >>> p.q.tolist(), p.grad_rms.round(4).tolist()
+        ([1.0, 2.0, 2.0, 2.0, 2.0], [1.4142, 1.4142, 1.4142, 1.4142, 1.0])
+        >>> predict_profile("relu", 2.0, 0.0, 3, loss="mse").grad_rms.round(4).tolist()
+        [4.0, 3.4641, 2.8284, 2.0, 1.0]
+    """
+    sw, sb = _variances(sigma_w2, sigma_b2)
+    q0 = _check_grid(q0, "q0 (the input's mean square)", lo=0.0)
+    depth = _check_depth(depth)
+    if weights not in ("gaussian", "orthogonal"):
+        raise ValueError(f"weights must be 'gaussian' or 'orthogonal', got {weights!r}")
+    if loss not in _PROFILE_LOSSES:
+        raise ValueError(f"loss must be one of {_PROFILE_LOSSES}, got {loss!r}")
+    k, shape, (sw, sb, q0) = _prepare(activation, order, method, sw, sb, q0)
+    n = sw.shape[0]
+    prof = _profile(
+        k,
+        sw,
+        sb,
+        q0,
+        np.full(n, depth),
+        depth + 2,
+        np.full(n, weights == "orthogonal"),
+        np.full(n, loss == "mse"),
+    )
+    return Profile(*(a.reshape(*shape, depth + 2) for a in prof))
+
+
+def _sweep_spec(ds) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads(ds.attrs["spec"])
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise ValueError(
+            "ds must be a dataset from stabkit.sweep or stabkit.load (its 'spec' attribute is "
+            "missing or unreadable)"
+        ) from None
+
+
+def predict_sweep(
+    ds, *, activations: dict[str, Callable] | None = None, order: int = DEFAULT_ORDER
+):
+    """The mean-field prediction of every configuration of a sweep, aligned with it.
+
+    Each config's :math:`\\sigma_w^2` is :func:`weight_variance` of its ``init`` and ``scale``
+    (exactly the weight variance the sweep draws), :math:`\\sigma_b^2 = \\) ``bias_std**2``, and
+    :math:`q_0` the mean square of the very input batch it saw (:func:`stabkit.sweep_input` of
+    its seed, rounded to its dtype); :func:`predict_profile` then follows the sweep's loss
+    (``mse``: :math:`\\partial L/\\partial y = y/N`, :math:`N` = batch x width entries, so the
+    predicted top gradient RMS is :math:`\\sqrt{q^{L+1}}/N`; ``sum``: 1).
+
+    Where the theory applies (NaN elsewhere, and where the quadrature is unresolved, see
+    :func:`predict_profile`): i.i.d. weights (every normal and uniform initializer) and
+    orthogonal ones, any activation; the scaled identity only with the linear activation (then
+    :math:`z^l = a z^{l-1} + b^l` follows the linear maps exactly in expectation; with a
+    nonlinearity its pre-activations are not Gaussian and the prediction is NaN).
+
+    Args:
+        ds: a dataset from :func:`stabkit.sweep` or :func:`stabkit.load`.
+        activations: callables for activation names that are not registered (a sweep of
+            callables stores only their names).
+        order: quadrature nodes (as for :func:`q_map`).
+
+    Returns:
+        An ``xarray.Dataset`` with the sweep's coordinates: ``pre_rms``, ``post_rms``,
+        ``grad_post_rms`` (the sweep's own units), ``grad_gain`` (``grad_post_rms`` over its
+        value at the readout), ``chi`` and the ``*_spread`` fields of :class:`Profile` over
+        (config..., layer), NaN above a config's readout; ``output_rms``, ``grad_ratio``
+        (as the sweep defines them), ``sigma_w2`` and ``sigma_b2`` per config.
+
+    Raises:
+        ValueError: ``ds`` is not a sweep, or names an activation that is neither registered
+            nor in ``activations``.
+
+    Examples:
+        (Not run as a doctest: compiling a sweep takes seconds; ``tests/test_theory.py`` runs
+        it.) ::
+
+            ds = sk.sweep(sk.SweepSpec(depth=32, width=256, activation="tanh", scale=1.3))
+            pred = predict_sweep(ds)
+            np.log10(ds.pre_rms / pred.pre_rms)  # within compare_sweep's tolerance
+    """
+    import xarray as xr
+
+    from stabkit.sweep import sweep_input
+
+    spec = _sweep_spec(ds)
+    activations = dict(activations or {})
+    dims = ("dtype", "width", "activation", "init", "depth", "scale", "bias_std", "seed")
+    c = {d: ds[d].values.tolist() for d in dims}
+    n_layers = int(ds.sizes["layer"])
+    # q0 of each (dtype, width, seed): the batch the sweep fed in, in float64.
+    q0 = np.empty((len(c["dtype"]), len(c["width"]), len(c["seed"])))
+    for i, dt in enumerate(c["dtype"]):
+        for j, w in enumerate(c["width"]):
+            for s, seed in enumerate(c["seed"]):
+                with jax.enable_x64(dt == "float64"):
+                    x = sweep_input(int(seed), int(spec["batch"]), int(w), dt, spec["input"])
+                    x = np.asarray(x.astype(jnp.float32 if dt != "float64" else jnp.float64))
+                q0[i, j, s] = np.mean(np.square(x.astype(np.float64)))
+    sw = np.stack([weight_variance(i, np.asarray(c["scale"], np.float64)) for i in c["init"]])
+    sb = np.square(np.asarray(c["bias_std"], np.float64))
+    depth = np.asarray(c["depth"])
+    kind = np.array([_WEIGHT_KIND.get(i, "gaussian") for i in c["init"]])
+    # Broadcast to (dtype, width, init, depth, scale, bias, seed); activation handled per slice.
+    shp = tuple(len(c[d]) for d in dims if d != "activation")
+    b = np.broadcast_to
+    full = {
+        "sw": b(sw[None, None, :, None, :, None, None], shp),
+        "sb": b(sb[None, None, None, None, None, :, None], shp),
+        "q0": b(q0[:, :, None, None, None, None, :], shp),
+        "depth": b(depth[None, None, None, :, None, None, None], shp),
+        "kind": b(kind[None, None, :, None, None, None, None], shp),
+        "width": b(np.asarray(c["width"])[None, :, None, None, None, None, None], shp),
+    }
+    flat = {k: np.ascontiguousarray(v).ravel() for k, v in full.items()}
+    mse = spec["loss"] == "mse"
+    names = list(Profile._fields[1:])
+    out = {f: np.full((len(c["activation"]), *shp, n_layers), np.nan) for f in names}
+    for ai, act in enumerate(c["activation"]):
+        fn = activations.get(act, act)
+        try:
+            k = _kernel(fn, order, "auto")
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"activation {act!r} is not registered; pass activations={{{act!r}: callable}}"
+            ) from None
+        ok = (flat["kind"] != "identity") | (k.kind == "linear")
+        if not ok.any():
+            continue
+        prof = _profile(
+            k,
+            flat["sw"][ok],
+            flat["sb"][ok],
+            flat["q0"][ok],
+            flat["depth"][ok],
+            n_layers,
+            flat["kind"][ok] != "gaussian",
+            np.full(int(ok.sum()), mse),
+        )
+        for f in names:
+            a = np.full((flat["sw"].size, n_layers), np.nan)
+            a[ok] = getattr(prof, f)
+            out[f][ai] = a.reshape(*shp, n_layers)
+    # activation goes third: (dtype, width, activation, init, ...)
+    out = {f: np.moveaxis(v, 0, 2) for f, v in out.items()}
+    entries = float(spec["batch"]) * b(np.asarray(c["width"], np.float64)[None, :], shp[:2])
+    top_idx = depth + 1
+    pre = out["pre_rms"]
+    # The readout's RMS, picked per depth: (dtype, width, activation, init, depth, scale, ...)
+    idx = b(top_idx[None, None, None, None, :, None, None, None, None], (*pre.shape[:-1], 1))
+    y_rms = np.take_along_axis(pre, idx, axis=-1)[..., 0]
+    if mse:
+        scale_top = y_rms / entries[:, :, None, None, None, None, None, None]
+    else:
+        scale_top = np.ones_like(y_rms)
+    grad = out["grad_rms"] * scale_top[..., None]
+    lay = ("layer",)
+    data = {
+        "pre_rms": (dims + lay, out["pre_rms"]),
+        "post_rms": (dims + lay, out["post_rms"]),
+        "grad_post_rms": (dims + lay, grad),
+        "grad_gain": (dims + lay, out["grad_rms"]),
+        "chi": (dims + lay, out["chi"]),
+        "pre_spread": (dims + lay, out["pre_spread"]),
+        "post_spread": (dims + lay, out["post_spread"]),
+        "grad_spread": (dims + lay, out["grad_spread"]),
+        "output_rms": (dims, y_rms),
+        "grad_ratio": (dims, out["grad_rms"][..., 0]),
+        "sigma_w2": (("init", "scale"), sw),
+        "sigma_b2": (("bias_std",), sb),
+    }
+    coords = {d: ds[d].values for d in (*dims, "layer")}
+    attrs = {"spec": ds.attrs["spec"], "order": order}
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+#: Relative rounding a layer may add to a measured RMS, per dtype: the unit roundoff eps/2 of
+#: the matrix product's output and of the activation, twice (z and h), so eps per layer. It
+#: matters only for the half formats (bfloat16: 0.8% a layer); float32/float64 rounding is far
+#: below the finite-width spread.
+_ROUNDING = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23, "float64": 2.0**-52}
+#: The statistics themselves are sums of N squares in float32 (float64 for float64 sweeps):
+#: pairwise summation keeps their relative error within about log2(N) eps; 64 eps covers it.
+_STAT_ROUNDING = {
+    "float16": 2.0**-17,
+    "bfloat16": 2.0**-17,
+    "float32": 2.0**-17,
+    "float64": 2.0**-46,
+}
+DEFAULT_N_SIGMA = 4.0
+
+
+def compare_sweep(ds, prediction=None, *, n_sigma: float = DEFAULT_N_SIGMA, **kwargs):
+    """Log-ratio errors of a sweep's per-layer RMS against the mean field, with a tolerance.
+
+    For ``pre_rms``, ``post_rms`` and ``grad_gain`` (the gradient RMS over its value at the
+    readout, which takes the forward pass's error at the output out of the backward comparison)
+    the error is :math:`\\log_{10}(\\text{measured}/\\text{predicted})` and the tolerance
+
+    .. math::
+
+        \\text{tol} = \\frac{n_\\sigma}{\\ln 10} \\frac{\\text{spread}}{\\sqrt{n}} +
+        \\frac{k \\, \\epsilon_{\\text{dtype}}}{\\ln 10},
+
+    with ``spread`` from :class:`Profile` (about :math:`\\sqrt{\\kappa l}/2` after :math:`l`
+    layers: :math:`c\\sqrt{l/n}` with :math:`c = n_\\sigma \\sqrt{\\kappa}/(2 \\ln 10)`, 1.23
+    for linear and tanh near 0 (:math:`\\kappa = 2`), 1.94 for relu (:math:`\\kappa = 5`) at the
+    default :math:`n_\\sigma = 4`, less where the map contracts), :math:`k` the layers the
+    statistic went through (:math:`l` forward, :math:`L + 1 - l` backward) and
+    :math:`\\epsilon` the dtype's rounding (:math:`2^{-10}` float16, :math:`2^{-7}` bfloat16,
+    negligible in float32/float64). The spread is a single-example bound (a batch of
+    decorrelated inputs fluctuates less), so the tolerance shrinks like :math:`1/\\sqrt n` and is
+    met with room at any width. Entries whose measured or predicted value is not finite or lies
+    outside the dtype's normal range (overflow, underflow: the theory is for real arithmetic)
+    get a NaN tolerance and are not judged.
+
+    Args:
+        ds: a sweep dataset (:func:`stabkit.sweep`, :func:`stabkit.load`).
+        prediction: :func:`predict_sweep` of ``ds`` (computed if None, with ``kwargs``).
+        n_sigma: standard deviations of allowance, > 0.
+
+    Returns:
+        An ``xarray.Dataset`` aligned with ``ds``: errors ``pre_rms``, ``post_rms``,
+        ``grad_gain`` and their ``tol_*`` (config..., layer), and ``passed`` per config (every
+        judged entry within tolerance; True where nothing could be judged).
+
+    Raises:
+        ValueError: ``n_sigma`` not finite and positive; ``ds`` not a sweep.
+    """
+    import ml_dtypes
+    import xarray as xr
+
+    n_sigma = float(_check_grid(n_sigma, "n_sigma", lo=0.0, closed=False))
+    pred = predict_sweep(ds, **kwargs) if prediction is None else prediction
+    depth = ds.depth
+    layer = ds.layer
+    top = depth + 1
+    meas_gain = ds.grad_post_rms / ds.grad_post_rms.sel(layer=top)
+    width = ds.width.astype(np.float64)
+    walked = {
+        "pre_rms": layer.astype(np.float64),
+        "post_rms": layer.astype(np.float64),
+        "grad_gain": (top - layer).clip(min=0).astype(np.float64),
+    }
+    eps = xr.DataArray([_ROUNDING[str(d)] for d in ds.dtype.values], coords={"dtype": ds.dtype})
+    eps_stat = xr.DataArray(
+        [_STAT_ROUNDING[str(d)] for d in ds.dtype.values], coords={"dtype": ds.dtype}
+    )
+    info = {str(d): ml_dtypes.finfo(str(d)) for d in ds.dtype.values}
+    lo = xr.DataArray(
+        [float(info[str(d)].tiny) for d in ds.dtype.values], coords={"dtype": ds.dtype}
+    )
+    hi = xr.DataArray(
+        [float(info[str(d)].max) for d in ds.dtype.values], coords={"dtype": ds.dtype}
+    )
+    out = {}
+    judged_ok = []
+    for name, measured, predicted, spread in (
+        ("pre_rms", ds.pre_rms, pred.pre_rms, pred.pre_spread),
+        ("post_rms", ds.post_rms, pred.post_rms, pred.post_spread),
+        ("grad_gain", meas_gain, pred.grad_gain, pred.grad_spread),
+    ):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            err = np.log10(measured / predicted)
+        rounding = walked[name] * eps + 2 * eps_stat
+        tol = (n_sigma * spread / np.sqrt(width) + rounding) / math.log(10)
+        absolute = ds.grad_post_rms if name == "grad_gain" else measured
+        abs_pred = pred.grad_post_rms if name == "grad_gain" else predicted
+        inside = (
+            np.isfinite(err)
+            & (absolute >= lo)
+            & (absolute <= hi)
+            & (abs_pred >= lo)
+            & (abs_pred <= hi)
+            & (layer <= top)
+        )
+        tol = tol.where(inside)
+        out[name] = err.where(layer <= top)
+        out[f"tol_{name}"] = tol
+        judged_ok.append(((np.abs(err) <= tol) | tol.isnull()).all("layer"))
+    passed = judged_ok[0] & judged_ok[1] & judged_ok[2]
+    dims = ("dtype", "width", "activation", "init", "depth", "scale", "bias_std", "seed")
+    result = xr.Dataset(
+        {k: v.transpose(*dims, "layer") for k, v in out.items()},
+        attrs={"n_sigma": n_sigma},
+    )
+    result["passed"] = passed.transpose(*dims)
+    return result
