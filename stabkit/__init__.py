@@ -47,7 +47,7 @@ from stabkit.fixes import (
     safe_global_norm,
     skip_nonfinite,
 )
-from stabkit.init import get_initializer, initializer_names
+from stabkit.init import InitRule, get_initializer, init_rule, initializer_names
 from stabkit.nets import MLPParams, mlp_apply, mlp_init
 from stabkit.precision import (
     SUPPORTED_DTYPES,

@@ -26,25 +26,10 @@ from stabkit._meanfield import (
     _sinh_rule,
     _variances,
 )
+from stabkit.init import init_rule
 
 # ------------------------------------------------------------- public: per-layer profiles, sweeps
 
-#: fan_in * Var(W_ij) of each named initializer (stabkit.init's table) for a square layer, per
-#: unit multiplier squared: sigma_w^2 = scale^2 * this. Glorot's 2/(n + m) is 1/n when m = n.
-_WEIGHT_VARIANCE = {
-    "gaussian": 1.0,
-    "lecun_normal": 1.0,
-    "lecun_uniform": 1.0,
-    "he_normal": 2.0,
-    "he_uniform": 2.0,
-    "glorot_normal": 1.0,
-    "glorot_uniform": 1.0,
-    "xavier_normal": 1.0,
-    "xavier_uniform": 1.0,
-    "standard": 1.0 / 3.0,
-    "orthogonal": 1.0,
-    "scaled_identity": 1.0,
-}
 #: How each initializer's weights enter the backward recursion (see predict_profile).
 _WEIGHT_KIND = {"orthogonal": "orthogonal", "scaled_identity": "identity"}
 _PROFILE_LOSSES = ("sum", "mse")
@@ -67,14 +52,10 @@ def weight_variance(init: str, scale: ArrayLike = 1.0) -> np.ndarray:
         >>> float(weight_variance("he_normal")), float(weight_variance("gaussian", 1.5))
         (2.0, 2.25)
     """
-    if not isinstance(init, str):
-        raise TypeError(f"init must be an initializer name, got {type(init).__name__} {init!r}")
-    if init not in _WEIGHT_VARIANCE:
-        raise ValueError(
-            f"unknown init {init!r}; valid names: {', '.join(sorted(_WEIGHT_VARIANCE))}"
-        )
+    rule = init_rule(init)  # TypeError/ValueError naming a bad init
+    per_unit = 1.0 if rule.variance is None else rule.variance(1, 1)  # square layer: n Var(W_ij)
     s = _check_grid(scale, "scale", lo=-math.inf)
-    return _out(s * s * _WEIGHT_VARIANCE[init], s.shape)
+    return _out(s * s * per_unit, s.shape)
 
 
 class Profile(NamedTuple):

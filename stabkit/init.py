@@ -49,7 +49,7 @@ import functools
 import math
 import operator
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +58,7 @@ from jax.typing import DTypeLike
 from stabkit._checks import finite_float, is_floating_dtype
 
 __all__ = [
+    "InitRule",
     "Initializer",
     "bias_normal",
     "get_initializer",
@@ -65,6 +66,7 @@ __all__ = [
     "glorot_uniform",
     "he_normal",
     "he_uniform",
+    "init_rule",
     "initializer_names",
     "lecun_normal",
     "lecun_uniform",
@@ -125,9 +127,10 @@ def _uniform(key, shape, dtype, limit):
     return (limit * jax.random.uniform(key, shape, sdt, minval=-1.0, maxval=1.0)).astype(dtype)
 
 
-def _fan_init(param: str, value: Any, kind: str, variance: Callable[[int, int], float]):
+def _fan_init(param: str, value: Any, name: str):
     """An init drawing N(0, v) or U with variance v, v = value^2 * variance(fan_in, fan_out)."""
     mult = _multiplier(value, param, nonnegative=True)
+    kind, variance = _RULES[name]
 
     def init(key, shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
         n, m = _matrix_shape(shape)
@@ -138,6 +141,62 @@ def _fan_init(param: str, value: Any, kind: str, variance: Callable[[int, int], 
         return _uniform(key, (n, m), dtype, std * math.sqrt(3.0))  # U[-L, L] has variance L^2/3
 
     return init
+
+
+# ---------------------------------------------------------------------------------------- rules
+
+
+class InitRule(NamedTuple):
+    """What a named initializer draws, per unit multiplier (see :func:`init_rule`).
+
+    Attributes:
+        distribution: ``"normal"``, ``"uniform"`` (entries of the stated variance), ``"orthogonal"``
+            (singular values all equal to the multiplier) or ``"identity"`` (deterministic).
+        variance: ``variance(fan_in, fan_out)``, the variance of each entry at multiplier 1, for
+            ``normal`` and ``uniform``; ``None`` otherwise. It is homogeneous of degree -1, so
+            ``variance(1, 1)`` is the mean-field :math:`\\sigma_w^2` of a square layer.
+    """
+
+    distribution: str
+    variance: Callable[[int, int], float] | None
+
+
+_RULES: dict[str, InitRule] = {
+    "scaled_identity": InitRule("identity", None),
+    "gaussian": InitRule("normal", lambda n, m: 1.0 / n),
+    "orthogonal": InitRule("orthogonal", None),
+    "glorot_normal": InitRule("normal", lambda n, m: 2.0 / (n + m)),
+    "glorot_uniform": InitRule("uniform", lambda n, m: 2.0 / (n + m)),
+    "he_normal": InitRule("normal", lambda n, m: 2.0 / n),
+    "he_uniform": InitRule("uniform", lambda n, m: 2.0 / n),
+    "lecun_normal": InitRule("normal", lambda n, m: 1.0 / n),
+    "lecun_uniform": InitRule("uniform", lambda n, m: 1.0 / n),
+    "standard": InitRule("uniform", lambda n, m: 1.0 / (3.0 * n)),
+}
+_RULES["xavier_normal"] = _RULES["glorot_normal"]
+_RULES["xavier_uniform"] = _RULES["glorot_uniform"]
+
+
+def init_rule(name: str) -> InitRule:
+    """The distribution and entry variance of a named initializer (the one table every sampler,
+    the sweep engine and the mean-field predictions read).
+
+    Raises:
+        TypeError: ``name`` is not a string.
+        ValueError: an unknown name (the message lists the valid ones).
+
+    Examples:
+        >>> r = init_rule("he_uniform")
+        >>> r.distribution, r.variance(100, 50)
+        ('uniform', 0.02)
+        >>> init_rule("orthogonal").variance is None
+        True
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"init must be an initializer name, got {type(name).__name__} {name!r}")
+    if name not in _RULES:
+        raise ValueError(f"unknown init {name!r}; valid names: {', '.join(sorted(_RULES))}")
+    return _RULES[name]
 
 
 # ----------------------------------------------------------------------------------- initializers
@@ -178,7 +237,7 @@ def gaussian(sigma_w: float = 1.0) -> Initializer:
         >>> round(float(w.var() * 1000), 1)  # sigma_w^2 = 4
         4.0
     """
-    return _fan_init("sigma_w", sigma_w, "normal", lambda n, m: 1.0 / n)
+    return _fan_init("sigma_w", sigma_w, "gaussian")
 
 
 def orthogonal(gain: float = 1.0) -> Initializer:
@@ -210,32 +269,32 @@ def orthogonal(gain: float = 1.0) -> Initializer:
 
 def glorot_normal(gain: float = 1.0) -> Initializer:
     """Glorot/Xavier normal: :math:`N(0, g^2 \\cdot 2 / (n_{in} + n_{out}))` (their eq. 16)."""
-    return _fan_init("gain", gain, "normal", lambda n, m: 2.0 / (n + m))
+    return _fan_init("gain", gain, "glorot_normal")
 
 
 def glorot_uniform(gain: float = 1.0) -> Initializer:
     """Glorot/Xavier uniform: :math:`U[\\pm g\\sqrt{6 / (n_{in} + n_{out})}]` (their eq. 16)."""
-    return _fan_init("gain", gain, "uniform", lambda n, m: 2.0 / (n + m))
+    return _fan_init("gain", gain, "glorot_uniform")
 
 
 def he_normal(gain: float = 1.0) -> Initializer:
     """He/Kaiming normal for relu: :math:`N(0, g^2 \\cdot 2 / n_{in})` (plain, not truncated)."""
-    return _fan_init("gain", gain, "normal", lambda n, m: 2.0 / n)
+    return _fan_init("gain", gain, "he_normal")
 
 
 def he_uniform(gain: float = 1.0) -> Initializer:
     """He/Kaiming uniform for relu: :math:`U[\\pm g\\sqrt{6 / n_{in}}]`."""
-    return _fan_init("gain", gain, "uniform", lambda n, m: 2.0 / n)
+    return _fan_init("gain", gain, "he_uniform")
 
 
 def lecun_normal(gain: float = 1.0) -> Initializer:
     """LeCun normal: :math:`N(0, g^2 / n_{in})` (plain, not truncated); same as ``gaussian``."""
-    return _fan_init("gain", gain, "normal", lambda n, m: 1.0 / n)
+    return _fan_init("gain", gain, "lecun_normal")
 
 
 def lecun_uniform(gain: float = 1.0) -> Initializer:
     """LeCun uniform: :math:`U[\\pm g\\sqrt{3 / n_{in}}]`."""
-    return _fan_init("gain", gain, "uniform", lambda n, m: 1.0 / n)
+    return _fan_init("gain", gain, "lecun_uniform")
 
 
 def standard(gain: float = 1.0) -> Initializer:
@@ -249,7 +308,7 @@ def standard(gain: float = 1.0) -> Initializer:
         >>> bool(jnp.abs(w).max() <= 0.1)
         True
     """
-    return _fan_init("gain", gain, "uniform", lambda n, m: 1.0 / (3.0 * n))
+    return _fan_init("gain", gain, "standard")
 
 
 # ----------------------------------------------------------------------------------------- biases

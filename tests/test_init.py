@@ -174,3 +174,21 @@ def test_bad_input():
         sinit.lecun_uniform()(KEY, (0, 3))
     with pytest.raises(TypeError, match="floating-point dtype, got"):
         sinit.gaussian()(KEY, (2, 2), jnp.int32)
+
+
+def test_init_rule_is_the_samplers_table():
+    # One table: every registered name has a rule, and the sampler draws the variance it states.
+    from stabkit.init import _REGISTRY, init_rule
+
+    assert set(_REGISTRY) == set(initializer_names())
+    for name in initializer_names():
+        rule = init_rule(name)
+        if rule.variance is None:
+            continue
+        w = get_initializer(name)(jax.random.key(1), (400, 300))
+        # variance of 120,000 entries: relative standard error sqrt(2 / 120000) = 0.4%.
+        assert float(w.var()) == pytest.approx(rule.variance(400, 300), rel=0.02), name
+    with pytest.raises(ValueError, match="unknown init 'kaiming'"):
+        init_rule("kaiming")
+    with pytest.raises(TypeError, match="initializer name"):
+        init_rule(3)
