@@ -284,7 +284,7 @@ def main() -> None:
     rows = [
         ("configs", f"{sweep['configs']}"),
         ("sweep, compile included", f"{sweep['first_s']:.2f} s"),
-        ("sweep, warm (median)", f"{sweep['warm_s']:.2f} s"),
+        ("sweep, warm (fastest run)", f"{sweep['warm_s']:.2f} s"),
         ("loop of jits (per depth, activation)", f"{loop['seconds']:.2f} s"
          + ("" if loop["fraction"] == 1 else f" (scaled from {loop['fraction']:.2f})")),
         ("speedup, compile included", f"{loop['seconds'] / sweep['first_s']:.1f}x"),
