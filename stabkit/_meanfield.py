@@ -27,6 +27,7 @@ _Q_MAX = 1e30  # a q-map iterate beyond this is taken to diverge (q* = inf)
 _MAX_ITER = 100  # Newton / fixed-point steps for q*
 _C_ITER = 60  # Newton steps for c*
 _BISECT = 64  # bisection steps for the critical line: 2^-64 of the log-bracket width
+_TINY = float(np.finfo(np.float64).tiny)  # the absolute floor of the fixed-point step test
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -238,7 +239,7 @@ def _q_star_1(k: _Kernel, sw, sb, q0):
 
     def cond(state):
         q, prev, i = state
-        moving = jnp.abs(q - prev) > 1e-15 * q + 1e-40
+        moving = jnp.abs(q - prev) > 1e-15 * q + _TINY  # q* may be as small as sigma_b^2: 1e-222
         return (i < _MAX_ITER) & jnp.isfinite(q) & moving
 
     if k.kind in ("linear", "relu"):  # an affine map: Q(q) = a q + sigma_b^2

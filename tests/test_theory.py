@@ -650,3 +650,10 @@ def test_compare_sweep_judges_by_the_tolerance():
     fake["pre_rms"] = xr.where(fake.layer == 2, 1e6, fake.pre_rms)
     cmp = th.compare_sweep(fake, pred)
     assert bool(cmp.tol_pre_rms.sel(layer=2).isnull().all()) and bool(cmp.passed.all())
+
+
+def test_q_star_with_a_tiny_bias_is_not_zero():
+    # q* ~ sigma_b^2 / (1 - sigma_w^2) for tiny q (tanh(u)^2 = u^2 to rounding): the fixed-point
+    # step test once had an absolute floor of 1e-40 and returned 0 here (found by hypothesis).
+    for sb in (8.9e-223, 1e-100, 1e-20):
+        assert float(th.q_star("tanh", 0.3, sb)) == pytest.approx(sb / 0.7, rel=1e-12)
