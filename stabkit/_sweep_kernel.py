@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from stabkit._sweep_spec import LAYER_VARS
 from stabkit.activations import value_and_derivative
+from stabkit.init import init_rule, initializer_names
 
 #: Counts how many times the sweep kernel has been traced (= compiled); tests read it.
 _KERNEL_TRACES = 0
@@ -51,31 +52,19 @@ def _input(key, batch, width, dtype, kind):
 
 
 # Every named initializer is a unit draw of one of these kinds times a multiplier, for a square
-# (width, width) matrix: the multiplier is computed on the host exactly as stabkit.init does.
+# (width, width) matrix: the multiplier is computed on the host exactly as stabkit.init does,
+# from stabkit.init's own table (init_rule).
 _KINDS = ("normal", "uniform", "orthogonal", "identity")
-_INIT_KIND = {
-    "gaussian": ("normal", lambda n: 1.0 / n),
-    "lecun_normal": ("normal", lambda n: 1.0 / n),
-    "he_normal": ("normal", lambda n: 2.0 / n),
-    "glorot_normal": ("normal", lambda n: 2.0 / (n + n)),
-    "xavier_normal": ("normal", lambda n: 2.0 / (n + n)),
-    "lecun_uniform": ("uniform", lambda n: 1.0 / n),
-    "he_uniform": ("uniform", lambda n: 2.0 / n),
-    "glorot_uniform": ("uniform", lambda n: 2.0 / (n + n)),
-    "xavier_uniform": ("uniform", lambda n: 2.0 / (n + n)),
-    "standard": ("uniform", lambda n: 1.0 / (3.0 * n)),
-    "orthogonal": ("orthogonal", None),
-    "scaled_identity": ("identity", None),
-}
+_INIT_KIND = {name: tuple(init_rule(name)) for name in initializer_names()}
 
 
 def _multiplier(init: str, scale: float, width: int) -> float:
     """The factor stabkit.init applies to its unit draw (computed in the same float64 steps)."""
     kind, variance = _INIT_KIND[init]
     if kind == "normal":
-        return scale * math.sqrt(variance(width))
+        return scale * math.sqrt(variance(width, width))
     if kind == "uniform":
-        return scale * math.sqrt(variance(width)) * math.sqrt(3.0)
+        return scale * math.sqrt(variance(width, width)) * math.sqrt(3.0)
     return scale
 
 
