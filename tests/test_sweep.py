@@ -202,7 +202,7 @@ def test_identical_across_chunk_size_and_axis_order(main, rev):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 5, open: XLA:CPU's reduction emitter sums a narrow layer (here 128 x 8 entries) "
+    reason="issue 5, open: XLA:CPU's reduction emitter sums a small layer (here 128 x 8 entries) "
     "in an order that depends on how many configs share the chunk (>= 4 vs <= 3), so float "
     "statistics can differ in the last bit between chunk sizes (and so device counts)",
 )
