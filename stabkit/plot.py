@@ -179,12 +179,19 @@ def heatmaps(
         for ax in axes.ravel():
             for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
                 handles.setdefault(label, h)
-        if handles:
-            fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=5, fontsize=8)
         fig.suptitle(", ".join(f"{k}={v}" for k, v in group.items()), fontsize=10)
-        fig.tight_layout(rect=(0, 0.04, 1, 1))
+        fig.tight_layout()
+        if handles:  # below the axes (and their labels); the saved image grows to hold it
+            fig.legend(
+                handles.values(),
+                handles.keys(),
+                loc="upper center",
+                bbox_to_anchor=(0.5, 0.0),
+                ncol=3,
+                fontsize=8,
+            )
         path = out / f"heatmap_{_tag(group)}.png"
-        fig.savefig(path, dpi=90)
+        fig.savefig(path, dpi=90, bbox_inches="tight")
         plt.close(fig)
         paths.append(path)
     return paths
