@@ -102,6 +102,12 @@ def _finfo_max(dtype: str) -> float:
     return float(ml_dtypes.finfo(dtype).max)
 
 
+def _thin(n: int, most: int) -> list[int]:
+    """At most ``most`` evenly spaced tick positions out of ``n`` cells, the last one included."""
+    step = -(-n // most)
+    return sorted({*range(0, n, step), n - 1})
+
+
 def heatmaps(
     ds, out: str | pathlib.Path, *, max_figures: int = 32, theory: bool = True
 ) -> list[pathlib.Path]:
@@ -170,8 +176,9 @@ def heatmaps(
                         ax.axhline(
                             y, color=_CRIT_COLOR, lw=1.5, ls="-.", label="mean field: χ₁ = 1"
                         )
-                ax.set_xticks(range(len(depth)), [str(d) for d in depth], fontsize=7)
-                ax.set_yticks(range(len(scale)), [f"{s:.3g}" for s in scale], fontsize=7)
+                xs, ys = _thin(len(depth), 16), _thin(len(scale), 20)
+                ax.set_xticks(xs, [str(depth[i]) for i in xs], fontsize=7)
+                ax.set_yticks(ys, [f"{scale[i]:.3g}" for i in ys], fontsize=7)
                 ax.set_xlabel("depth")
                 ax.set_ylabel("scale")
                 ax.set_title(f"{act}: {title}", fontsize=9)
