@@ -28,6 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 import stabkit as sk
+from stabkit.reproduce import run_alone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,3 +349,7 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
     record["per_layer"]["sigmoid_big_saturated"] = big.saturated
     sk.save_json(out / f"{NAME}.json", record)
     return claims
+
+
+if __name__ == "__main__":
+    run_alone(run, TITLE)

@@ -32,6 +32,7 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker
 
 import stabkit as sk
+from stabkit.reproduce import run_alone
 
 NAME = "deep_linear"
 TITLE = "The note's deep linear net W = a I: output and gradients vs depth, first inf, NaN and 0"
@@ -467,3 +468,7 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
     record["errors"] = {f"{n} a={a}": v for (n, a), v in errors.items()}
     sk.save_json(out / f"{NAME}.json", record)
     return claims
+
+
+if __name__ == "__main__":
+    run_alone(run, TITLE)

@@ -37,7 +37,6 @@ Run alone: ``python experiments/jacobian_spectra.py [--out DIR] [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import pathlib
@@ -52,6 +51,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 import stabkit as sk
+from stabkit.reproduce import run_alone
 
 NAME = "jacobian_spectra"
 TITLE = "Jacobian spectra at criticality: orthogonal vs Gaussian weights, linear/tanh vs relu"
@@ -424,16 +424,5 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
     return claims
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=TITLE)
-    parser.add_argument("--out", default="stabkit-results")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    start = time.perf_counter()
-    for c in run(pathlib.Path(args.out), quick=args.quick):
-        print(f"{'PASS' if c.passed else 'FAIL'}  {c.claim}: {c.measured}")
-    print(f"({time.perf_counter() - start:.1f} s)")
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(run, TITLE)

@@ -22,9 +22,7 @@ Run alone: ``python experiments/phase_diagram.py [--out DIR] [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import pathlib
 import time
@@ -39,6 +37,7 @@ import matplotlib.colors as mcolors
 import matplotlib.pyplot as plt
 
 import stabkit as sk
+from stabkit.reproduce import run_alone
 
 NAME = "phase_diagram"
 TITLE = "Order to chaos: the mean-field phase diagram, xi_c, and wide tanh nets against the maps"
@@ -462,17 +461,5 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
     return claims
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=TITLE)
-    parser.add_argument("--out", default="stabkit-results")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    start = time.perf_counter()
-    for c in run(pathlib.Path(args.out), quick=args.quick):
-        print(f"{'PASS' if c.passed else 'FAIL'}  {c.claim}: {c.measured}")
-    print(f"({time.perf_counter() - start:.1f} s)")
-    print(json.loads((pathlib.Path(args.out) / f"{NAME}.json").read_text())["timings_s"])
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(run, TITLE)

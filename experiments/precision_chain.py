@@ -25,6 +25,7 @@ import matplotlib.ticker
 import numpy as np
 
 import stabkit as sk
+from stabkit.reproduce import run_alone
 
 NAME = "precision"
 TITLE = "Overflow and underflow of x0 * scale**k (W = 1.5 I and 0.5 I) in each dtype"
@@ -425,3 +426,7 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
         },
     )
     return claims
+
+
+if __name__ == "__main__":
+    run_alone(run, TITLE)

@@ -25,7 +25,6 @@ Run alone: ``python experiments/signal_theory.py [--out DIR] [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import pathlib
@@ -39,6 +38,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 import stabkit as sk
+from stabkit.reproduce import run_alone
 from stabkit.theory import compare_sweep, predict_profile, predict_sweep
 
 NAME = "signal_theory"
@@ -415,16 +415,5 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
     return claims
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=TITLE)
-    parser.add_argument("--out", default="stabkit-results")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    start = time.perf_counter()
-    for c in run(pathlib.Path(args.out), quick=args.quick):
-        print(f"{'PASS' if c.passed else 'FAIL'}  {c.claim}: {c.measured}")
-    print(f"({time.perf_counter() - start:.1f} s)")
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(run, TITLE)

@@ -18,7 +18,6 @@ Run alone: ``python experiments/softmax_overflow.py [--out DIR] [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import pathlib
@@ -34,7 +33,7 @@ import numpy as np
 import optax
 
 import stabkit
-from stabkit.reproduce import Claim, save_json
+from stabkit.reproduce import Claim, run_alone, save_json
 
 NAME = "softmax"
 TITLE = (
@@ -386,10 +385,4 @@ def _peer_claims(numbers: dict) -> list[Claim]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="stabkit-results")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    pathlib.Path(args.out).mkdir(parents=True, exist_ok=True)
-    for claim in run(pathlib.Path(args.out), quick=args.quick):
-        print("PASS" if claim.passed else "FAIL", claim.claim, "|", claim.measured)
+    run_alone(run, TITLE)

@@ -29,6 +29,7 @@ import numpy as np
 
 import stabkit as sk
 from stabkit.plot import heatmaps
+from stabkit.reproduce import run_alone
 
 NAME = "sweep_grid"
 TITLE = "The two causes over a grid: scale x depth x dtype (linear) and activation x depth"
@@ -203,3 +204,7 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
         },
     )
     return claims
+
+
+if __name__ == "__main__":
+    run_alone(run, TITLE)

@@ -32,6 +32,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 import stabkit as sk
+from stabkit.reproduce import run_alone
 
 NAME = "training"
 TITLE = "Training runs that explode, vanish or train: automatic verdicts, clipping, loss scaling"
@@ -419,3 +420,7 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
     }
     sk.save_json(out / f"{NAME}.json", record)
     return claims
+
+
+if __name__ == "__main__":
+    run_alone(run, TITLE)

@@ -17,6 +17,7 @@ and the others still run.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib.util
 import json
@@ -32,7 +33,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Claim", "StudyResult", "experiment_dir", "find_experiments", "reproduce", "save_json"]
+__all__ = [
+    "Claim",
+    "StudyResult",
+    "experiment_dir",
+    "find_experiments",
+    "reproduce",
+    "run_alone",
+    "save_json",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +151,26 @@ def find_experiments(directory: str | pathlib.Path | None = None) -> dict[str, M
     if dupes:
         raise ValueError(f"duplicate experiment NAME(s) in {directory}: {sorted(dupes)}")
     return {name: module for _, name, module in found}
+
+
+def run_alone(run: Any, title: str, argv: Sequence[str] | None = None) -> list[Claim]:
+    """Run one study script by itself: ``python experiments/NAME.py [--out DIR] [--quick]``.
+
+    The same as ``stabkit reproduce --only NAME`` without the report: prints a PASS/FAIL line per
+    claim and the time taken, and returns the claims.
+    """
+    parser = argparse.ArgumentParser(description=title)
+    parser.add_argument("--out", default="stabkit-results")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    claims = list(run(out, quick=args.quick))
+    for c in claims:
+        print(f"{'PASS' if c.passed else 'FAIL'}  {c.claim}: {c.measured}")
+    print(f"({time.perf_counter() - start:.1f} s)")
+    return claims
 
 
 def _environment() -> dict[str, str]:

@@ -118,3 +118,16 @@ def test_cli_list_and_exit_status(studies, tmp_path, monkeypatch, capsys):
     assert "good" in capsys.readouterr().out
     assert cli.main(["reproduce", "--out", str(tmp_path / "a"), "--only", "good"]) == 0
     assert cli.main(["reproduce", "--out", str(tmp_path / "b"), "--only", "good,bad"]) == 1
+
+
+def test_run_alone_prints_each_claim(tmp_path, capsys):
+    from stabkit.reproduce import run_alone
+
+    def run(out, *, quick):
+        assert out.is_dir() and quick
+        return [Claim("a holds", "t", "m1", True), Claim("b holds", "t", "m2", False)]
+
+    claims = run_alone(run, "a study", ["--out", str(tmp_path / "o"), "--quick"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [c.passed for c in claims] == [True, False]
+    assert lines[:2] == ["PASS  a holds: m1", "FAIL  b holds: m2"]
