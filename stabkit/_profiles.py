@@ -26,12 +26,18 @@ from stabkit._meanfield import (
     _sinh_rule,
     _variances,
 )
+from stabkit._sweep_kernel import sweep_input
 from stabkit.init import init_rule
 
 # ------------------------------------------------------------- public: per-layer profiles, sweeps
 
-#: How each initializer's weights enter the backward recursion (see predict_profile).
-_WEIGHT_KIND = {"orthogonal": "orthogonal", "scaled_identity": "identity"}
+#: How each initializer's draw (stabkit.init.init_rule) enters the backward recursion.
+_WEIGHT_KIND = {
+    "normal": "gaussian",
+    "uniform": "gaussian",
+    "orthogonal": "orthogonal",
+    "identity": "identity",
+}
 _PROFILE_LOSSES = ("sum", "mse")
 
 
@@ -407,8 +413,6 @@ def predict_sweep(
     """
     import xarray as xr
 
-    from stabkit.sweep import sweep_input
-
     spec = _sweep_spec(ds)
     activations = dict(activations or {})
     dims = ("dtype", "width", "activation", "init", "depth", "scale", "bias_std", "seed")
@@ -426,7 +430,7 @@ def predict_sweep(
     sw = np.stack([weight_variance(i, np.asarray(c["scale"], np.float64)) for i in c["init"]])
     sb = np.square(np.asarray(c["bias_std"], np.float64))
     depth = np.asarray(c["depth"])
-    kind = np.array([_WEIGHT_KIND.get(i, "gaussian") for i in c["init"]])
+    kind = np.array([_WEIGHT_KIND[init_rule(i).distribution] for i in c["init"]])
     # Broadcast to (dtype, width, init, depth, scale, bias, seed); activation handled per slice.
     shp = tuple(len(c[d]) for d in dims if d != "activation")
     b = np.broadcast_to
