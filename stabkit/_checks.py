@@ -8,6 +8,7 @@ values), so they cost nothing under ``jit`` and never force a device-to-host tra
 from __future__ import annotations
 
 import operator
+import os
 from typing import Any
 
 import jax
@@ -95,3 +96,66 @@ def finite_float(value: Any, name: str, *, positive: bool = False, nonzero: bool
     if nonzero and out == 0:
         raise ValueError(f"{name} must be non-zero, got {out}")
     return out
+
+
+def strict_bool(value: Any, name: str) -> bool:
+    """``value`` as a bool; only ``True``/``False`` (and NumPy's bools) are accepted.
+
+    ``keepdims="no"`` or ``resume=0`` would otherwise be taken by their truthiness.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+
+
+def bounded_int(value: Any, name: str, minimum: int, maximum: int, why: str = "") -> int:
+    """``value`` as an int in ``[minimum, maximum]``; NumPy integers accepted.
+
+    ``why`` says where the upper bound comes from (for instance the memory it would take); it is
+    appended to the message.
+    """
+    out = positive_int(value, name, minimum)
+    if out > maximum:
+        raise ValueError(
+            f"{name}={out} is too large: at most {maximum}{f' ({why})' if why else ''}"
+        )
+    return out
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes for a person: ``'1.5 GiB'``."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def memory_limit() -> int:
+    """Bytes one allocation derived from user input may take: the host's physical memory.
+
+    A bound checked before anything reaches NumPy or XLA turns a late out-of-memory (or an
+    aborted interpreter) into a ``ValueError`` naming the argument. The default device's own
+    limit is used where it is smaller and known (GPU/TPU ``memory_stats``).
+    """
+    try:
+        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        limit = 2**40
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+        if stats.get("bytes_limit"):
+            limit = min(limit, int(stats["bytes_limit"]))
+    except Exception:  # a backend without memory statistics
+        pass
+    return int(limit)
+
+
+def check_memory(nbytes: float, name: str, value: Any, what: str = "", limit: int | None = None):
+    """Raise ``ValueError`` if ``nbytes`` (derived from argument ``name`` = ``value``) exceeds
+    the memory limit (:func:`memory_limit` unless ``limit`` is given)."""
+    limit = memory_limit() if limit is None else limit
+    if not nbytes <= limit:
+        raise ValueError(
+            f"{name}={value!r} needs about {format_bytes(nbytes)}{f' for {what}' if what else ''}, "
+            f"more than the {format_bytes(limit)} available"
+        )
