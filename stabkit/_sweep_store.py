@@ -1,26 +1,58 @@
 """The sweep's storage: the in-memory dataset, the streamed zarr store (resume) and :func:`load`.
 
-A store is flat config-major zarr arrays, one per variable, plus JSON attributes (the spec,
-versions, the backend probe, the devices) and ``progress.json``, replaced atomically after each
-write, which says how many configs are done. Nothing is pickled.
+A store is a directory that stabkit owns from its first file on (format 2)::
+
+    stabkit-store.json      the marker, created first (O_CREAT|O_EXCL, before any zarr file):
+                            {"stabkit": "sweep store", "format": 2, "spec": {...}}
+    stabkit-writer.lock     while a sweep writes: {"pid", "host", "started", "token", ...},
+                            created with O_CREAT|O_EXCL, removed when the sweep ends
+    zarr.json               the zarr v3 group; attribute "stabkit": format, spec, versions,
+                            probe (the backend's floating-point behaviour), devices
+    <variable>/             one flat config-major zarr array per variable (LAYER_VARS: configs x
+                            layers, CONFIG_VARS: configs), chunks of ``rows`` configs, codecs
+                            bytes -> zstd -> crc32c (every chunk file carries its checksum)
+    stabkit-chunks/<c>.json the completion record of zarr chunk ``c`` (configs c*rows...):
+                            {"chunk", "configs": [start, stop], "sha256": {variable: hex digest
+                            of the decoded chunk}}, written (tmp file + atomic rename) after all
+                            of the chunk's files
+
+A chunk is complete when its record exists and every variable's chunk file is there, passes its
+crc32c and hashes to the recorded digest. :func:`load` checks every chunk of every variable each
+time; ``sweep(..., resume=True)`` checks them too and recomputes exactly the configs of the
+chunks that are missing or fail, so a repaired store is bit-identical to one never interrupted.
+
+Nothing outside these names is ever written, and nothing is deleted but stabkit's own temporary
+files, lock and records: a directory that is not empty and holds no marker is refused before
+anything is touched. Nothing is pickled.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import hashlib
 import json
 import math
 import os
 import pathlib
+import socket
 import sys
+import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
+from stabkit._checks import check_memory
 from stabkit._sweep_spec import _AXES, _INT_VARS, CONFIG_VARS, LAYER_VARS, SweepSpec
 
-_FORMAT = 1  # on-disk layout version
+_FORMAT = 2  # on-disk layout version (1: progress.json, no marker, no checksums)
+_MARKER = "stabkit-store.json"
+_LOCK = "stabkit-writer.lock"
+_RECORDS = "stabkit-chunks"
+_VARS = (*LAYER_VARS, *CONFIG_VARS)
 
 
 def _versions() -> dict[str, str]:
@@ -69,6 +101,13 @@ def _var_dtype(name: str, spec_dtypes: Sequence[str]) -> np.dtype:
     return np.dtype(np.int32) if name in _INT_VARS else _stat_dtype(spec_dtypes)
 
 
+def _config_bytes(spec_dtypes: Sequence[str], n_layers: int) -> int:
+    """Bytes of results one config holds, every variable together."""
+    return sum(
+        _var_dtype(k, spec_dtypes).itemsize * (n_layers if k in LAYER_VARS else 1) for k in _VARS
+    )
+
+
 def _dataset(meta: dict[str, Any], flat: dict[str, np.ndarray]):
     """The N-D dataset from the flat (config-major) arrays, as sweep and load return it."""
     import xarray as xr
@@ -89,112 +128,689 @@ def _dataset(meta: dict[str, Any], flat: dict[str, np.ndarray]):
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
-class _Store:
-    """The zarr store of a streamed sweep: flat config-major arrays and an atomic progress file."""
+# ------------------------------------------------------------------------------ files and paths
 
-    def __init__(self, path, spec: SweepSpec, meta: dict, resume: bool, write: bool, rows: int):
-        """``rows``: configs per zarr chunk, and per write (results are buffered up to a chunk
-        boundary: one file per variable and chunk, written whole, whatever the kernel chunk)."""
+
+def _out_path(out: Any) -> pathlib.Path:
+    """``out`` as a directory path stabkit may create or write: never '', never a file."""
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out must be a path (str or os.PathLike), got {type(out).__name__}")
+    try:
+        text = os.fspath(out)
+    except TypeError as e:
+        raise TypeError(f"out must be a path (str or os.PathLike), got {out!r}: {e}") from None
+    if not isinstance(text, str):  # a bytes path
+        raise TypeError(f"out must be a str path, got {text!r}")
+    if not text.strip():
+        # pathlib.Path('') is '.': the working directory. Never guess that.
+        raise ValueError(f"out={text!r} is not a directory path; give the store's directory")
+    if "\0" in text:
+        raise ValueError(f"out={text!r} holds a NUL character; it is not a usable path")
+    path = pathlib.Path(text)
+    try:
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"out={text!r} is an existing file, not a directory; nothing written")
+    except OSError as e:  # a name too long, a component that is a file, ...
+        raise ValueError(f"out={text!r} is not a usable path: {e}") from None
+    return path
+
+
+def _existing_ancestor(path: pathlib.Path) -> pathlib.Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _read_json(file: pathlib.Path, what: str) -> dict[str, Any]:
+    """A JSON object from ``file``; ValueError naming the file if it is damaged."""
+    try:
+        data = json.loads(file.read_bytes().decode())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{file} is missing ({what})") from None
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{file} ({what}) is damaged: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file} ({what}) is damaged: not a JSON object")
+    return data
+
+
+def _replace(tmp: pathlib.Path, dst: pathlib.Path) -> None:
+    """``os.replace``: readers see the old file or the new one, never half of one."""
+    os.replace(tmp, dst)
+
+
+def _write_atomically(dst: pathlib.Path, data: dict[str, Any]) -> None:
+    tmp = dst.with_name(dst.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(json.dumps(data, sort_keys=True).encode())
+        f.flush()
+        os.fsync(f.fileno())
+    _replace(tmp, dst)
+
+
+def _create_exclusive(file: pathlib.Path, data: dict[str, Any]) -> bool:
+    """Create ``file`` holding ``data`` unless it exists (O_CREAT|O_EXCL): True if created."""
+    try:
+        fd = os.open(file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        os.write(fd, json.dumps(data, sort_keys=True).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _read_retrying(file: pathlib.Path, what: str, seconds: float = 1.0) -> dict[str, Any] | None:
+    """A file another process creates then fills: wait up to ``seconds`` for valid JSON.
+
+    None if the file is gone; ValueError if it stays unreadable."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return _read_json(file, what)
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+# ---------------------------------------------------------------------------------------- lock
+
+
+def _proc_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, proc_start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    try:  # a zombie (killed, not yet reaped) holds nothing
+        state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state in ("Z", "X"):
+            return False
+    except (OSError, IndexError):
+        pass
+    now = _proc_start(pid)
+    return not (proc_start is not None and now is not None and now != proc_start)
+
+
+class _WriterLock:
+    """One writer per store: a lock file created with O_CREAT|O_EXCL, naming its holder.
+
+    A lock whose holder died on this host is taken over. Two processes may both find the same
+    stale lock; each must first create ``<lock>.break-<token>`` (O_EXCL) for that lock's token,
+    and removes the lock only if it still holds that token, so at most one of them breaks it,
+    and the new lock is then won by exactly one O_EXCL create.
+    """
+
+    def __init__(self, store: pathlib.Path):
+        self.store, self.file = store, store / _LOCK
+        self.token = uuid.uuid4().hex
+        self.held = False
+
+    def _describe(self, h: dict[str, Any]) -> str:
+        return f"pid {h.get('pid')} on host {h.get('host')!r} since {h.get('started')}"
+
+    def acquire(self) -> None:
+        host, pid = socket.gethostname(), os.getpid()
+        mine = {
+            "pid": pid,
+            "host": host,
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "token": self.token,
+            "proc_start": _proc_start(pid),
+        }
+        for _ in range(100):
+            if _create_exclusive(self.file, mine):
+                self.held = True
+                return
+            try:
+                holder = _read_retrying(self.file, "the store's writer lock")
+            except ValueError:
+                raise ValueError(
+                    f"{self.file} is an unreadable writer lock; if no sweep is writing "
+                    f"{self.store}, delete {self.file} and resume"
+                ) from None
+            if holder is None:  # released meanwhile: try again
+                continue
+            h_pid, h_host = holder.get("pid"), holder.get("host")
+            if not isinstance(h_pid, int) or h_pid <= 0 or not isinstance(h_host, str):
+                raise ValueError(
+                    f"{self.file} is a damaged writer lock ({holder}); if no sweep is writing "
+                    f"{self.store}, delete {self.file} and resume"
+                )
+            if h_host != host:
+                raise BlockingIOError(
+                    f"{self.store} is being written by {self._describe(holder)} (lock "
+                    f"{self.file}); stabkit cannot check a process on another host: if no sweep "
+                    f"is running there, delete {self.file} and resume"
+                )
+            if _alive(h_pid, holder.get("proc_start")):
+                raise BlockingIOError(
+                    f"{self.store} is being written by {self._describe(holder)} (lock "
+                    f"{self.file}); one writer at a time: wait for it, or stop it "
+                    f"(a killed writer's lock is taken over on resume)"
+                )
+            self._break(holder)
+        raise BlockingIOError(f"could not take the writer lock {self.file}: it keeps changing")
+
+    def _break(self, stale: dict[str, Any]) -> None:
+        token = stale.get("token")
+        breaker = self.file.with_name(f"{_LOCK}.break-{token}")
+        if not _create_exclusive(breaker, {"pid": os.getpid(), "host": socket.gethostname()}):
+            try:
+                age = time.time() - breaker.stat().st_mtime
+            except FileNotFoundError:
+                return  # the other breaker finished: look again
+            if age > 10:
+                raise BlockingIOError(
+                    f"a process died while taking over the stale writer lock {self.file}; if no "
+                    f"sweep is writing {self.store}, delete {self.file} and {breaker} and resume"
+                )
+            time.sleep(0.02)  # another process is breaking it right now
+            return
+        try:
+            current = _read_retrying(self.file, "the store's writer lock")
+            if current is not None and current.get("token") == token:
+                os.unlink(self.file)  # still the stale one: only a breaker can remove it
+        finally:
+            os.unlink(breaker)
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            if _read_json(self.file, "the store's writer lock").get("token") == self.token:
+                os.unlink(self.file)
+
+
+# --------------------------------------------------------------------------------------- chunks
+
+
+def _digest(a: np.ndarray) -> str:
+    a = np.ascontiguousarray(a)
+    return hashlib.sha256(a.astype(a.dtype.newbyteorder("<"), copy=False).data).hexdigest()
+
+
+def _configs(spec: dict[str, Any], start: int, stop: int) -> str:
+    """Which configs flat rows ``start:stop`` hold, for an error message."""
+    shape = tuple(len(spec[a]) for a in _AXES)
+    n = math.prod(shape)
+
+    def at(i):
+        idx = np.unravel_index(i, shape)
+        return " ".join(f"{a}={spec[a][int(j)]}" for a, j in zip(_AXES, idx, strict=True))
+
+    return f"configs {start}..{stop - 1} of {n}: from {at(start)} to {at(stop - 1)}"
+
+
+class _Arrays:
+    """The zarr group of a store: its arrays, checked against the spec, and chunk verification."""
+
+    def __init__(self, path: pathlib.Path, spec: dict[str, Any], mode: str):
         import zarr
 
-        self.path, self.write, self.rows, n = path, write, rows, spec.n_configs
-        self.buffer: list[tuple[int, dict[str, np.ndarray]]] = []
-        progress = path / "progress.json"
-        if path.exists() and resume and progress.exists():
-            self.group = zarr.open_group(str(path), mode="r+" if write else "r")
-            old = dict(self.group.attrs["stabkit"])
-            if old["spec"] != meta["spec"]:
-                raise ValueError(
-                    f"{path} holds a different sweep ({old['spec']}); cannot resume {meta['spec']}"
-                )
-            self.done = json.loads(progress.read_text())["done"]
-            return
-        if path.exists() and any(path.iterdir()) and not resume:
-            raise FileExistsError(f"{path} exists; pass resume=True to continue it, or remove it")
-        self.done = 0
-        if not write:
-            return
-        self.group = zarr.open_group(str(path), mode="w")
-        self.group.attrs["stabkit"] = meta
-        for name in {**LAYER_VARS, **CONFIG_VARS}:
-            shape = _var_shape(name, n, spec.n_layers)
-            dt = _var_dtype(name, spec.dtype)
-            self.group.create_array(
-                name,
-                shape=shape,
-                chunks=(min(rows, n), *shape[1:]),
-                dtype=dt,
-                fill_value=-1 if dt.kind == "i" else np.nan,
-            )
-        self._mark(0)
+        self.path, self.spec = path, spec
+        self.n = math.prod(len(spec[a]) for a in _AXES)
+        self.n_layers = max(spec["depth"]) + 2
+        try:
+            self.group = zarr.open_group(str(path), mode=mode)
+        except Exception as e:  # a missing or damaged zarr.json: JSON, KeyError, zarr's own
+            raise ValueError(
+                f"{path / 'zarr.json'} (the store's zarr group) is missing or damaged: "
+                f"{type(e).__name__}: {e}"
+            ) from None
+        self.arrays: dict[str, Any] = {}
+        self.rows = 0
 
-    def _mark(self, done: int) -> None:
-        tmp = self.path / "progress.json.tmp"
-        tmp.write_text(json.dumps({"done": done}))
-        os.replace(tmp, self.path / "progress.json")  # atomic: the old or the new, never half
-        self.done = done
+    def meta(self) -> dict[str, Any]:
+        try:
+            meta = self.group.attrs["stabkit"]
+        except KeyError:
+            raise ValueError(
+                f"{self.path / 'zarr.json'} is a zarr group without stabkit's attributes: not a "
+                "stabkit sweep"
+            ) from None
+        if not isinstance(meta, dict) or not all(
+            k in meta for k in ("format", "spec", "versions", "probe", "devices")
+        ):
+            raise ValueError(f"{self.path / 'zarr.json'}: the 'stabkit' attribute is damaged")
+        return dict(meta)
+
+    def open(self, name: str):
+        """The array of variable ``name``, checked; ValueError naming it if missing or wrong."""
+        file = self.path / name / "zarr.json"
+        try:
+            arr = self.group[name]
+        except KeyError:
+            raise ValueError(
+                f"{self.path} is missing variable {name!r} ({file} not found)"
+            ) from None
+        except Exception as e:
+            raise ValueError(
+                f"{file} (variable {name!r}) is damaged: {type(e).__name__}: {e}"
+            ) from None
+        shape = _var_shape(name, self.n, self.n_layers)
+        dtype = _var_dtype(name, self.spec["dtype"])
+        chunks = getattr(arr, "chunks", None)
+        if (
+            not hasattr(arr, "shape")
+            or arr.shape != shape
+            or arr.dtype != dtype
+            or chunks is None
+            or tuple(chunks[1:]) != shape[1:]
+            or (self.rows and chunks[0] != self.rows)
+        ):
+            raise ValueError(
+                f"{file}: variable {name!r} is not what this sweep writes (shape "
+                f"{getattr(arr, 'shape', None)}, dtype {getattr(arr, 'dtype', None)}, chunks "
+                f"{chunks}; expected shape {shape}, dtype {dtype}"
+                + (f", chunks of {self.rows} configs)" if self.rows else ")")
+            )
+        self.rows = chunks[0]
+        self.arrays[name] = arr
+        return arr
+
+    def create(self, name: str, rows: int):
+        """Create variable ``name`` (after the marker: this directory is stabkit's)."""
+        from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
+
+        shape = _var_shape(name, self.n, self.n_layers)
+        dt = _var_dtype(name, self.spec["dtype"])
+        self.group.create_array(
+            name,
+            shape=shape,
+            chunks=(min(rows, self.n), *shape[1:]),
+            dtype=dt,
+            fill_value=-1 if dt.kind == "i" else np.nan,
+            serializer=BytesCodec(),
+            compressors=[ZstdCodec(), Crc32cCodec()],  # the checksum of the compressed bytes
+        )
+        return self.open(name)
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n // self.rows)
+
+    def bounds(self, c: int) -> tuple[int, int]:
+        return c * self.rows, min((c + 1) * self.rows, self.n)
+
+    def where(self, name: str, c: int) -> str:
+        a, b = self.bounds(c)
+        return (
+            f"{self.path}: variable {name!r}, chunk {c} of {self.n_chunks} "
+            f"({_configs(self.spec, a, b)})"
+        )
+
+    def record_file(self, c: int) -> pathlib.Path:
+        return self.path / _RECORDS / f"{c}.json"
+
+    def read_chunk(self, c: int, out: dict[str, np.ndarray] | None = None) -> str | None:
+        """Verify chunk ``c`` of every variable (into ``out``, if given): None if complete, else
+        what is wrong, naming the store, the variable, the chunk and its configs."""
+        a, b = self.bounds(c)
+        record_file = self.record_file(c)
+        if not record_file.exists():
+            return (
+                f"{self.path}: chunk {c} of {self.n_chunks} ({_configs(self.spec, a, b)}) was "
+                f"never completed (no {record_file})"
+            )
+        try:
+            record = _read_json(record_file, f"the completion record of chunk {c}")
+            digests = record["sha256"]
+            if record.get("configs") != [a, b] or not isinstance(digests, dict):
+                raise ValueError(f"{record_file} does not describe configs {a}..{b - 1}")
+        except (ValueError, KeyError, TypeError) as e:
+            return f"{self.path}: chunk {c} of {self.n_chunks}: damaged completion record: {e}"
+        for name, arr in self.arrays.items():
+            coords = (c, 0) if name in LAYER_VARS else (c,)
+            file = self.path / name / arr.metadata.encode_chunk_key(coords)
+            if not file.is_file():
+                return f"{self.where(name, c)}: the chunk file {file} is missing"
+            try:
+                data = np.asarray(arr[a:b])
+            except Exception as e:  # crc32c mismatch (truncated, flipped), undecodable
+                return f"{self.where(name, c)}: the chunk file {file} is corrupt ({e})"
+            if digests.get(name) != _digest(data):
+                return (
+                    f"{self.where(name, c)}: the chunk file {file} does not hold the data "
+                    "recorded for it (sha256 mismatch)"
+                )
+            if out is not None:
+                out[name][a:b] = data
+        return None
+
+
+# ---------------------------------------------------------------------------------------- store
+
+
+class _Store:
+    """The zarr store of a streamed sweep: opened (or checked for creation), locked, verified.
+
+    ``done`` counts the configs of the verified complete chunks; :meth:`needed` says which of a
+    range are still to compute; :meth:`add` buffers results until a zarr chunk is whole, then
+    writes it and its completion record. Use as a context manager: the lock is released on exit.
+    """
+
+    def __init__(self, out, spec: SweepSpec, meta: dict, resume: bool, write: bool, rows: int):
+        """``rows``: configs per zarr chunk of a new store (an existing one keeps its own)."""
+        self.path = path = _out_path(out)
+        self.spec, self.meta, self.write, self.rows = spec, meta, write, rows
+        self.n = spec.n_configs
+        self.lock = _WriterLock(path)
+        self.arrays: _Arrays | None = None
+        self.complete: set[int] = set()
+        self.repaired: list[str] = []
+        self.buffers: dict[int, tuple[dict[str, np.ndarray], np.ndarray]] = {}
+        self.new = True
+        try:
+            nonempty = path.is_dir() and any(path.iterdir())
+        except OSError as e:
+            raise ValueError(f"out={str(out)!r} is not a usable directory: {e}") from None
+        if nonempty:
+            if not (path / _MARKER).exists():
+                what = (
+                    "a stabkit store written by an older stabkit (format 1, no checksums): "
+                    "rerun the sweep into a new directory"
+                    if (path / "progress.json").exists() and (path / "zarr.json").exists()
+                    else f"not a stabkit store (it holds no {_MARKER})"
+                )
+                if not resume:
+                    raise FileExistsError(
+                        f"out={str(out)!r} exists and is not empty ({what}); nothing in it was "
+                        "touched"
+                    )
+                raise ValueError(
+                    f"cannot resume into out={str(out)!r}: the directory is {what}; "
+                    "nothing in it was touched"
+                )
+            if not resume:
+                raise FileExistsError(
+                    f"{path} exists; pass resume=True to continue it, or remove it"
+                )
+            self.new = False
+            if write:
+                self.lock.acquire()
+            try:
+                self._open()
+            except BaseException:
+                self.lock.release()
+                raise
+
+    # -- opening
+
+    def _check_marker(self) -> None:
+        marker = _read_retrying(self.path / _MARKER, "the stabkit store marker")
+        if marker is None or marker.get("stabkit") != "sweep store":
+            raise ValueError(f"{self.path / _MARKER} is not a stabkit store marker")
+        if marker.get("format") != _FORMAT:
+            raise ValueError(
+                f"{self.path} has store format {marker.get('format')}; this stabkit reads and "
+                f"resumes format {_FORMAT}"
+            )
+        if marker.get("spec") != self.meta["spec"]:
+            raise ValueError(
+                f"{self.path} holds a different sweep ({marker.get('spec')}); cannot resume "
+                f"{self.meta['spec']}"
+            )
+
+    def _open(self) -> None:
+        """An existing store (locked): finish its creation if it was cut short, verify chunks."""
+        self._check_marker()
+        if not self.write:  # another process's writer: read what it has completed
+            if (self.path / "zarr.json").exists():
+                self.arrays = _Arrays(self.path, self.meta["spec"], "r")
+                for name in _VARS:
+                    self.arrays.open(name)
+                self._verify()
+            return
+        self._initialise()
+        self._verify()
+
+    def _initialise(self) -> None:
+        """Create whatever of the zarr group is missing (all of it right after the marker)."""
+        arrays = _Arrays(self.path, self.meta["spec"], "a")
+        try:
+            arrays.group.attrs["stabkit"]
+        except KeyError:
+            arrays.group.attrs["stabkit"] = self.meta
+        arrays.meta()
+        missing = []
+        for name in _VARS:
+            if (self.path / name / "zarr.json").exists():
+                arrays.open(name)
+            else:
+                missing.append(name)
+        for name in missing:
+            arrays.create(name, arrays.rows or self.rows)
+        for name, arr in arrays.arrays.items():
+            # A chunk of fill values (-1 everywhere, say) is written too: a missing file is then
+            # always a lost chunk, never "all fill".
+            arrays.arrays[name] = arr.with_config({"write_empty_chunks": True})
+        (self.path / _RECORDS).mkdir(exist_ok=True)
+        self.arrays, self.rows = arrays, arrays.rows
+
+    def _verify(self) -> None:
+        arrays = self.arrays
+        for c in range(arrays.n_chunks):
+            if not arrays.record_file(c).exists():
+                continue
+            problem = arrays.read_chunk(c)
+            if problem is None:
+                self.complete.add(c)
+            else:
+                self.repaired.append(problem)
+                if self.write:  # the record must never vouch for a bad chunk
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(arrays.record_file(c))
+
+    def start(self) -> None:
+        """Create a new store: the marker first, then the lock, then the zarr group."""
+        if not self.new or not self.write:
+            return
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"out={str(self.path)!r} cannot be created: {e}") from None
+        marker = {"stabkit": "sweep store", "format": _FORMAT, "spec": self.meta["spec"]}
+        try:
+            created = _create_exclusive(self.path / _MARKER, marker)
+        except OSError as e:
+            raise ValueError(f"out={str(self.path)!r} is not writable: {e}") from None
+        if not created:  # another sweep created a store here a moment ago
+            raise FileExistsError(f"{self.path} was just created by another sweep; not touched")
+        self.lock.acquire()
+        self.new = False
+        self._initialise()
+
+    @property
+    def done(self) -> int:
+        if self.arrays is None:
+            return 0
+        return sum(b - a for a, b in map(self.arrays.bounds, self.complete))
+
+    def needed(self, start: int, stop: int) -> int:
+        """How many of configs ``start:stop`` belong to chunks not yet complete."""
+        if not self.complete:
+            return stop - start
+        rows = self.rows
+        n = 0
+        for c in range(start // rows, (stop - 1) // rows + 1):
+            if c not in self.complete:
+                n += min(stop, (c + 1) * rows) - max(start, c * rows)
+        return n
+
+    # -- writing
 
     def add(self, start: int, results: dict[str, np.ndarray]) -> None:
-        """Buffer a kernel chunk's results; write every zarr chunk they complete."""
-        if self.buffer and start != self._end():
-            self.flush()
-        self.buffer.append((start, results))
-        first = self.buffer[0][0]
-        boundary = (first // self.rows + 1) * self.rows
-        if self._end() >= boundary:
-            merged = self._merged()
-            cut = boundary - first + (self._end() - boundary) // self.rows * self.rows
-            self.put(first, {k: v[:cut] for k, v in merged.items()})
-            rest = {k: v[cut:] for k, v in merged.items()}
-            self.buffer = [(first + cut, rest)] if len(next(iter(rest.values()))) else []
+        """Take a kernel chunk's results (configs ``start...``); write every zarr chunk that
+        they complete. Rows of chunks already complete are dropped."""
+        if not self.write:
+            return
+        stop = start + len(next(iter(results.values())))
+        rows = self.rows
+        for c in range(start // rows, (stop - 1) // rows + 1):
+            if c in self.complete:
+                continue
+            a, b = self.arrays.bounds(c)
+            if c not in self.buffers:
+                self.buffers[c] = (
+                    {k: np.empty((b - a, *v.shape[1:]), v.dtype) for k, v in results.items()},
+                    np.zeros(b - a, bool),
+                )
+            buf, filled = self.buffers[c]
+            lo, hi = max(a, start), min(b, stop)
+            for k, v in results.items():
+                buf[k][lo - a : hi - a] = v[lo - start : hi - start]
+            filled[lo - a : hi - a] = True
+            if filled.all():
+                self._write_chunk(c, buf)
+                del self.buffers[c]
 
-    def flush(self) -> None:
-        """Write whatever is buffered."""
-        if self.buffer:
-            self.put(self.buffer[0][0], self._merged())
-            self.buffer = []
+    def _write_chunk(self, c: int, data: dict[str, np.ndarray]) -> None:
+        """Every variable's chunk file, then (atomically) the chunk's completion record."""
+        a, b = self.arrays.bounds(c)
+        for name in _VARS:
+            self.arrays.arrays[name][a:b] = data[name]
+        record = {
+            "chunk": c,
+            "configs": [a, b],
+            "sha256": {name: _digest(data[name]) for name in _VARS},
+        }
+        _write_atomically(self.arrays.record_file(c), record)
+        self.complete.add(c)
 
-    def _end(self) -> int:
-        start, results = self.buffer[-1]
-        return start + len(next(iter(results.values())))
+    def close(self) -> None:
+        self.buffers.clear()
+        self.lock.release()
 
-    def _merged(self) -> dict[str, np.ndarray]:
-        if len(self.buffer) == 1:
-            return self.buffer[0][1]
-        return {k: np.concatenate([r[k] for _, r in self.buffer]) for k in self.buffer[0][1]}
+    def __enter__(self):
+        return self
 
-    def put(self, start: int, results: dict[str, np.ndarray]) -> None:
-        """Write rows ``start...`` of every variable, then mark them done (atomically)."""
-        if self.write:
-            stop = start + len(next(iter(results.values())))
-            for name, a in results.items():
-                self.group[name][start:stop] = a
-            self._mark(stop)
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def _store_bytes(spec: SweepSpec, configs: int) -> int:
+    """About how many bytes ``configs`` of ``spec`` take on disk: every per-config value and the
+    layers each config runs (a config's layers beyond its depth are NaN and compress away)."""
+    per_layer = sum(_var_dtype(k, spec.dtype).itemsize for k in LAYER_VARS)
+    per_config = sum(_var_dtype(k, spec.dtype).itemsize for k in CONFIG_VARS)
+    mean_layers = sum(d + 2 for d in spec.depth) / len(spec.depth)
+    return math.ceil(configs * (per_config + per_layer * mean_layers))
+
+
+def _check_disk(store: _Store) -> None:
+    """ValueError if the configs still to compute would not fit in the free disk space."""
+    todo = store.n - store.done
+    need = _store_bytes(store.spec, todo)
+    free = _free_bytes(store.path)
+    if free is not None and need > free:
+        from stabkit._checks import format_bytes
+
+        raise ValueError(
+            f"out={str(store.path)!r}: the store needs about {format_bytes(need)} for "
+            f"{todo} configs, more than the {format_bytes(free)} free on its disk"
+        )
+
+
+def _free_bytes(path: pathlib.Path) -> int | None:
+    import shutil
+
+    try:
+        return shutil.disk_usage(_existing_ancestor(path)).free
+    except OSError:
+        return None
+
+
+# ----------------------------------------------------------------------------------------- load
 
 
 def load(path: str | os.PathLike):
     """Read a sweep written by ``sweep(spec, out=path)`` back as the same ``xarray.Dataset``.
 
-    Reads zarr arrays and JSON attributes only (never pickle).
+    Reads zarr arrays and JSON only (never pickle), and verifies every chunk of every variable
+    on every load: its file is there, passes its crc32c checksum and hashes to the sha256 its
+    completion record holds.
 
     Raises:
         FileNotFoundError: no store at ``path``.
-        ValueError: the sweep is incomplete (rerun it with ``resume=True``) or of an unknown format.
+        ValueError: ``path`` is not a stabkit sweep, a store of another format, incomplete
+            (rerun the sweep with ``resume=True``), or damaged: a missing, truncated or altered
+            chunk (the message names the store, the variable, the chunk and its configs;
+            ``resume=True`` recomputes it), a damaged metadata file or a missing variable
+            (named).
     """
-    import zarr
-
-    path = pathlib.Path(path)
-    if not (path / "progress.json").exists():
-        raise FileNotFoundError(f"no stabkit sweep at {path}")
-    group = zarr.open_group(str(path), mode="r")
-    meta = dict(group.attrs["stabkit"])
-    if meta.get("format") != _FORMAT:
-        raise ValueError(f"{path} has format {meta.get('format')}, this stabkit reads {_FORMAT}")
-    n = math.prod(len(meta["spec"][a]) for a in _AXES)
-    done = json.loads((path / "progress.json").read_text())["done"]
-    if done < n:
+    path = _out_path(path) if isinstance(path, (str, os.PathLike)) else path
+    if not isinstance(path, pathlib.Path):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    if not path.is_dir():
+        raise FileNotFoundError(f"no stabkit sweep at {path} (no such directory)")
+    if not (path / _MARKER).exists():
+        if (path / "progress.json").exists() and (path / "zarr.json").exists():
+            raise ValueError(
+                f"{path} is a format 1 store (an older stabkit, no checksums); this stabkit "
+                f"reads format {_FORMAT}: rerun the sweep"
+            )
+        if (path / "zarr.json").exists():
+            raise ValueError(f"{path} is a zarr store but not a stabkit sweep (no {_MARKER})")
+        raise FileNotFoundError(f"no stabkit sweep at {path} (no {path / _MARKER})")
+    marker = _read_json(path / _MARKER, "the stabkit store marker")
+    if marker.get("stabkit") != "sweep store":
+        raise ValueError(f"{path / _MARKER} is not a stabkit store marker")
+    if marker.get("format") != _FORMAT:
+        raise ValueError(f"{path} has format {marker.get('format')}, this stabkit reads {_FORMAT}")
+    if not (path / "zarr.json").exists():
         raise ValueError(
-            f"{path} is incomplete ({done} of {n} configs); rerun sweep(..., resume=True)"
+            f"{path} is incomplete (its sweep stopped before writing anything); rerun "
+            "sweep(..., resume=True)"
         )
-    flat = {k: np.asarray(group[k][:]) for k in {**LAYER_VARS, **CONFIG_VARS}}
+    arrays = _Arrays(path, marker.get("spec") or {}, "r")
+    meta = arrays.meta()
+    if meta["format"] != _FORMAT:
+        raise ValueError(f"{path} has format {meta['format']}, this stabkit reads {_FORMAT}")
+    if meta["spec"] != marker.get("spec"):
+        raise ValueError(f"{path}: the spec in zarr.json differs from {path / _MARKER}")
+    spec = meta["spec"]
+    try:
+        n_layers = max(spec["depth"]) + 2
+        n = math.prod(len(spec[a]) for a in _AXES)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path / _MARKER}: the spec is damaged ({e!r})") from None
+    check_memory(
+        n * _config_bytes(spec["dtype"], n_layers), "path", str(path), "the dataset read back"
+    )
+    for name in _VARS:
+        arrays.open(name)
+    flat = {k: np.empty(_var_shape(k, n, n_layers), _var_dtype(k, spec["dtype"])) for k in _VARS}
+    missing = []
+    for c in range(arrays.n_chunks):
+        if not arrays.record_file(c).exists():
+            missing.append(c)
+            continue
+        problem = arrays.read_chunk(c, flat)
+        if problem is not None:
+            raise ValueError(f"{problem}; rerun sweep(..., resume=True) to recompute it")
+    if missing:
+        done = n - sum(b - a for a, b in map(arrays.bounds, missing))
+        raise ValueError(
+            f"{path} is incomplete ({done} of {n} configs; {len(missing)} of {arrays.n_chunks} "
+            "chunks not written); rerun sweep(..., resume=True)"
+        )
     return _dataset(meta, flat)

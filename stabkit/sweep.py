@@ -59,10 +59,10 @@ results to process 0 is not written yet: run one sweep per host on a slice of th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
-import pathlib
 import sys
 import time
 from collections.abc import Sequence
@@ -71,9 +71,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stabkit._checks import check_memory, strict_bool
 from stabkit._sweep_kernel import _INIT_KIND, _KINDS, _kernel, _multiplier, _Static, sweep_input
 from stabkit._sweep_spec import _AXES, _INT_VARS, CONFIG_VARS, LAYER_VARS, SweepSpec, _int
 from stabkit._sweep_store import (
+    _check_disk,
+    _config_bytes,
     _dataset,
     _meta,
     _Store,
@@ -112,11 +115,7 @@ def _store_rows(spec: SweepSpec) -> int:
 
     Many small files cost more than the sweep: a kernel chunk of 3 configs per file made a
     576-config sweep write 5,568 files."""
-    per = sum(
-        _var_dtype(k, spec.dtype).itemsize * (spec.n_layers if k in LAYER_VARS else 1)
-        for k in {**LAYER_VARS, **CONFIG_VARS}
-    )
-    return max(1, min(spec.n_configs, _FLUSH_BYTES // per))
+    return max(1, min(spec.n_configs, _FLUSH_BYTES // _config_bytes(spec.dtype, spec.n_layers)))
 
 
 #: A layer of a kernel call costs about as much as this many more entries of work (measured on
@@ -265,16 +264,24 @@ def sweep(
     if chunk_size is not None:
         chunk_size = _int("chunk_size", 1)(chunk_size)
     memory_budget = _int("memory_budget", 1, 2**62)(memory_budget)
+    resume = strict_bool(resume, "resume")
+    progress = strict_bool(progress, "progress")
+    load_result = strict_bool(load_result, "load_result")
     n, n_layers = spec.n_configs, spec.n_layers
+    if out is None or load_result:
+        # The results are held whole (or read back whole): refuse before computing any of them.
+        per = _config_bytes(spec.dtype, n_layers)
+        hint = (
+            "pass out= to stream them to a store"
+            if out is None
+            else "pass load_result=False to stream them to the store without reading them back"
+        )
+        check_memory(n * per, "spec.n_configs", n, f"the results ({per} bytes a config; {hint})")
     meta = _meta(spec)
     devices = tuple(jax.devices())
-    ndev = len(devices)
-    store = None
-    if out is not None:
-        rows = _store_rows(spec)
-        store = _Store(pathlib.Path(out), spec, meta, resume, jax.process_index() == 0, rows)
-        flat = None
-    else:
+    store = contextlib.nullcontext()
+    flat = None
+    if out is None:
         flat = {
             k: np.full(
                 _var_shape(k, n, n_layers),
@@ -283,20 +290,46 @@ def sweep(
             )
             for k in {**LAYER_VARS, **CONFIG_VARS}
         }
-    done = store.done if store is not None else 0
-    bar = _Progress(n, progress, done)
+    else:
+        # Refuses a directory that is not its own before touching it; takes the writer lock.
+        store = _Store(out, spec, meta, resume, jax.process_index() == 0, _store_rows(spec))
+    with store:
+        if out is not None:
+            _check_disk(store)
+            store.start()  # a new store: the marker, the lock, the zarr arrays
+            if store.repaired and progress:
+                sys.stderr.write(
+                    f"sweep: recomputing {len(store.repaired)} damaged or missing chunk(s); "
+                    f"first: {store.repaired[0]}\n"
+                )
+            needed, done = store.needed, store.done
+        else:
+            needed, done = (lambda a, b: b - a), 0
+        _run(spec, devices, chunk_size, memory_budget, needed, done, progress, store, flat)
+    if out is not None:
+        return load(store.path) if load_result else store.path
+    return _dataset(meta, flat)
+
+
+def _run(spec, devices, chunk_size, memory_budget, needed, done, progress, store, flat):
+    """Every kernel chunk holding a config still ``needed``; results to ``store`` or ``flat``."""
+    n_layers, ndev = spec.n_layers, len(devices)
+    bar = _Progress(spec.n_configs, progress, done)
     inner = spec.shape[4:]
     acts = tuple(spec.activation)
 
     def finish(pending):
         start, count, res = pending
         host = {k: np.asarray(v)[:count].astype(_var_dtype(k, spec.dtype)) for k, v in res.items()}
-        if store is not None:
+        # Only the configs not already done: a kernel chunk may straddle a complete zarr chunk
+        # (counting those too made a resumed sweep's bar end at 100.9%).
+        new = needed(start, start + count)
+        if flat is None:
             store.add(start, host)
         else:
             for k, v in host.items():
                 flat[k][start : start + count] = v
-        bar.update(count)
+        bar.update(new)
 
     for dtype, width, block, blocks in _work(spec):
         chunk = _plan_chunk(spec, dtype, width, block, ndev, chunk_size, memory_budget)
@@ -319,7 +352,7 @@ def sweep(
             (start + s, ai, ii, s)
             for start, ai, ii in blocks
             for s in range(0, block, chunk)
-            if start + min(s + chunk, block) > done
+            if needed(start + s, start + min(s + chunk, block)) > 0
         ]
         if not todo:
             continue
@@ -360,10 +393,10 @@ def sweep(
                     finish(pending)
                 pending = (flat_start, count, res)
             finish(pending)
-    if store is not None:
-        store.flush()
-        return load(out) if load_result else pathlib.Path(out)
-    return _dataset(meta, flat)
+    if flat is None and store.write and store.done != spec.n_configs:
+        raise RuntimeError(  # a bug, not a user error: every chunk should now be written
+            f"stabkit bug: the sweep ended with {store.done} of {spec.n_configs} configs stored"
+        )
 
 
 class _null:
