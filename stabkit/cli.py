@@ -1,10 +1,233 @@
-"""The ``stabkit`` command line: ``stabkit reproduce``, ``stabkit probe`` and friends."""
+"""The ``stabkit`` command line: ``stabkit reproduce``, ``stabkit probe`` and friends.
+
+Every user error, argparse's own and the ``ValueError``/``TypeError``/``OSError`` that stabkit's
+validation raises underneath, is one line on stderr, ``stabkit <command>: error: <message>``, and
+exit status 2. A traceback is printed only for a bug (any other exception, or a ``ValueError`` or
+``TypeError`` raised outside stabkit's own checks), followed by a line saying so, and exit status
+1. Ctrl-C is one line and exit status 130. Everything a user types is checked before anything
+compiles.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import pathlib
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
+
+#: The most values one ``--depth``/``--width``/``--scale``/``--bias-std``/``--seed`` range may
+#: hold, and the most ``--seeds``. Checked before any list is built: ``--scale 0:1:100000000``
+#: used to run for 84 s into a MemoryError.
+MAX_AXIS_VALUES = 10_000
+
+_PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+
+
+# ----------------------------------------------------------------------------- value parsers
+
+
+def _too_many(text: str, count: int) -> argparse.ArgumentTypeError:
+    return argparse.ArgumentTypeError(
+        f"{text!r} gives {count:,} values, more than the {MAX_AXIS_VALUES:,} an axis may hold"
+    )
+
+
+def _int_token(token: str, text: str) -> int:
+    try:
+        return int(token)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a:b, a:b:step or a,b,c of ints, got {text!r} ({token.strip()!r} is not an "
+            "int)"
+        ) from None
+
+
+def _ints(text: str) -> list[int]:
+    """``"1:64"`` (inclusive), ``"4:64:4"`` (with a step) or ``"2,4,8"``.
+
+    The count is checked (at most :data:`MAX_AXIS_VALUES`) before the list is built; a zero step
+    and a range that gives no values are errors.
+    """
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) not in (2, 3):
+            raise argparse.ArgumentTypeError(f"expected a:b or a:b:step (b included), got {text!r}")
+        start, stop, *rest = (_int_token(p, text) for p in parts)
+        step = rest[0] if rest else 1
+        if step == 0:
+            raise argparse.ArgumentTypeError(f"the step of {text!r} is 0; it must be non-zero")
+        values = range(start, stop + (1 if step > 0 else -1), step)  # stop included
+        if not values:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} gives no values ({start} {'>' if step > 0 else '<'} {stop} with step "
+                f"{step})"
+            )
+        if len(values) > MAX_AXIS_VALUES:
+            raise _too_many(text, len(values))
+        return list(values)
+    tokens = [t for t in text.split(",") if t.strip()]
+    if not tokens:
+        raise argparse.ArgumentTypeError(f"expected a:b, a:b:step or a,b,c of ints, got {text!r}")
+    if len(tokens) > MAX_AXIS_VALUES:
+        raise _too_many(text if len(text) < 40 else text[:37] + "...", len(tokens))
+    return [_int_token(t, text) for t in tokens]
+
+
+def _float_token(token: str, text: str) -> float:
+    try:
+        value = float(token)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected lo:hi:count or a,b,c of numbers, got {text!r} ({token.strip()!r} is not a "
+            "number)"
+        ) from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(
+            f"values must be finite, got {token.strip()!r} in {text!r}"
+        )
+    return value
+
+
+def _floats(text: str) -> list[float]:
+    """``"0.5:2.0:16"`` (16 values from 0.5 to 2.0, both included) or ``"0.5,1,2"``.
+
+    Every value must be finite; a count above :data:`MAX_AXIS_VALUES` is refused before the list
+    is built; ``lo == hi`` with a count above 1 (a zero step) and a count of 1 with ``lo != hi``
+    (it would drop ``hi``) are errors.
+    """
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise argparse.ArgumentTypeError(
+                f"expected lo:hi:count (count values, both ends included) or a,b,c, got {text!r}"
+            )
+        lo, hi = (_float_token(p, text) for p in parts[:2])
+        try:
+            n = int(parts[2])
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"the count of {text!r} must be an int, got {parts[2].strip()!r}"
+            ) from None
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"the count of {text!r} must be >= 1, got {n}")
+        if n > MAX_AXIS_VALUES:
+            raise _too_many(text, n)
+        if n > 1 and lo == hi:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} has a zero step (lo == hi); give lo != hi or a single value"
+            )
+        if n == 1 and lo != hi:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} asks for 1 value between {lo} and {hi}; give count >= 2 or one value"
+            )
+        if n == 1:
+            return [lo]
+        width = hi - lo
+        if math.isfinite(width):
+            values = [lo + width * i / (n - 1) for i in range(n)]
+        else:  # hi - lo overflows (-1e308:1e308:3): interpolate without forming it
+            values = [lo * (1 - i / (n - 1)) + hi * (i / (n - 1)) for i in range(n)]
+        values[-1] = hi
+        return values
+    tokens = [t for t in text.split(",") if t.strip()]
+    if not tokens:
+        raise argparse.ArgumentTypeError(f"expected lo:hi:count or a,b,c of numbers, got {text!r}")
+    if len(tokens) > MAX_AXIS_VALUES:
+        raise _too_many(text if len(text) < 40 else text[:37] + "...", len(tokens))
+    return [_float_token(t, text) for t in tokens]
+
+
+def _valid_names(kind: str) -> tuple[str, ...]:
+    """The names stabkit accepts for ``kind``, read from the library (imported on first use)."""
+    if kind == "activation":
+        from stabkit.activations import activation_names
+
+        return tuple(activation_names())
+    if kind == "init":
+        from stabkit.init import initializer_names
+
+        return tuple(initializer_names())
+    if kind == "loss":
+        from stabkit.tracing import loss_names
+
+        return tuple(loss_names())
+    from stabkit import _sweep_spec
+
+    return {"dtype": _sweep_spec._DTYPES, "input": _sweep_spec._INPUTS}[kind]
+
+
+def _names(kind: str, many: bool = True) -> Callable[[str], list[str] | str]:
+    """A parser for a comma-separated list (``many``) or one of the names :func:`_valid_names`
+    gives for ``kind``; an unknown name's error lists the valid ones."""
+
+    def parse(text: str) -> list[str] | str:
+        names = [v.strip() for v in text.split(",") if v.strip()] if many else [text.strip()]
+        valid = _valid_names(kind)
+        if not names or not names[0]:
+            what = f"comma-separated {kind} names" if many else f"one {kind} name"
+            raise argparse.ArgumentTypeError(
+                f"expected {what}, got {text!r}; valid: {', '.join(valid)}"
+            )
+        for name in names:
+            if name not in valid:
+                raise argparse.ArgumentTypeError(
+                    f"unknown {kind} {name!r}; valid: {', '.join(valid)}"
+                )
+        return names if many else names[0]
+
+    parse.__name__ = kind
+    return parse
+
+
+def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum:,}, got {value:,}")
+        return value
+
+    return parse
+
+
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be finite and >= 0, got {text!r}")
+    return value
+
+
+def _bytes(text: str) -> int:
+    """``"512M"``, ``"2G"``, ``"1.5G"`` (K, M, G, T: powers of 1024) or a plain byte count."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    hint = "expected bytes such as 512M or 2G"
+    body, unit = (text[:-1], units[text[-1].upper()]) if text[-1:].upper() in units else (text, 1)
+    try:
+        value = float(body) * unit if unit > 1 else int(body)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{hint}, got {text!r}") from None
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"{hint} (at least 1 byte), got {text!r}")
+    return int(value)
+
+
+def _path(text: str) -> str:
+    """A path as typed; an empty one ("" is the current directory to the OS) is refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
+    return text
+
+
+# --------------------------------------------------------------------------------- commands
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
@@ -14,7 +237,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         for name, module in find_experiments().items():
             print(f"{name:24s} {getattr(module, 'TITLE', '')}")
         return 0
-    only = None if args.only is None else [s for s in args.only.split(",") if s]
+    only = None
+    if args.only is not None:
+        only = [s.strip() for s in args.only.split(",") if s.strip()]
+        if not only:
+            valid = ", ".join(find_experiments())
+            raise ValueError(f"--only={args.only!r} names no study; valid: {valid}")
     results = reproduce(args.out, only=only, quick=args.quick)
     return 0 if all(r.passed for r in results) else 1
 
@@ -25,61 +253,32 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return precision._cli_probe(args)
 
 
-def _ints(text: str) -> list[int]:
-    """``"1:64"`` (inclusive), ``"4:64:4"`` (with a step) or ``"2,4,8"``."""
-    try:
-        if ":" in text:
-            parts = [int(v) for v in text.split(":")]
-            if len(parts) not in (2, 3):
-                raise ValueError
-            return list(range(parts[0], parts[1] + 1, parts[2] if len(parts) == 3 else 1))
-        return [int(v) for v in text.split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a:b, a:b:step or a,b,c of ints, got {text!r}"
-        ) from None
+def _check_chunk_memory(spec, chunk_size: int, memory_budget: int) -> None:
+    """Refuse a ``--chunk-size`` whose buffers exceed ``--memory-budget`` (an explicit chunk size
+    is otherwise allocated as given: ``--chunk-size 100000000`` ran 60 s into a MemoryError)."""
+    from stabkit._checks import format_bytes
+    from stabkit.sweep import _bytes_per_config
 
-
-def _floats(text: str) -> list[float]:
-    """``"0.5:2.0:16"`` (16 values from 0.5 to 2.0, both included) or ``"0.5,1,2"``."""
-    try:
-        if ":" in text:
-            lo, hi, n = text.split(":")
-            n = int(n)
-            if n < 1:
-                raise ValueError
-            return [
-                lo_ + (float(hi) - lo_) * i / max(n - 1, 1) for lo_ in [float(lo)] for i in range(n)
-            ]
-        return [float(v) for v in text.split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected lo:hi:count or a,b,c of numbers, got {text!r}"
-        ) from None
-
-
-def _names(text: str) -> list[str]:
-    return [v for v in text.split(",") if v]
-
-
-def _bytes(text: str) -> int:
-    units = {"K": 2**10, "M": 2**20, "G": 2**30}
-    try:
-        if text[-1:].upper() in units:
-            return int(float(text[:-1]) * units[text[-1].upper()])
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected bytes such as 512M or 2G, got {text!r}"
-        ) from None
+    per = max(_bytes_per_config(spec, d, w) for d in spec.dtype for w in spec.width)
+    need = max(chunk_size, 2) * per
+    if need > memory_budget:
+        raise ValueError(
+            f"--chunk-size={chunk_size} needs about {format_bytes(need)} a chunk "
+            f"({format_bytes(per)} a config), more than --memory-budget="
+            f"{format_bytes(memory_budget)}; at most {max(memory_budget // per, 1):,} configs fit"
+        )
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     import time
 
     import stabkit as sk
+    from stabkit._checks import check_memory
 
-    seeds = list(range(args.seeds)) if args.seed is None else args.seed
+    if args.resume and args.out is None:
+        raise ValueError("--resume continues a store: give its path with --out")
+    check_memory(args.memory_budget, "--memory-budget", args.memory_budget, "a sweep chunk")
+    seeds = list(range(1 if args.seeds is None else args.seeds)) if args.seed is None else args.seed
     spec = sk.SweepSpec(
         depth=args.depth,
         width=args.width,
@@ -94,6 +293,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         loss=args.loss,
         saturation_threshold=args.threshold,
     )
+    if args.chunk_size is not None:
+        _check_chunk_memory(spec, args.chunk_size, args.memory_budget)
     start = time.perf_counter()
     ds = sk.sweep(
         spec,
@@ -123,12 +324,24 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------- parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line, ``PROG: error: MESSAGE``, exit status 2
+    (no usage block: ``--help`` shows it). Subcommands inherit it (``parser_class``)."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"{self.prog}: error: {_one_line(message)}\n")
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="stabkit",
         description="Numerical-stability research toolkit for JAX.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
         "reproduce",
@@ -137,7 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
         "PASS/FAIL line for each claim. Exit status 1 if any claim fails.",
     )
     p.add_argument(
-        "--out", default="stabkit-results", help="output directory (default: %(default)s)"
+        "--out",
+        type=_path,
+        default="stabkit-results",
+        help="output directory (default: %(default)s)",
     )
     p.add_argument("--quick", action="store_true", help="reduced grids, for a smoke test")
     p.add_argument("--only", metavar="NAMES", help="comma-separated study names to run")
@@ -154,24 +370,44 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep",
         help="trace a grid of networks (depth x activation x init x scale x dtype x seed)",
         description="Trace every configuration of the grid in a few compiled kernels and write "
-        "the per-layer statistics to a zarr store (stabkit.sweep).",
+        "the per-layer statistics to a zarr store (stabkit.sweep). Ranges hold at most "
+        f"{MAX_AXIS_VALUES:,} values.",
     )
     p.add_argument("--depth", type=_ints, required=True, help="e.g. 1:64, 4:64:4 or 2,8,32")
     p.add_argument("--width", type=_ints, default=[64], help="default: %(default)s")
-    p.add_argument("--activation", type=_names, default=["relu"], help="e.g. relu,tanh")
-    p.add_argument("--init", type=_names, default=["gaussian"], help="e.g. gaussian,orthogonal")
+    p.add_argument(
+        "--activation", type=_names("activation"), default=["relu"], help="e.g. relu,tanh"
+    )
+    p.add_argument(
+        "--init", type=_names("init"), default=["gaussian"], help="e.g. gaussian,orthogonal"
+    )
     p.add_argument("--scale", type=_floats, default=[1.0], help="e.g. 0.5:2.0:16 or 0.5,1,2")
     p.add_argument("--bias-std", type=_floats, default=[0.0], help="default: %(default)s")
-    p.add_argument("--dtype", type=_names, default=["float32"], help="e.g. float16,float32")
-    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default: %(default)s)")
-    p.add_argument("--seed", type=_ints, help="explicit seeds instead of --seeds, e.g. 3,17")
-    p.add_argument("--batch", type=int, default=128, help="default: %(default)s")
-    p.add_argument("--input", default="normal", choices=["normal", "uniform", "ones"])
-    p.add_argument("--loss", default="mse", choices=["mse", "sum"])
-    p.add_argument("--threshold", type=float, default=1e-2, help="saturation threshold")
-    p.add_argument("--out", help="zarr store to write (default: keep in memory, print a summary)")
+    p.add_argument(
+        "--dtype", type=_names("dtype"), default=["float32"], help="e.g. float16,float32"
+    )
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument(
+        "--seeds",
+        type=_int_at_least(1, MAX_AXIS_VALUES),
+        help="seeds 0..N-1 (default: 1)",
+    )
+    seeds.add_argument("--seed", type=_ints, help="explicit seeds instead of --seeds, e.g. 3,17")
+    p.add_argument("--batch", type=_int_at_least(1), default=128, help="default: %(default)s")
+    p.add_argument(
+        "--input", type=_names("input", many=False), default="normal", help="default: normal"
+    )
+    p.add_argument("--loss", type=_names("loss", many=False), default="mse", help="default: mse")
+    p.add_argument(
+        "--threshold", type=_nonnegative_float, default=1e-2, help="saturation threshold"
+    )
+    p.add_argument(
+        "--out", type=_path, help="zarr store to write (default: keep in memory, print a summary)"
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted --out store")
-    p.add_argument("--chunk-size", type=int, help="configs per kernel call (default: automatic)")
+    p.add_argument(
+        "--chunk-size", type=_int_at_least(1), help="configs per kernel call (default: automatic)"
+    )
     p.add_argument("--memory-budget", type=_bytes, default=2**30, help="e.g. 512M (default 1G)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_cmd_sweep)
@@ -180,19 +416,133 @@ def build_parser() -> argparse.ArgumentParser:
         "plot",
         help="PNG heatmaps (depth x scale) or per-layer profiles of a sweep store",
     )
-    p.add_argument("path", help="a store written by stabkit sweep --out")
+    p.add_argument("path", type=_path, help="a store written by stabkit sweep --out")
     p.add_argument("--kind", default="heatmap", choices=["heatmap", "profile"])
-    p.add_argument("--out", help="directory for the PNGs (default: PATH-KIND)")
+    p.add_argument("--out", type=_path, help="directory for the PNGs (default: PATH-KIND)")
     p.add_argument(
-        "--max-figures", type=int, default=32, help="at most N PNGs (default: %(default)s)"
+        "--max-figures",
+        type=_int_at_least(1),
+        default=32,
+        help="at most N PNGs (default: %(default)s)",
     )
     p.set_defaults(func=_cmd_plot)
     return parser
 
 
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _glue_dash_values(argv: list[str], commands: dict[str, argparse.ArgumentParser]) -> list[str]:
+    """``--opt -x`` as ``--opt=-x`` for the options that take a value.
+
+    argparse reads a token that starts with ``-`` as an option, so ``--depth -3:2`` said
+    "expected one argument" instead of reaching the check that names depth and -3. Only tokens
+    with a single leading dash are glued: ``--out --resume`` stays a missing value.
+    """
+    pos = next((i for i, tok in enumerate(argv) if not tok.startswith("-")), None)
+    if pos is None or argv[pos] not in commands:
+        return argv
+    sub = commands[argv[pos]]
+    takes_value = {
+        opt for a in sub._actions if a.option_strings and a.nargs != 0 for opt in a.option_strings
+    }
+    longs = [o for o in takes_value if o.startswith("--")]
+    flags = {opt for a in sub._actions for opt in a.option_strings}
+    out, i = argv[: pos + 1], pos + 1
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            out += argv[i:]
+            break
+        name = tok
+        if tok.startswith("--") and tok not in flags:  # an abbreviation argparse will expand
+            matches = [o for o in longs if o.startswith(tok)]
+            name = matches[0] if len(matches) == 1 else tok
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if (
+            name in takes_value
+            and nxt is not None
+            and nxt.startswith("-")
+            and not nxt.startswith("--")
+            and nxt not in flags
+        ):
+            out.append(f"{tok}={nxt}")
+            i += 2
+            continue
+        out.append(tok)
+        i += 1
+    return out
+
+
+# ------------------------------------------------------------------------------------ errors
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split()) or "(no message)"
+
+
+def _raised_by_stabkit_check(err: BaseException) -> bool:
+    """True where ``err`` comes from a ``raise`` statement in stabkit's own code.
+
+    A ``ValueError``/``TypeError`` raised inside jax, NumPy, zarr or json, or by a bad call in
+    stabkit's code (``f() got an unexpected keyword``), is a bug to report, not a user error.
+    """
+    import linecache
+
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = tb.tb_frame.f_code.co_filename
+    try:
+        inside = pathlib.Path(filename).resolve().is_relative_to(_PACKAGE_DIR)
+    except (OSError, ValueError):
+        return False
+    return inside and linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise")
+
+
+def _is_user_error(err: BaseException) -> bool:
+    if isinstance(err, OSError):  # the file system's answer: missing, exists, not a directory
+        return True
+    return isinstance(err, (ValueError, TypeError)) and _raised_by_stabkit_check(err)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    """Run ``stabkit ARGV``; returns the exit status (0 ok, 1 failed claims or a bug, 2 a user
+    error, 130 interrupted)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    commands = _commands(parser)
+    prog, args = "stabkit", None
+    try:
+        args, extra = parser.parse_known_args(_glue_dash_values(argv, commands))
+        prog = f"stabkit {args.command}"
+        if extra:
+            commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+        return int(args.func(args))
+    except SystemExit as e:  # argparse: --help (0) or an error already printed (2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except KeyboardInterrupt:
+        hint = ""
+        if prog == "stabkit sweep" and getattr(args, "out", None):
+            hint = f"; rerun with --resume to continue {args.out}"
+        sys.stderr.write(f"{prog}: interrupted{hint}\n")
+        return 130
+    except Exception as e:
+        if _is_user_error(e):
+            sys.stderr.write(f"{prog}: error: {_one_line(e)}\n")
+            return 2
+        traceback.print_exc()
+        sys.stderr.write(
+            f"{prog}: internal error ({type(e).__name__}): this is a bug in stabkit; please "
+            "report it with the command line and the traceback above\n"
+        )
+        return 1
 
 
 if __name__ == "__main__":

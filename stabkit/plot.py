@@ -22,12 +22,14 @@ Both write PNGs and return their paths.
 from __future__ import annotations
 
 import math
+import os
 import pathlib
 import warnings
 from typing import Any
 
 import numpy as np
 
+from stabkit._checks import positive_int, strict_bool
 from stabkit.theory import critical_line, predict_sweep, weight_variance
 from stabkit.tracing import deep_linear_gain
 
@@ -36,6 +38,44 @@ __all__ = ["heatmaps", "plot", "profiles"]
 _GROUPS = ("dtype", "width", "init", "bias_std")
 _INF_COLOR, _NAN_COLOR, _ZERO_COLOR = "black", "magenta", "#9a9a9a"
 _CRIT_COLOR = "#00b050"
+
+
+_KINDS = {"heatmap": ("output_rms", "grad_ratio"), "profile": ("post_rms", "grad_post_rms")}
+
+
+def _checked(ds, out, max_figures, theory, kind: str) -> tuple[pathlib.Path, int, bool]:
+    """Validate the plots' arguments before anything is drawn or created.
+
+    A dataset without a sweep's dimensions and the variables the plot reads is refused naming
+    what is missing (it used to be a bare KeyError); ``max_figures=-1`` used to slice off the last
+    figure and ``0`` to write nothing, silently.
+    """
+    import xarray as xr
+
+    if not isinstance(ds, xr.Dataset):
+        raise TypeError(
+            f"ds must be an xarray.Dataset from stabkit.sweep or stabkit.load, got "
+            f"{type(ds).__name__}"
+        )
+    need_dims = (*_GROUPS, "activation", "depth", "scale", "seed") + (
+        ("layer",) if kind == "profile" else ()
+    )
+    missing = [d for d in need_dims if d not in ds.dims] + [
+        v for v in _KINDS[kind] if v not in ds.data_vars
+    ]
+    if missing:
+        raise ValueError(
+            f"ds is not a sweep dataset: it lacks {', '.join(missing)} (a {kind} plot needs the "
+            f"dimensions {', '.join(need_dims)} and the variables {', '.join(_KINDS[kind])})"
+        )
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out must be a path, got {type(out).__name__} {out!r}")
+    if not str(out).strip():
+        raise ValueError(f"out must be a directory path, got {str(out)!r}")
+    out = pathlib.Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"out={str(out)!r} exists and is not a directory")
+    return out, positive_int(max_figures, "max_figures", 1), strict_bool(theory, "theory")
 
 
 def _prediction(ds, theory: bool):
@@ -121,9 +161,15 @@ def heatmaps(
 
     Returns:
         The paths written.
+
+    Raises:
+        TypeError: ``ds`` is not a Dataset; ``out``, ``max_figures`` or ``theory`` of the wrong
+            type.
+        ValueError: ``ds`` lacks a sweep's dimensions or variables; ``max_figures`` < 1.
+        NotADirectoryError: ``out`` is an existing file.
     """
+    out, max_figures, theory = _checked(ds, out, max_figures, theory, "heatmap")
     plt = _pyplot()
-    out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     depth, scale = ds.depth.values, ds.scale.values
     acts = ds.activation.values.tolist()
@@ -268,9 +314,12 @@ def profiles(
 
     Returns:
         The paths written.
+
+    Raises:
+        TypeError, ValueError, NotADirectoryError: as :func:`heatmaps`.
     """
+    out, max_figures, theory = _checked(ds, out, max_figures, theory, "profile")
     plt = _pyplot()
-    out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     d = int(ds.depth.values.max())
     acts = ds.activation.values.tolist()
@@ -323,9 +372,13 @@ def plot(
     max_figures: int = 32,
     theory: bool = True,
 ) -> list[pathlib.Path]:
-    """``heatmaps`` (kind ``heatmap``) or ``profiles`` (kind ``profile``) of ``ds`` into ``out``."""
+    """``heatmaps`` (kind ``heatmap``) or ``profiles`` (kind ``profile``) of ``ds`` into ``out``.
+
+    Raises:
+        ValueError: an unknown ``kind``; otherwise as :func:`heatmaps`.
+    """
+    if not isinstance(kind, str) or kind not in _KINDS:
+        raise ValueError(f"unknown kind {kind!r}; valid: {', '.join(_KINDS)}")
     if kind == "heatmap":
         return heatmaps(ds, out, max_figures=max_figures, theory=theory)
-    if kind == "profile":
-        return profiles(ds, out, max_figures=max_figures, theory=theory)
-    raise ValueError(f"unknown kind {kind!r}; valid: heatmap, profile")
+    return profiles(ds, out, max_figures=max_figures, theory=theory)
