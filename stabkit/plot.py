@@ -22,7 +22,6 @@ Both write PNGs and return their paths.
 from __future__ import annotations
 
 import math
-import os
 import pathlib
 import warnings
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from stabkit._checks import positive_int, strict_bool
+from stabkit.reproduce import _output_dir
 from stabkit.theory import critical_line, predict_sweep, weight_variance
 from stabkit.tracing import deep_linear_gain
 
@@ -68,14 +68,19 @@ def _checked(ds, out, max_figures, theory, kind: str) -> tuple[pathlib.Path, int
             f"ds is not a sweep dataset: it lacks {', '.join(missing)} (a {kind} plot needs the "
             f"dimensions {', '.join(need_dims)} and the variables {', '.join(_KINDS[kind])})"
         )
-    if not isinstance(out, (str, os.PathLike)):
-        raise TypeError(f"out must be a path, got {type(out).__name__} {out!r}")
-    if not str(out).strip():
-        raise ValueError(f"out must be a directory path, got {str(out)!r}")
-    out = pathlib.Path(out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"out={str(out)!r} exists and is not a directory")
+    out = _output_dir(out, "out", _PLOT_MARKER, _old_plots, create=False)
     return out, positive_int(max_figures, "max_figures", 1), strict_bool(theory, "theory")
+
+
+_PLOT_MARKER = "stabkit-plot.json"
+
+
+def _old_plots(path: pathlib.Path) -> bool:
+    """A folder of a stabkit without the marker: it holds only heatmap/profile PNGs."""
+    return all(
+        p.is_file() and p.suffix == ".png" and p.name.startswith(("heatmap_", "profile_"))
+        for p in path.iterdir()
+    )
 
 
 def _prediction(ds, theory: bool):
@@ -155,8 +160,9 @@ def heatmaps(
 
     Args:
         ds: a dataset from :func:`stabkit.sweep` or :func:`stabkit.load`.
-        out: directory for the PNGs (created).
-        max_figures: at most this many figures (the first groups in axis order).
+        out: directory for the PNGs (created, with a ``stabkit-plot.json`` marker; a non-empty
+            directory stabkit did not write is refused).
+        max_figures: at most this many figures (the first groups in axis order), >= 1.
         theory: overlay the mean-field prediction (contours, critical scale) where it applies.
 
     Returns:
@@ -167,10 +173,13 @@ def heatmaps(
             type.
         ValueError: ``ds`` lacks a sweep's dimensions or variables; ``max_figures`` < 1.
         NotADirectoryError: ``out`` is an existing file.
+        FileExistsError: ``out`` is a non-empty directory that holds neither a
+            ``stabkit-plot.json`` nor only earlier heatmap/profile PNGs (nothing is overwritten
+            that stabkit did not write).
     """
     out, max_figures, theory = _checked(ds, out, max_figures, theory, "heatmap")
     plt = _pyplot()
-    out.mkdir(parents=True, exist_ok=True)
+    _output_dir(out, "out", _PLOT_MARKER, _old_plots)
     depth, scale = ds.depth.values, ds.scale.values
     acts = ds.activation.values.tolist()
     pred = _prediction(ds, theory)
@@ -320,7 +329,7 @@ def profiles(
     """
     out, max_figures, theory = _checked(ds, out, max_figures, theory, "profile")
     plt = _pyplot()
-    out.mkdir(parents=True, exist_ok=True)
+    _output_dir(out, "out", _PLOT_MARKER, _old_plots)
     d = int(ds.depth.values.max())
     acts = ds.activation.values.tolist()
     layers = np.arange(d + 2)

@@ -17,11 +17,11 @@ and the others still run.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.util
 import json
 import math
+import os
 import pathlib
 import platform
 import sys
@@ -115,6 +115,55 @@ def save_json(path: str | pathlib.Path, obj: Any) -> pathlib.Path:
     return path
 
 
+def _output_dir(
+    out: Any, name: str, marker: str, legacy: Any = None, *, create: bool = True
+) -> pathlib.Path:
+    """``out`` as a directory stabkit may write into, created with ``marker`` written first.
+
+    stabkit never overwrites a file it did not write: ``out`` must be new, empty, or hold
+    ``marker`` (left there by an earlier run), or satisfy ``legacy`` (a predicate recognising the
+    output of a stabkit older than the marker). Anything else is refused untouched. The plots
+    (:mod:`stabkit.plot`) use it too.
+
+    Raises:
+        TypeError: ``out`` is not a path.
+        ValueError: ``out`` is empty ("" would be the current directory).
+        NotADirectoryError: ``out`` is an existing file.
+        FileExistsError: ``out`` is a non-empty directory stabkit did not write.
+    """
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path, got {type(out).__name__} {out!r}")
+    if not str(os.fspath(out)).strip():
+        raise ValueError(f"{name} must be a directory path, got {os.fspath(out)!r}")
+    path = pathlib.Path(out)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{name}={str(path)!r} exists and is not a directory")
+    tag = path / marker
+    if path.is_dir() and not tag.is_file() and any(path.iterdir()):
+        if legacy is None or not legacy(path):
+            raise FileExistsError(
+                f"{name}={str(path)!r} is a non-empty directory that stabkit did not write (no "
+                f"{marker}); give a new or empty directory"
+            )
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+        if not tag.is_file():
+            tag.write_text(json.dumps({"written_by": "stabkit", "marker": marker}) + "\n")
+    return path
+
+
+_REPORT_MARKER = "stabkit-reproduce.json"
+
+
+def _old_report(path: pathlib.Path) -> bool:
+    """An output folder of a stabkit without the marker: its report.md says so."""
+    try:
+        with open(path / "report.md", encoding="utf-8") as f:
+            return f.read(64).startswith("# stabkit reproduce")
+    except OSError:
+        return False
+
+
 def experiment_dir() -> pathlib.Path:
     """Where the studies live: the checkout's ``experiments/`` or the copy inside the wheel."""
     here = pathlib.Path(__file__).resolve().parent
@@ -157,14 +206,19 @@ def run_alone(run: Any, title: str, argv: Sequence[str] | None = None) -> list[C
     """Run one study script by itself: ``python experiments/NAME.py [--out DIR] [--quick]``.
 
     The same as ``stabkit reproduce --only NAME`` without the report: prints a PASS/FAIL line per
-    claim and the time taken, and returns the claims.
+    claim and the time taken, and returns the claims. A bad argument, or an ``--out`` that
+    ``stabkit reproduce`` would refuse, is one line on stderr and exit status 2.
     """
-    parser = argparse.ArgumentParser(description=title)
-    parser.add_argument("--out", default="stabkit-results")
+    from stabkit.cli import _one_line, _Parser, _path
+
+    parser = _Parser(description=title)
+    parser.add_argument("--out", type=_path, default="stabkit-results")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out = _output_dir(args.out, "--out", _REPORT_MARKER, _old_report)
+    except (OSError, ValueError) as err:
+        parser.error(_one_line(err))
     start = time.perf_counter()
     claims = list(run(out, quick=args.quick))
     for c in claims:
@@ -242,16 +296,35 @@ def reproduce(
 
     Returns:
         One :class:`StudyResult` per study, in report order.
+
+    Raises:
+        ValueError: an unknown or empty ``only``; an empty ``out``.
+        TypeError: ``only`` is a string (give a list) or holds a non-string; ``quick`` or
+            ``echo`` is not a bool.
+        NotADirectoryError: ``out`` is an existing file.
+        FileExistsError: ``out`` is a non-empty directory that is not an earlier ``reproduce``
+            output (it holds no ``stabkit-reproduce.json`` and no stabkit ``report.md``): the
+            report and the studies' files would overwrite what is there.
     """
-    out = pathlib.Path(out)
+    from stabkit._checks import strict_bool
+
+    quick, echo = strict_bool(quick, "quick"), strict_bool(echo, "echo")
+    _output_dir(out, "out", _REPORT_MARKER, _old_report, create=False)
+    if isinstance(only, str):
+        raise TypeError(f"only must be a list of study names, got the string {only!r}")
     studies = find_experiments(directory)
     if only is not None:
         only = list(only)
+        bad = [n for n in only if not isinstance(n, str)]
+        if bad:
+            raise TypeError(f"only must hold study names (str), got {bad[0]!r}")
+        if not only:
+            raise ValueError(f"only is empty; give study names or None. valid: {sorted(studies)}")
         unknown = [n for n in only if n not in studies]
         if unknown:
             raise ValueError(f"unknown experiment(s) {unknown}; valid: {sorted(studies)}")
         studies = {n: m for n, m in studies.items() if n in only}
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_dir(out, "out", _REPORT_MARKER, _old_report)
     results = []
     claimed: set[pathlib.Path] = set()
     for name, module in studies.items():
