@@ -159,3 +159,56 @@ def check_memory(nbytes: float, name: str, value: Any, what: str = "", limit: in
             f"{name}={value!r} needs about {format_bytes(nbytes)}{f' for {what}' if what else ''}, "
             f"more than the {format_bytes(limit)} available"
         )
+
+
+def check_elementwise(fn: Any, name: str, dtype: Any, derivatives: int = 0) -> None:
+    """Raise unless ``fn`` maps a ``dtype`` array to one of the same shape and dtype.
+
+    The probe is ``jax.eval_shape`` on a ``(2, 3)`` array (traced, never compiled or run), of
+    ``fn`` and of its first ``derivatives`` forward-mode derivatives (``jax.jvp`` with a tangent
+    of ones, as :func:`stabkit.derivative` takes them): a callable that returns a scalar or
+    another shape, changes the dtype, cannot be traced or differentiated would otherwise fail
+    deep inside jax (``dot_general``, ``scan``) without naming ``name``. Call it inside
+    ``jax.enable_x64`` for float64. Elementwise-ness itself is not checked (that needs values).
+
+    Raises:
+        ValueError: the output's shape differs from the input's.
+        TypeError: the output's dtype differs, is not an array, or tracing ``fn`` raised.
+    """
+    dtype = jnp.dtype(dtype)
+    probe = jax.ShapeDtypeStruct((2, 3), dtype)
+
+    def outputs(z):
+        out, f = [], lambda v: fn(v)  # a lambda: eval_shape needs a weak reference (ufuncs)
+        out.append(f(z))
+        for _ in range(derivatives):
+            f = (lambda g: lambda v: jax.jvp(g, (v,), (jnp.ones_like(v),))[1])(f)
+            out.append(f(z))
+        return out
+
+    try:
+        results = jax.eval_shape(outputs, probe)
+    except Exception as err:  # whatever the user's callable raises while traced
+        raise TypeError(
+            f"{name} {fn!r} failed on a {dtype} array of shape (2, 3)"
+            f"{' or in its forward-mode derivative' if derivatives else ''}: "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} (it must be a "
+            "JAX-traceable elementwise function)"
+        ) from err
+    for order, out in enumerate(results):
+        what = "it" if order == 0 else f"its derivative of order {order}"
+        if not isinstance(out, jax.ShapeDtypeStruct):
+            raise TypeError(
+                f"{name} {fn!r} must return an array; on a {dtype} array of shape (2, 3) {what} "
+                f"returned {type(out).__name__}"
+            )
+        if out.shape != probe.shape:
+            raise ValueError(
+                f"{name} {fn!r} must act elementwise (the output shaped like the input): on a "
+                f"{dtype} array of shape (2, 3) {what} returned shape {tuple(out.shape)}"
+            )
+        if out.dtype != dtype:
+            raise TypeError(
+                f"{name} {fn!r} must keep the input's dtype: on a {dtype} array {what} returned "
+                f"dtype {out.dtype}"
+            )

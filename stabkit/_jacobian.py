@@ -14,15 +14,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from stabkit._checks import check_elementwise, check_memory, strict_bool
 from stabkit._meanfield import (
+    _POINT_BYTES,
     DEFAULT_ORDER,
-    _check_grid,
+    _check_int,
+    _check_scalar,
     _diag_jit,
     _kernel,
+    _quad_bytes,
+    _short,
     iterate_maps,
     q_star,
 )
-from stabkit.activations import get_activation
+from stabkit.activations import activation_names, get_activation
 from stabkit.nets import MLPParams, mlp_apply
 
 # ------------------------------------------------------------------------------ Jacobian spectra
@@ -83,16 +88,36 @@ def jacobian_singular_values(
     """
     if not isinstance(params, MLPParams):
         raise TypeError(f"params must be an MLPParams (from mlp_init), got {type(params).__name__}")
-    if not isinstance(readout, (bool, np.bool_)):
-        raise TypeError(f"readout must be a bool, got {type(readout).__name__} {readout!r}")
+    readout = strict_bool(readout, "readout")
     phi = get_activation(activation)
-    arr = jnp.asarray(x)
+    if phi not in {get_activation(n) for n in activation_names()}:
+        with jax.enable_x64(params.dtype == jnp.float64):
+            check_elementwise(phi, "activation", params.dtype, derivatives=1)
+    if isinstance(x, (bool, np.bool_, str, bytes, dict, set, frozenset)) or x is None:
+        raise TypeError(f"x must be a floating-point array, got {type(x).__name__} {_short(x)}")
+    try:
+        arr = jnp.asarray(x)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"x must be a floating-point array, got {type(x).__name__}: {err}"
+        ) from None
     if not jnp.issubdtype(arr.dtype, jnp.floating):
         raise TypeError(f"x must be a floating-point array, got dtype {arr.dtype}")
     if arr.ndim not in (1, 2) or arr.shape[-1] != params.in_dim or arr.size == 0:
         raise ValueError(
             f"x must have shape (batch, {params.in_dim}) or ({params.in_dim},), got {arr.shape}"
         )
+    # Every input's Jacobian (in_dim x out) is formed at once under vmap, with the forward
+    # pass's tangents and the SVD's workspace: about four copies in the SVD's dtype.
+    out_dim = params.width if not readout else params.out_dim
+    sdt = jnp.promote_types(params.dtype, jnp.float32)
+    batch = 1 if arr.ndim == 1 else arr.shape[0]
+    check_memory(
+        4 * batch * params.in_dim * out_dim * sdt.itemsize,
+        "x.shape",
+        arr.shape,
+        f"{batch} Jacobian(s) of {params.in_dim} x {out_dim} in {sdt}",
+    )
     if depth is None:
         depth = params.max_depth
     elif not isinstance(depth, jax.core.Tracer):
@@ -198,15 +223,19 @@ def jacobian_spectrum_moments(
         >>> float(jacobian_spectrum_moments("linear", 1.0, 0.0, 10).variance)
         10.0
     """
-    if weights not in _S1:
-        raise ValueError(f"weights must be one of {sorted(_S1)}, got {weights!r}")
-    sw = float(_check_grid(sigma_w2, "sigma_w2 (the weight variance)", lo=0.0, closed=False))
-    sb = float(_check_grid(sigma_b2, "sigma_b2 (the bias variance)", lo=0.0))
-    if isinstance(depth, (bool, np.bool_)) or not isinstance(depth, (int, np.integer)):
-        raise TypeError(f"depth must be an int >= 1, got {type(depth).__name__} {depth!r}")
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
+    if not isinstance(weights, str) or weights not in _S1:
+        raise ValueError(f"weights must be one of {sorted(_S1)}, got {_short(weights)}")
+    sw = _check_scalar(sigma_w2, "sigma_w2 (the weight variance)", lo=0.0, closed=False)
+    sb = _check_scalar(sigma_b2, "sigma_b2 (the bias variance)", lo=0.0)
+    depth = _check_int(depth, "depth", "one S-transform factor a layer, counted in int32")
+    readout = strict_bool(readout, "readout")
+    if q_in is not None:
+        q_in = _check_scalar(q_in, "q_in (a mean square)", lo=0.0)
     k = _kernel(activation, order, method)
+    # The moments of every layer's q at once (vmap): one 1-D rule per layer.
+    check_memory(
+        (_quad_bytes(k, 1) + _POINT_BYTES) * depth, "depth", depth, "the per-layer moments"
+    )
     if q_in is None:
         qs = float(q_star(activation, sw, sb, order=order, method=method))
         if not math.isfinite(qs):
@@ -215,7 +244,6 @@ def jacobian_spectrum_moments(
             )
         q = np.full(depth, qs)
     else:
-        q_in = float(_check_grid(q_in, "q_in (a mean square)", lo=0.0))
         q = iterate_maps(activation, sw, sb, q_in=q_in, depth=depth, order=order, method=method).q
     with jax.enable_x64(True):
         _, mu1, mu2, _ = (np.asarray(a) for a in _diag_jit(k, jnp.asarray(q)))

@@ -17,7 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from stabkit.activations import get_activation
+from stabkit._checks import (
+    bounded_int,
+    check_elementwise,
+    check_memory,
+    is_floating_dtype,
+    memory_limit,
+)
+from stabkit.activations import activation_names, get_activation
 
 DEFAULT_ORDER = 128
 #: Phase codes returned by :func:`phase` and :attr:`MeanField.phase`.
@@ -31,6 +38,36 @@ _TINY = float(np.finfo(np.float64).tiny)  # the absolute floor of the fixed-poin
 
 
 # ------------------------------------------------------------------------------------ validation
+#
+# Every public function validates all of its arguments here, before anything is traced or compiled:
+# types (real numbers; no strings, bools, None, complex or ragged lists), values (a NaN or inf
+# parameter is a user error, never a result: ValueError saying NaN / inf), broadcasting (the error
+# names every argument and its shape) and sizes (the memory a call would take, estimated from the
+# broadcast shape, the quadrature order and the depth, against stabkit._checks.memory_limit()).
+
+#: Lengths and depths are bounded by lax.scan / lax.map's int32 trip counts.
+_MAX_INT = 2**31 - 1
+#: Bytes of working memory a quadrature node takes, per point (measured with XLA's
+#: memory_analysis on CPU: 48 bytes per node of the 1-D rule, 25 per node of the 2-D one; the
+#: while loops of the solvers hold two copies).
+_NODE_BYTES_1D = 64
+_NODE_BYTES_2D = 64
+#: Bytes per point of a closed form or of the per-point bookkeeping (inputs, outputs, copies).
+_POINT_BYTES = 256
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _describe(x: float) -> str:
+    """A value for an error message: NaN and inf spelled out."""
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return repr(float(x))
 
 
 def _check_order(order: Any) -> int:
@@ -40,40 +77,135 @@ def _check_order(order: Any) -> int:
         order = operator.index(order)
     except TypeError:
         raise TypeError(
-            f"order (quadrature nodes) must be an int >= 2, got {type(order).__name__} {order!r}"
+            f"order (quadrature nodes) must be an int >= 2, got {type(order).__name__} "
+            f"{_short(order)}"
         ) from None
     if order < 2:
         raise ValueError(f"order (quadrature nodes) must be >= 2, got {order}")
     return order
 
 
-def _check_grid(value: Any, name: str, *, lo: float, closed: bool = True, hi=None) -> np.ndarray:
-    """``value`` as a non-empty float64 array in [lo, hi] (or (lo, hi] if not closed)."""
+def _check_int(value: Any, name: str, why: str) -> int:
+    """An int in [1, 2^31 - 1] (NumPy integers welcome); ``why`` explains the upper bound."""
+    return bounded_int(value, name, 1, _MAX_INT, why)
+
+
+def _real_array(value: Any, name: str) -> np.ndarray:
+    """``value`` as a float64 array; TypeError for anything that is not real numbers."""
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a real number or array, got the bool {value!r}")
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    if value is None or isinstance(value, (str, bytes, dict, set, frozenset)):
         raise TypeError(
-            f"{name} must be a real number or array, got {type(value).__name__} {value!r}"
+            f"{name} must be a real number or array, got {type(value).__name__} {_short(value)}"
+        )
+    if isinstance(value, int):  # beyond float64 NumPy would make an object array
+        try:
+            float(value)
+        except OverflowError:
+            raise ValueError(f"{name} must be finite, got the int {_short(value)}") from None
+    try:
+        raw = np.asarray(value)
+    except Exception as err:  # ragged lists, a traced array, an object refusing conversion
+        raise TypeError(
+            f"{name} must be a real number or a rectangular array of them, got "
+            f"{type(value).__name__} {_short(value)} ({type(err).__name__}: {err})"
         ) from None
+    if raw.dtype.kind not in "iuf" and not is_floating_dtype(raw.dtype):
+        kind = {"b": "bools", "c": "complex numbers", "U": "strings", "S": "bytes"}
+        raise TypeError(
+            f"{name} must hold real numbers, got an array of dtype {raw.dtype}"
+            f" ({kind.get(raw.dtype.kind, 'not numbers')}): {_short(value)}"
+        )
+    return raw.astype(np.float64)
+
+
+def _check_grid(value: Any, name: str, *, lo: float, closed: bool = True, hi=None) -> np.ndarray:
+    """``value`` as a non-empty float64 array in [lo, hi] (or (lo, hi] if not closed).
+
+    NaN and inf are refused (a parameter, not a result): the message says which and where.
+    """
+    arr = _real_array(value, name)
     if arr.size == 0:
         raise ValueError(f"{name} is empty (shape {arr.shape}); give at least one value")
-    bad = ~np.isfinite(arr) | (arr < lo if closed else arr <= lo)
-    if hi is not None:
-        bad |= arr > hi
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(arr) | (arr < lo if closed else arr <= lo)
+        if hi is not None:
+            bad |= arr > hi
     if bad.any():
-        first = arr.flat[int(np.flatnonzero(bad.ravel())[0])]
-        where = "" if arr.ndim == 0 else f" (first bad entry of {arr.size})"
-        rng = f"[{lo:g}, {hi:g}]" if hi is not None else (f">= {lo:g}" if closed else f"> {lo:g}")
-        raise ValueError(f"{name} must be finite and {rng}, got {first!r}{where}")
+        flat = np.flatnonzero(bad.ravel())
+        first = float(arr.flat[int(flat[0])])
+        where = ""
+        if arr.ndim:
+            index = tuple(int(i) for i in np.unravel_index(int(flat[0]), arr.shape))
+            where = f" at index {index} ({flat.size} bad of {arr.size} entries, shape {arr.shape})"
+        if hi is not None:
+            rng = f" and in [{lo:g}, {hi:g}]"
+        elif lo == -math.inf:
+            rng = ""
+        else:
+            rng = f" and >= {lo:g}" if closed else f" and > {lo:g}"
+        raise ValueError(f"{name} must be finite{rng}, got {_describe(first)}{where}")
     return arr
+
+
+def _check_scalar(value: Any, name: str, **kwargs) -> float:
+    """A single finite real number (a 0-d array or NumPy scalar included); see _check_grid."""
+    arr = _check_grid(value, name, **kwargs)
+    if arr.ndim != 0:
+        raise ValueError(f"{name} must be a single number, got an array of shape {arr.shape}")
+    return float(arr)
 
 
 def _variances(sigma_w2: Any, sigma_b2: Any) -> tuple[np.ndarray, np.ndarray]:
     sw = _check_grid(sigma_w2, "sigma_w2 (the weight variance)", lo=0.0, closed=False)
     sb = _check_grid(sigma_b2, "sigma_b2 (the bias variance)", lo=0.0)
     return sw, sb
+
+
+def _broadcast_shape(grids: dict[str, np.ndarray]) -> tuple[int, ...]:
+    """The broadcast shape of the named arrays; a ValueError naming the two that clash."""
+    try:
+        return tuple(int(n) for n in np.broadcast_shapes(*(a.shape for a in grids.values())))
+    except ValueError:
+        pass
+    items = list(grids.items())
+    shapes = ", ".join(f"{n} {a.shape}" for n, a in items)
+    for i, (n1, a1) in enumerate(items):
+        for n2, a2 in items[i + 1 :]:
+            try:
+                np.broadcast_shapes(a1.shape, a2.shape)
+            except ValueError:
+                raise ValueError(
+                    f"{n1} (shape {a1.shape}) and {n2} (shape {a2.shape}) do not broadcast "
+                    f"against each other (NumPy rules: trailing dimensions equal or 1); "
+                    f"shapes: {shapes}"
+                ) from None
+    raise AssertionError(f"no clashing pair among {shapes}")  # pragma: no cover
+
+
+def _quad_bytes(k: _Kernel, dims: int) -> int:
+    """Working bytes of one point's expectation (the 1-D or 2-D rule; a closed form: little)."""
+    if k.kind != "quadrature":
+        return _POINT_BYTES
+    return _NODE_BYTES_1D * k.order if dims == 1 else _NODE_BYTES_2D * k.order**2
+
+
+def _check_work(k: _Kernel, shape, names, per_point: int, at_once: int, what: str) -> None:
+    """Refuse a call whose working set would not fit: ``per_point`` bytes for each of
+    ``at_once`` points evaluated together (all of them under vmap, a batch under lax.map) plus
+    ``_POINT_BYTES`` of bookkeeping for each of the ``prod(shape)`` points."""
+    n = math.prod(shape)
+    limit = memory_limit()
+    if k.kind == "quadrature":
+        check_memory(per_point, "order", k.order, f"one point of {what}", limit)
+    nbytes = per_point * min(n, at_once) + _POINT_BYTES * n
+    check_memory(
+        nbytes,
+        f"the broadcast shape of ({', '.join(names)})",
+        shape,
+        f"{n} points of {what}",
+        limit,
+    )
 
 
 def _out(arr: Any, shape: tuple[int, ...], dtype=np.float64):
@@ -188,16 +320,37 @@ def _kernel_cached(phi: Callable, kind: str, order: int) -> _Kernel:
     return _Kernel(phi, kind, order)
 
 
-def _kernel(activation: Any, order: Any, method: str) -> _Kernel:
+@functools.lru_cache(maxsize=1)
+def _registered() -> frozenset:
+    return frozenset(get_activation(n) for n in activation_names())
+
+
+@functools.lru_cache(maxsize=256)
+def _check_phi(phi: Callable) -> None:
+    """A user callable must map float64 arrays elementwise, twice differentiable by jvp (the
+    quadrature takes phi, phi' and phi''); checked by tracing only, once per callable."""
+    with jax.enable_x64(True):
+        check_elementwise(phi, "activation", jnp.float64, derivatives=2)
+
+
+def _kernel(activation: Any, order: Any, method: Any) -> _Kernel:
     order = _check_order(order)
     phi = get_activation(activation)  # TypeError/ValueError naming a bad activation
+    try:
+        hash(phi)
+    except TypeError:
+        raise TypeError(
+            f"activation {_short(activation)} must be hashable (it keys the compiled kernels)"
+        ) from None
+    if phi not in _registered():
+        _check_phi(phi)
     name = None
     if isinstance(activation, str):
         name = activation
     else:
         name = next((n for n in _CLOSED if get_activation(n) is phi), None)
-    if method not in ("auto", "closed", "quadrature"):
-        raise ValueError(f"method must be 'auto', 'closed' or 'quadrature', got {method!r}")
+    if not isinstance(method, str) or method not in ("auto", "closed", "quadrature"):
+        raise ValueError(f"method must be 'auto', 'closed' or 'quadrature', got {_short(method)}")
     if method == "closed" and name not in _CLOSED:
         raise ValueError(
             f"no closed form for activation {activation!r}; closed forms exist for "
@@ -342,11 +495,29 @@ def _solve(k, sw, sb, q0, atol, with_c):
 # --------------------------------------------------------------------------------- public: maps
 
 
-def _prepare(activation, order, method, *grids):
+def _prepare(
+    activation, order, method, grids: dict[str, np.ndarray], *, per_point, what, at_once=None
+):
+    """The kernel, the broadcast shape and the flattened ``grids``, every argument validated and
+    the call's memory bounded before anything compiles.
+
+    ``per_point(k)``: working bytes of one point; ``at_once``: how many points are evaluated
+    together (None: all of them, under vmap; a lax.map batch size otherwise).
+    """
     k = _kernel(activation, order, method)
-    arrays = np.broadcast_arrays(*grids)
-    shape = arrays[0].shape
-    return k, shape, [a.ravel() for a in arrays]
+    shape = _broadcast_shape(grids)
+    n = math.prod(shape)
+    _check_work(k, shape, list(grids), per_point(k), n if at_once is None else at_once, what)
+    arrays = np.broadcast_arrays(*grids.values())
+    return k, shape, [np.ravel(a) for a in arrays]
+
+
+def _one_d(k):
+    return _quad_bytes(k, 1)
+
+
+def _two_d(k):
+    return _quad_bytes(k, 1) + _quad_bytes(k, 2)
 
 
 def q_map(
@@ -387,7 +558,10 @@ def q_map(
     """
     sw, sb = _variances(sigma_w2, sigma_b2)
     q = _check_grid(q, "q (a variance)", lo=0.0)
-    k, shape, (q, sw, sb) = _prepare(activation, order, method, q, sw, sb)
+    grids = {"q": q, "sigma_w2": sw, "sigma_b2": sb}
+    k, shape, (q, sw, sb) = _prepare(
+        activation, order, method, grids, per_point=_one_d, what="the q-map"
+    )
     with jax.enable_x64(True):
         e2 = _diag_jit(k, jnp.asarray(q))[0]
         out = sw * np.asarray(e2) + sb
@@ -428,11 +602,18 @@ def c_map(
     sw, sb = _variances(sigma_w2, sigma_b2)
     c = _check_grid(c, "c (a correlation)", lo=-1.0, hi=1.0)
     q = _check_grid(q, "q (a variance)", lo=0.0, closed=False)
-    k, shape, (c, q, sw, sb) = _prepare(activation, order, method, c, q, sw, sb)
+    grids = {"c": c, "q": q, "sigma_w2": sw, "sigma_b2": sb}
+    k, shape, (c, q, sw, sb) = _prepare(
+        activation, order, method, grids, per_point=_two_d, what="the c-map"
+    )
     with jax.enable_x64(True):
         e2, e12 = (np.asarray(a) for a in _cross_jit(k, jnp.asarray(q), jnp.asarray(c)))
     # |C(c)| <= 1 exactly; the 2-D and 1-D quadratures may round it just past 1.
     return _out(np.clip((sw * e12 + sb) / (sw * e2 + sb), -1.0, 1.0), shape)
+
+
+#: Bytes per point and layer of iterate_maps' result: q and c, stacked by scan, copied to NumPy.
+_ITERATE_BYTES = 48
 
 
 class MapIterates(NamedTuple):
@@ -497,11 +678,18 @@ def iterate_maps(
     sw, sb = _variances(sigma_w2, sigma_b2)
     q_in = _check_grid(q_in, "q_in (a mean square)", lo=0.0)
     c_in = _check_grid(c_in, "c_in (a correlation)", lo=-1.0, hi=1.0)
-    if isinstance(depth, (bool, np.bool_)) or not isinstance(depth, (int, np.integer)):
-        raise TypeError(f"depth must be an int >= 1, got {type(depth).__name__} {depth!r}")
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
-    k, shape, arrays = _prepare(activation, order, method, sw, sb, q_in, c_in)
+    depth = _check_int(depth, "depth", "lax.scan counts layers in int32")
+    grids = {"sigma_w2": sw, "sigma_b2": sb, "q_in": q_in, "c_in": c_in}
+    k, shape, arrays = _prepare(
+        activation, order, method, grids, per_point=_two_d, what="one step of the maps"
+    )
+    n = math.prod(shape)
+    check_memory(
+        _ITERATE_BYTES * n * depth,
+        "depth",
+        depth,
+        f"the q and c iterates of {n} point(s) (two float64 a layer, on the device and the host)",
+    )
     with jax.enable_x64(True):
         qs, cs = _iterate(k, *(jnp.asarray(a) for a in arrays), depth=int(depth))
         qs, cs = np.asarray(qs), np.asarray(cs)
@@ -541,8 +729,11 @@ class MeanField(NamedTuple):
 def _mean_field(activation, sigma_w2, sigma_b2, q0, order, method, atol, with_c) -> MeanField:
     sw, sb = _variances(sigma_w2, sigma_b2)
     q0 = _check_grid(q0, "q0 (the starting variance)", lo=0.0)
-    atol = float(_check_grid(atol, "atol", lo=0.0))
-    k, shape, (sw, sb, q0) = _prepare(activation, order, method, sw, sb, q0)
+    atol = _check_scalar(atol, "atol", lo=0.0)
+    grids = {"sigma_w2": sw, "sigma_b2": sb, "q0": q0}
+    k, shape, (sw, sb, q0) = _prepare(
+        activation, order, method, grids, per_point=_two_d, at_once=256, what="the fixed points"
+    )
     with jax.enable_x64(True):
         res = _solve(k, *(jnp.asarray(a) for a in (sw, sb, q0)), atol, bool(with_c))
         res = [np.asarray(a) for a in res]
@@ -726,17 +917,35 @@ def critical_line(
         (2.0, 0.785398)
     """
     sb = _check_grid(sigma_b2, "sigma_b2 (the bias variance)", lo=0.0)
-    try:
-        lo, hi = (float(v) for v in bracket)
-    except (TypeError, ValueError):
-        raise TypeError(f"bracket must be a pair of floats (lo, hi), got {bracket!r}") from None
-    if not (0 < lo < hi < math.inf):
-        raise ValueError(f"bracket must satisfy 0 < lo < hi < inf, got {bracket!r}")
-    k, shape, (sb,) = _prepare(activation, order, method, sb)
+    if isinstance(bracket, (str, bytes, dict, set, frozenset)) or not hasattr(bracket, "__len__"):
+        raise TypeError(f"bracket must be a pair (lo, hi) of numbers, got {_short(bracket)}")
+    if len(bracket) != 2:
+        raise ValueError(f"bracket must be a pair (lo, hi), got {len(bracket)} values")
+    lo = _check_scalar(bracket[0], "bracket[0] (lo)", lo=0.0, closed=False)
+    hi = _check_scalar(bracket[1], "bracket[1] (hi)", lo=0.0, closed=False)
+    if not lo < hi:
+        raise ValueError(f"bracket must satisfy 0 < lo < hi < inf, got ({lo!r}, {hi!r})")
+    if lo < _TINY:  # the ladder's exp(log(lo)) and q* lose all precision among subnormals
+        raise ValueError(
+            f"bracket[0] (lo) must be at least {_TINY:.4g} (the smallest normal float64), "
+            f"got {lo!r}"
+        )
+    # log2(hi) - log2(lo) where hi / lo overflows (a bracket from a subnormal lo).
+    ratio = hi / lo
+    span = math.log2(ratio) if math.isfinite(ratio) else math.log2(hi) - math.log2(lo)
+    rungs = max(2, math.ceil(span) + 1)
+    k, shape, (sb,) = _prepare(
+        activation,
+        order,
+        method,
+        {"sigma_b2": sb},
+        per_point=lambda k: _quad_bytes(k, 1) * (rungs + 1),
+        at_once=64,
+        what=f"the critical line's ladder of {rungs} rungs",
+    )
     if k.kind in ("linear", "relu"):  # chi_1 = sigma_w^2 or sigma_w^2 / 2 whatever q* is
         crit = 1.0 if k.kind == "linear" else 2.0
         return _out(np.where((lo < crit) & (crit <= hi), crit, np.nan) + 0 * sb, shape)
-    rungs = max(2, math.ceil(math.log2(hi / lo)) + 1)
     with jax.enable_x64(True):
         out = np.asarray(_critical(k, jnp.asarray(sb), lo, hi, rungs=rungs))
     return _out(out, shape)

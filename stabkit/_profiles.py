@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -15,18 +15,25 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from stabkit._checks import check_memory
 from stabkit._meanfield import (
     _Q_MAX,
     DEFAULT_ORDER,
     _check_grid,
+    _check_int,
+    _check_order,
+    _check_scalar,
     _Kernel,
     _kernel,
     _out,
     _prepare,
+    _quad_bytes,
+    _short,
     _sinh_rule,
     _variances,
 )
 from stabkit._sweep_kernel import sweep_input
+from stabkit.activations import activation_names
 from stabkit.init import init_rule
 
 # ------------------------------------------------------------- public: per-layer profiles, sweeps
@@ -60,7 +67,7 @@ def weight_variance(init: str, scale: ArrayLike = 1.0) -> np.ndarray:
     """
     rule = init_rule(init)  # TypeError/ValueError naming a bad init
     per_unit = 1.0 if rule.variance is None else rule.variance(1, 1)  # square layer: n Var(W_ij)
-    s = _check_grid(scale, "scale", lo=-math.inf)
+    s = _check_grid(scale, "scale", lo=-math.inf)  # any finite number: its square enters
     return _out(s * s * per_unit, s.shape)
 
 
@@ -234,12 +241,27 @@ def _profile(k, sw, sb, q0, depth, n_layers, orth, mse) -> Profile:
         )
 
 
+#: Bytes per config and layer of a profile: the forward pass's 8 float64 fields on the device
+#: and gathered on the host, the backward pass's 3, the Profile's 8 and NumPy's temporaries.
+_PROFILE_BYTES = 320
+
+
+def _profile_point(k: _Kernel) -> int:
+    """Working bytes of one config's forward step: the full and the half quadrature rule."""
+    return 2 * _quad_bytes(k, 1)
+
+
 def _check_depth(depth: Any) -> int:
-    if isinstance(depth, (bool, np.bool_)) or not isinstance(depth, (int, np.integer)):
-        raise TypeError(f"depth must be an int >= 1, got {type(depth).__name__} {depth!r}")
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
-    return int(depth)
+    return _check_int(depth, "depth", "lax.scan counts layers in int32")
+
+
+def _check_profile_memory(n: int, n_layers: int, name: str, value: Any) -> None:
+    check_memory(
+        _PROFILE_BYTES * n * n_layers,
+        name,
+        value,
+        f"the per-layer profiles of {n} config(s) x {n_layers} layers (float64)",
+    )
 
 
 def predict_profile(
@@ -337,12 +359,16 @@ def predict_profile(
     sw, sb = _variances(sigma_w2, sigma_b2)
     q0 = _check_grid(q0, "q0 (the input's mean square)", lo=0.0)
     depth = _check_depth(depth)
-    if weights not in ("gaussian", "orthogonal"):
-        raise ValueError(f"weights must be 'gaussian' or 'orthogonal', got {weights!r}")
-    if loss not in _PROFILE_LOSSES:
-        raise ValueError(f"loss must be one of {_PROFILE_LOSSES}, got {loss!r}")
-    k, shape, (sw, sb, q0) = _prepare(activation, order, method, sw, sb, q0)
+    if not isinstance(weights, str) or weights not in ("gaussian", "orthogonal"):
+        raise ValueError(f"weights must be 'gaussian' or 'orthogonal', got {_short(weights)}")
+    if not isinstance(loss, str) or loss not in _PROFILE_LOSSES:
+        raise ValueError(f"loss must be one of {_PROFILE_LOSSES}, got {_short(loss)}")
+    grids = {"sigma_w2": sw, "sigma_b2": sb, "q0": q0}
+    k, shape, (sw, sb, q0) = _prepare(
+        activation, order, method, grids, per_point=_profile_point, what="the forward pass"
+    )
     n = sw.shape[0]
+    _check_profile_memory(n, depth + 2, "depth", depth)
     prof = _profile(
         k,
         sw,
@@ -356,16 +382,38 @@ def predict_profile(
     return Profile(*(a.reshape(*shape, depth + 2) for a in prof))
 
 
-def _sweep_spec(ds) -> dict[str, Any]:
+#: The dimensions of a sweep's configurations, in the dataset's order.
+_SWEEP_DIMS = ("dtype", "width", "activation", "init", "depth", "scale", "bias_std", "seed")
+
+
+def _sweep_spec(ds, name: str = "ds", variables: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The JSON spec of a sweep dataset; ValueError naming what is missing if ``ds`` is not one."""
     import json
 
+    import xarray as xr
+
+    what = f"{name} must be a dataset from stabkit.sweep or stabkit.load"
+    if not isinstance(ds, xr.Dataset):
+        raise TypeError(f"{what}, got {type(ds).__name__}")
     try:
-        return json.loads(ds.attrs["spec"])
+        spec = json.loads(ds.attrs["spec"])
     except (AttributeError, KeyError, TypeError, ValueError):
-        raise ValueError(
-            "ds must be a dataset from stabkit.sweep or stabkit.load (its 'spec' attribute is "
-            "missing or unreadable)"
-        ) from None
+        raise ValueError(f"{what} (its 'spec' attribute is missing or unreadable)") from None
+    missing = [
+        key for key in ("batch", "input", "loss") if not isinstance(spec, dict) or key not in spec
+    ]
+    if missing:
+        raise ValueError(f"{what}: its 'spec' attribute lacks {', '.join(missing)}")
+    missing = [d for d in (*_SWEEP_DIMS, "layer") if d not in ds.coords]
+    if missing:
+        raise ValueError(f"{what}: coordinate(s) {', '.join(missing)} missing")
+    missing = [v for v in variables if v not in ds.data_vars]
+    if missing:
+        raise ValueError(f"{what}: variable(s) {', '.join(missing)} missing")
+    unknown = [str(d) for d in ds.dtype.values if str(d) not in _ROUNDING]
+    if unknown:
+        raise ValueError(f"{what}: its dtype coordinate holds {unknown}; valid: {list(_ROUNDING)}")
+    return spec
 
 
 def predict_sweep(
@@ -414,10 +462,26 @@ def predict_sweep(
     import xarray as xr
 
     spec = _sweep_spec(ds)
-    activations = dict(activations or {})
-    dims = ("dtype", "width", "activation", "init", "depth", "scale", "bias_std", "seed")
+    order = _check_order(order)
+    if activations is None:
+        activations = {}
+    if not isinstance(activations, Mapping) or not all(isinstance(a, str) for a in activations):
+        raise TypeError(
+            "activations must be a dict from activation names to callables, got "
+            f"{_short(activations)}"
+        )
+    activations = dict(activations)
+    dims = _SWEEP_DIMS
     c = {d: ds[d].values.tolist() for d in dims}
     n_layers = int(ds.sizes["layer"])
+    n_configs = math.prod(len(v) for v in c.values())
+    _check_profile_memory(n_configs, n_layers, "ds (configs, layers)", (n_configs, n_layers))
+    registered = set(activation_names())
+    for act in c["activation"]:
+        if act not in activations and act not in registered:
+            raise ValueError(
+                f"activation {act!r} is not registered; pass activations={{{act!r}: callable}}"
+            )
     # q0 of each (dtype, width, seed): the batch the sweep fed in, in float64.
     q0 = np.empty((len(c["dtype"]), len(c["width"]), len(c["seed"])))
     for i, dt in enumerate(c["dtype"]):
@@ -447,13 +511,7 @@ def predict_sweep(
     names = list(Profile._fields[1:])
     out = {f: np.full((len(c["activation"]), *shp, n_layers), np.nan) for f in names}
     for ai, act in enumerate(c["activation"]):
-        fn = activations.get(act, act)
-        try:
-            k = _kernel(fn, order, "auto")
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"activation {act!r} is not registered; pass activations={{{act!r}: callable}}"
-            ) from None
+        k = _kernel(activations.get(act, act), order, "auto")
         ok = (flat["kind"] != "identity") | (k.kind == "linear")
         if not ok.any():
             continue
@@ -560,8 +618,19 @@ def compare_sweep(ds, prediction=None, *, n_sigma: float = DEFAULT_N_SIGMA, **kw
     import ml_dtypes
     import xarray as xr
 
-    n_sigma = float(_check_grid(n_sigma, "n_sigma", lo=0.0, closed=False))
-    pred = predict_sweep(ds, **kwargs) if prediction is None else prediction
+    n_sigma = _check_scalar(n_sigma, "n_sigma", lo=0.0, closed=False)
+    _sweep_spec(ds, "ds", ("pre_rms", "post_rms", "grad_post_rms"))
+    if prediction is None:
+        pred = predict_sweep(ds, **kwargs)
+    else:
+        if kwargs:
+            raise TypeError(
+                f"compare_sweep got {sorted(kwargs)} with a prediction: they are predict_sweep's "
+                "arguments and would be ignored"
+            )
+        need = ("pre_rms", "post_rms", "grad_post_rms", "grad_gain")
+        _sweep_spec(prediction, "prediction", (*need, "pre_spread", "post_spread", "grad_spread"))
+        pred = prediction
     depth = ds.depth
     layer = ds.layer
     top = depth + 1
