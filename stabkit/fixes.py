@@ -41,7 +41,7 @@ import numpy as np
 import optax
 from jax.typing import DTypeLike
 
-from stabkit._checks import finite_float, is_floating_dtype, positive_int
+from stabkit._checks import bounded_int, finite_float, is_floating_dtype
 
 __all__ = [
     "DynamicLossScale",
@@ -61,11 +61,37 @@ def _wide(dtype: Any) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def _floating_leaves(tree: Any) -> list[jax.Array]:
-    leaves = [jnp.asarray(x) for x in jax.tree.leaves(tree)]
-    for x in leaves:
-        if not is_floating_dtype(x.dtype):
-            raise TypeError(f"updates must be floating-point arrays, got a leaf of dtype {x.dtype}")
+#: The loss scale's and the skip counter's counters are int32.
+_INT32_MAX = int(np.iinfo(np.int32).max)
+
+
+def _floating_leaves(tree: Any, name: str = "updates") -> list[jax.Array]:
+    """The leaves of ``tree`` as floating arrays; TypeError naming ``name`` and the leaf otherwise.
+
+    Strings and other non-arrays are refused here (``"abc"`` is a pytree leaf, and JAX would
+    fail on it deep inside); Python floats and NumPy scalars are accepted.
+    """
+    try:
+        flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    except Exception as err:  # a broken pytree node
+        raise TypeError(f"{name} must be a pytree of floating-point arrays: {err}") from err
+    leaves = []
+    for path, x in flat:
+        where = f"{name}{jax.tree_util.keystr(path)}"
+        if isinstance(x, (bool, np.bool_, str, bytes)) or not (
+            isinstance(x, (jax.Array, np.ndarray, np.generic, float, int))
+            or hasattr(x, "__jax_array__")
+        ):
+            raise TypeError(
+                f"{name} must be a pytree of floating-point arrays, got {where} = "
+                f"{type(x).__name__} {x!r:.80}"
+            )
+        arr = jnp.asarray(x)
+        if not is_floating_dtype(arr.dtype):
+            raise TypeError(
+                f"{name} must be floating-point arrays, got {where} of dtype {arr.dtype}"
+            )
+        leaves.append(arr)
     return leaves
 
 
@@ -78,7 +104,7 @@ def all_finite(tree: Any) -> jax.Array:
         >>> all_finite({})
         Array(True, dtype=bool)
     """
-    leaves = _floating_leaves(tree)
+    leaves = _floating_leaves(tree, "tree")
     return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in leaves] or [True]))
 
 
@@ -144,7 +170,7 @@ def safe_global_norm(tree: Any) -> jax.Array:
         >>> safe_global_norm(g), optax.tree.norm(g)
         (Array(600., dtype=float32), Array(inf, dtype=float16))
     """
-    leaves = _floating_leaves(tree)
+    leaves = _floating_leaves(tree, "tree")
     norm = _finite_norm(leaves)
     if not leaves:
         return norm
@@ -197,7 +223,7 @@ def safe_clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
     def update_fn(updates, state, params=None):
         del params
-        leaves = _floating_leaves(updates)
+        leaves = _floating_leaves(updates, "updates")
         if not leaves:
             return updates, state
         dtype = _wide(jnp.result_type(*leaves))
@@ -233,6 +259,14 @@ class SkipState(NamedTuple):
     consecutive: jax.Array
     total: jax.Array
     last_finite: jax.Array
+
+
+def _check_state(state: Any, kind: type, owner: str) -> None:
+    if not isinstance(state, kind):
+        raise TypeError(
+            f"state must be the {kind.__name__} that {owner}'s init returned, got "
+            f"{type(state).__name__}"
+        )
 
 
 def _tree_select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
@@ -277,13 +311,17 @@ def skip_nonfinite(
         raise TypeError(
             f"inner must be an optax.GradientTransformation, got {type(inner).__name__}"
         )
-    max_skips = positive_int(max_consecutive_skips, "max_consecutive_skips", minimum=0)
+    max_skips = bounded_int(
+        max_consecutive_skips, "max_consecutive_skips", 0, _INT32_MAX, "the counter is int32"
+    )
 
     def init_fn(params):
         zero = jnp.zeros((), jnp.int32)
         return SkipState(inner.init(params), zero, zero, jnp.ones((), bool))
 
     def update_fn(updates, state, params=None, **extra):
+        _floating_leaves(updates, "updates")
+        _check_state(state, SkipState, "skip_nonfinite")
         new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra)
         finite = all_finite(updates) & all_finite(new_updates)
         skip = ~finite & (state.consecutive < max_skips)
@@ -342,12 +380,21 @@ class DynamicLossScale:
             raise TypeError(f"dtype must be a floating-point dtype, got {self.dtype!r}")
         dtype = jnp.dtype(self.dtype)
         object.__setattr__(self, "dtype", dtype)
-        object.__setattr__(self, "period", positive_int(self.period, "period"))
+        period = bounded_int(self.period, "period", 1, _INT32_MAX, "the counter is int32")
+        object.__setattr__(self, "period", period)
         factor = finite_float(self.factor, "factor", positive=True)
         if factor <= 1:
             raise ValueError(f"factor must be > 1, got {factor}")
-        object.__setattr__(self, "factor", factor)
         fmax = float(ml_dtypes.finfo(dtype).max)
+        # The rule multiplies and divides in ``dtype``: a factor that rounds to 1 there would
+        # freeze the scale, one that overflows would send it to min_scale at the first backoff.
+        rounded = float(np.asarray(factor, dtype=dtype)) if factor <= fmax else np.inf
+        if not 1 < rounded <= fmax:
+            raise ValueError(
+                f"factor={factor} rounds to {rounded} in {dtype.name}: it must be > 1 and finite "
+                f"there (at most {fmax:.6g})"
+            )
+        object.__setattr__(self, "factor", factor)
         for name in ("initial_scale", "min_scale"):
             value = finite_float(getattr(self, name), name, positive=True)
             if value > fmax or float(np.asarray(value, dtype=dtype)) == 0:
@@ -358,8 +405,19 @@ class DynamicLossScale:
                 f"min_scale={self.min_scale} exceeds initial_scale={self.initial_scale}"
             )
 
+    def _check_x64(self) -> None:
+        # Outside ``enable_x64`` JAX would silently make a float64 scale float32.
+        if jax.dtypes.canonicalize_dtype(self.dtype) != self.dtype:
+            raise ValueError(
+                f"DynamicLossScale(dtype={self.dtype.name}) needs JAX's 64-bit mode: use it inside "
+                "`with jax.enable_x64(True):` (stabkit.train enters it itself for a float64 "
+                f"rule), otherwise JAX would compute the scale in "
+                f"{jax.dtypes.canonicalize_dtype(self.dtype).name}"
+            )
+
     def init(self) -> LossScaleState:
         """The state before the first step: ``initial_scale`` and a zero count."""
+        self._check_x64()
         return LossScaleState(
             jnp.asarray(self.initial_scale, self.dtype),
             jnp.zeros((), jnp.int32),
@@ -372,8 +430,23 @@ class DynamicLossScale:
         ``counter`` counts consecutive finite steps modulo ``period`` (jmp's ``counter``,
         PyTorch's ``growth_tracker``); ``skipped`` counts non-finite steps.
         """
-        finite = jnp.asarray(finite, bool)
+        self._check_x64()
+        _check_state(state, LossScaleState, "DynamicLossScale")
+        if isinstance(finite, (str, bytes)) or not (
+            isinstance(finite, (bool, np.bool_, jax.Array, np.ndarray))
+        ):
+            raise TypeError(f"finite must be a boolean scalar, got {type(finite).__name__}")
+        finite = jnp.asarray(finite)
+        if finite.dtype != bool or finite.shape != ():
+            raise TypeError(
+                f"finite must be a boolean scalar, got {finite.dtype.name}{list(finite.shape)}"
+            )
         scale = state.scale
+        if scale.dtype != self.dtype:
+            raise TypeError(
+                f"state.scale has dtype {scale.dtype.name}, the rule's is {self.dtype.name}: use "
+                "the state this rule's init made"
+            )
         grown = scale * jnp.asarray(self.factor, scale.dtype)
         # PyTorch keeps the scale when growth would overflow it; jmp would store inf.
         grown = jnp.where(jnp.isfinite(grown), grown, scale)
@@ -456,6 +529,8 @@ def loss_scaling(
         return LossScalingState(rule.init(), inner.init(params))
 
     def update_fn(updates, state, params=None, **extra):
+        _floating_leaves(updates, "updates")
+        _check_state(state, LossScalingState, "loss_scaling")
         scale = state.loss_scale.scale
 
         def unscale(g):

@@ -44,19 +44,31 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
+import math
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import optax
 from jax.typing import DTypeLike
 
-from stabkit._checks import finite_float, is_floating_dtype, positive_int
+from stabkit._checks import (
+    bounded_int,
+    check_memory,
+    finite_float,
+    format_bytes,
+    is_floating_dtype,
+    memory_limit,
+    positive_int,
+    strict_bool,
+)
 from stabkit.activations import get_activation, select_activation
 from stabkit.fixes import (
     DynamicLossScale,
@@ -109,19 +121,41 @@ class Task:
     out_dim: int
 
     def __post_init__(self):
-        if self.kind not in ("regression", "classification"):
+        if not isinstance(self.kind, str) or self.kind not in ("regression", "classification"):
             raise ValueError(f"kind must be 'regression' or 'classification', got {self.kind!r}")
-        x = jnp.asarray(self.x)
-        if x.ndim != 2 or not is_floating_dtype(x.dtype) or x.shape[0] == 0:
+        classify = self.kind == "classification"
+        out_dim = positive_int(self.out_dim, "out_dim", minimum=2 if classify else 1)
+        x = _data_array(self.x, "x")
+        if not is_floating_dtype(x.dtype):
+            raise TypeError(f"inputs x must be floating-point, got dtype {x.dtype}")
+        if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
             raise ValueError(f"x must be a non-empty floating (n, in_dim) array, got {x.shape}")
-        y = jnp.asarray(self.y)
-        if self.kind == "classification" and not jnp.issubdtype(y.dtype, jnp.integer):
-            raise TypeError(f"classification labels y must be integers, got dtype {y.dtype}")
-        if self.kind == "regression" and not is_floating_dtype(y.dtype):
-            raise TypeError(f"regression targets y must be floating-point, got dtype {y.dtype}")
-        want = (x.shape[0],) if self.kind == "classification" else (x.shape[0], self.out_dim)
-        if y.shape != want:
-            raise ValueError(f"y must have shape {want} for {self.kind}, got {y.shape}")
+        x = jnp.asarray(x)
+        _all_finite(x, "x", "inputs")
+        y = _data_array(self.y, "y")
+        want = (x.shape[0],) if classify else (x.shape[0], out_dim)
+        if classify:
+            # Checked on the host, before JAX sees them: int64 labels beyond int32 would wrap
+            # (2**40 becomes 0) and a label >= out_dim gives a NaN loss at every step.
+            if not np.issubdtype(y.dtype, np.integer):
+                raise TypeError(f"classification labels y must be integers, got dtype {y.dtype}")
+            if y.shape != want:
+                raise ValueError(f"y must have shape {want} for {self.kind}, got {y.shape}")
+            bad = np.flatnonzero((y < 0) | (y >= out_dim))
+            if bad.size:
+                raise ValueError(
+                    f"labels y must be class indices in [0, out_dim={out_dim}), got {y[bad[0]]} "
+                    f"at index {bad[0]} ({bad.size} out of range)"
+                )
+            y = jnp.asarray(y.astype(np.int32))
+        else:
+            if not is_floating_dtype(y.dtype):
+                raise TypeError(f"regression targets y must be floating-point, got dtype {y.dtype}")
+            if y.shape != want:
+                raise ValueError(f"y must have shape {want} for {self.kind}, got {y.shape}")
+            y = jnp.asarray(y)
+            _all_finite(y, "y", "targets")
+        object.__setattr__(self, "out_dim", out_dim)
         object.__setattr__(self, "x", x)
         object.__setattr__(self, "y", y)
 
@@ -134,8 +168,75 @@ class Task:
         return int(self.x.shape[0])
 
 
+def _data_array(value: Any, name: str) -> np.ndarray:
+    """``value`` on the host as a NumPy array (JAX arrays copied), TypeError naming it otherwise."""
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(
+            f"{name} must be a concrete array, not a traced value (build the Task outside jit)"
+        )
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"{name} must be an array of numbers, got {type(value).__name__}: {err}"
+        ) from err
+    if arr.dtype.kind in "OUSVMmc" and not is_floating_dtype(arr.dtype):
+        raise TypeError(f"{name} must be an array of real numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def _all_finite(arr: jax.Array, name: str, what: str) -> None:
+    """Refuse NaN/inf in a data set: every run's loss would be NaN from the first step."""
+    host = np.asarray(arr)
+    bad = np.argwhere(~np.isfinite(host))
+    if bad.size:
+        raise ValueError(
+            f"{name} holds {len(bad)} non-finite {what} (the first, {host[tuple(bad[0])]}, at "
+            f"index {tuple(int(i) for i in bad[0])}) in {arr.dtype}: every run's loss would be "
+            f"NaN from the first step; drop or impute them"
+        )
+
+
+def _first_too_large(nbytes: Callable[[dict], float], sizes: dict[str, int], what: str) -> None:
+    """Name the first argument of ``sizes`` whose size makes ``nbytes(sizes)`` too large.
+
+    The sizes are taken in one at a time, in order, the later ones held at 1, so the message names
+    the argument that crossed the memory limit (:func:`stabkit._checks.check_memory`).
+    """
+    limit = memory_limit()
+    for i, name in enumerate(sizes):
+        held = {k: (v if j <= i else 1) for j, (k, v) in enumerate(sizes.items())}
+        check_memory(nbytes(held), name, sizes[name], what, limit=limit)
+
+
+def _split_key(key: Any) -> tuple[jax.Array, jax.Array]:
+    try:
+        kx, kt = jax.random.split(key)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"key must be a JAX PRNG key (jax.random.key(seed)), got {type(key).__name__} {key!r}"
+        ) from err
+    return kx, kt
+
+
 def _teacher(key: jax.Array, n: int, in_dim: int, out_dim: int, depth: int, width: int):
-    kx, kt = jax.random.split(key)
+    depth = positive_int(depth, "teacher_depth")
+    width = positive_int(width, "teacher_width")
+    sizes = {"in_dim": in_dim, "out_dim": out_dim, "teacher_width": width}
+    sizes |= {"teacher_depth": depth, "n": n}
+    _first_too_large(
+        lambda s: (
+            4
+            * (
+                s["teacher_depth"] * (s["teacher_width"] + 1) * s["teacher_width"]
+                + (s["in_dim"] + s["out_dim"] + 1) * s["teacher_width"]
+                + s["n"] * (2 * s["in_dim"] + 3 * s["out_dim"] + 3 * s["teacher_width"])
+            )
+        ),
+        sizes,
+        "the teacher network and its data set (float32)",
+    )
+    kx, kt = _split_key(key)
     x = jax.random.normal(kx, (n, in_dim), jnp.float32)
     teacher = mlp_init(
         kt, depth=depth, width=width, in_dim=in_dim, out_dim=out_dim, init="he_normal"
@@ -169,8 +270,16 @@ def teacher_student(
     c = finite_float(target_scale, "target_scale", positive=True)
     x, t = _teacher(key, n, in_dim, out_dim, teacher_depth, teacher_width)
     t = t - jnp.mean(t, axis=0)
-    y = c * t / jnp.sqrt(jnp.mean(t**2))
-    return Task(x, y.astype(jnp.float32), "regression", out_dim)
+    y = (c * t / jnp.sqrt(jnp.mean(t**2))).astype(jnp.float32)
+    if not np.isfinite(np.asarray(y)).all():
+        fmax = float(jnp.finfo(jnp.float32).max)
+        why = (
+            f"target_scale={c} overflows float32 (largest {fmax:.4g})"
+            if np.isfinite(np.asarray(t)).all() and np.any(np.asarray(t))
+            else f"the teacher's outputs are the same for all n={n} examples (nothing to fit)"
+        )
+        raise ValueError(f"teacher_student: the targets are not finite: {why}")
+    return Task(x, y, "regression", out_dim)
 
 
 def teacher_classification(
@@ -223,13 +332,136 @@ def optimizer_names() -> tuple[str, ...]:
 # ----------------------------------------------------------------------------------- the spec
 
 
+#: Seeds, steps and counters are int32 in the kernel.
+_INT32_MAX = int(np.iinfo(np.int32).max)
+
+
 def _names(value: Any, what: str, check: Callable[[Any], Any]) -> tuple:
-    items = (value,) if isinstance(value, str) or callable(value) else tuple(value)
+    if isinstance(value, str) or callable(value):
+        items = (value,)
+    elif isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.ndim == 1):
+        items = tuple(value.tolist() if isinstance(value, np.ndarray) else value)
+    else:
+        raise TypeError(f"{what} must be a name, a callable or a list of them, got {value!r}")
     if not items:
         raise ValueError(f"{what} must name at least one choice, got {value!r}")
     for item in items:
         check(item)
     return items
+
+
+def _probe_activation(phi: Callable, index: int, dtype: jnp.dtype) -> None:
+    """A callable activation must map an array to one of the same shape and dtype.
+
+    Traced with :func:`jax.eval_shape` (nothing is compiled), so a wrong callable is named here
+    rather than failing deep inside the training kernel's ``dot_general`` or ``grad``.
+    """
+    z = jax.ShapeDtypeStruct((2, 3), dtype)
+    try:
+        out = jax.eval_shape(phi, z)
+    except Exception as err:  # the user's callable: anything it raises is reported as theirs
+        raise TypeError(
+            f"activations[{index}] ({phi!r}) failed on a {dtype.name} array of shape (2, 3): "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != z.shape or out.dtype != dtype:
+        got = f"{out.dtype.name}{list(out.shape)}" if hasattr(out, "shape") else repr(out)
+        raise TypeError(
+            f"activations[{index}] must act elementwise and keep shape and dtype: "
+            f"{dtype.name}[2, 3] gave {got}"
+        )
+
+
+def _probe_optimizer(make: Callable, store: jnp.dtype) -> None:
+    """``optimizer`` must map a traced learning rate to a working GradientTransformation.
+
+    It is called the way :func:`train` calls it, with a traced float32 scalar, and its ``init``
+    and ``update`` traced on a small parameter pytree (:func:`jax.eval_shape`: nothing compiles).
+    """
+    made = []
+
+    def probe(lr):
+        made.append(make(lr))
+        return lr
+
+    try:
+        jax.eval_shape(probe, jax.ShapeDtypeStruct((), jnp.float32))
+    except Exception as err:  # the user's factory
+        raise TypeError(
+            f"optimizer({make!r}) failed on a traced float32 learning rate: "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    opt = made[0]
+    if not isinstance(opt, optax.GradientTransformation):
+        raise TypeError(
+            f"optimizer must be a name or a function lr -> optax.GradientTransformation; "
+            f"optimizer(lr) returned {type(opt).__name__} {opt!r}"
+        )
+    params = {"w": jax.ShapeDtypeStruct((2, 3), store), "b": jax.ShapeDtypeStruct((3,), store)}
+
+    def step(p):
+        state = opt.init(p)
+        return opt.update(p, state, p)
+
+    try:
+        jax.eval_shape(step, params)
+    except Exception as err:
+        raise TypeError(
+            f"optimizer(lr) returned a GradientTransformation whose init/update failed on "
+            f"{store.name} parameters: {type(err).__name__}: {err}"
+        ) from err
+
+
+def _dtype_max(*dtypes: Any) -> tuple[float, str]:
+    """The largest finite value all of ``dtypes`` hold, and the name of the narrowest."""
+    best = min((float(ml_dtypes.finfo(jnp.dtype(d)).max), jnp.dtype(d).name) for d in dtypes)
+    return best
+
+
+def _needs_x64(spec: TrainSpec) -> bool:
+    dtypes = [spec.dtype, spec.master_dtype or spec.dtype]
+    if spec.loss_scale is not None:
+        dtypes.append(spec.loss_scale.dtype)
+    return any(jnp.dtype(d).itemsize == 8 for d in dtypes)
+
+
+def _x64(spec: TrainSpec) -> contextlib.AbstractContextManager:
+    """float64 exists in JAX only inside ``enable_x64``: entered locally, the flag is untouched."""
+    return jax.enable_x64(True) if _needs_x64(spec) else contextlib.nullcontext()
+
+
+def _wide(spec: TrainSpec) -> jnp.dtype:
+    """The loss's and the records' dtype: float32, float64 where a run computes in float64."""
+    store = spec.master_dtype or spec.dtype
+    return jnp.dtype(jnp.promote_types(jnp.promote_types(spec.dtype, store), jnp.float32))
+
+
+def _run_bytes(spec: TrainSpec, width: int, max_depth: int, records: int) -> int:
+    """An upper estimate of the memory one run takes in the training kernel."""
+    t = spec.task
+    store = jnp.dtype(spec.master_dtype or spec.dtype).itemsize
+    comp = jnp.dtype(spec.dtype).itemsize
+    n_params = (t.in_dim + 1) * width + max_depth * (width + 1) * width + (width + 1) * t.out_dim
+    # the float32 draw; master weights, gradient, update and two optimizer moments; the compute
+    # copy, its gradient and the cotangents
+    per_param = 4 + 6 * store + 3 * comp
+    rows = spec.batch_size or t.n
+    # pre- and post-activations kept for the backward pass, and the final pass over the data
+    activations = (3 * rows * (max_depth + 2) + 2 * t.n) * width * comp
+    history = records * (max_depth + 1 + 16) * _wide(spec).itemsize
+    return n_params * per_param + activations + history
+
+
+def _check_run_count(spec: TrainSpec, count: int, name: str, value: Any, note: str = "") -> None:
+    """Refuse ``count`` runs whose kernel (vmapped: all at once) would not fit in memory."""
+    per = _run_bytes(spec, spec.width, spec.max_depth, spec.steps // spec.log_every)
+    check_memory(
+        count * per,
+        name,
+        value,
+        f"{count} runs trained at once{note} ({format_bytes(per)} each: parameters, optimizer "
+        "state, activations and history)",
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -282,6 +514,13 @@ class TrainSpec:
             raise TypeError(f"task must be a Task, got {type(self.task).__name__}")
         set_("max_depth", positive_int(self.max_depth, "max_depth"))
         set_("width", positive_int(self.width, "width"))
+        for name in ("dtype", "master_dtype"):
+            value = getattr(self, name)
+            if value is None and name == "master_dtype":
+                continue
+            if not is_floating_dtype(value):
+                raise TypeError(f"{name} must be a floating-point dtype, got {value!r}")
+            set_(name, jnp.dtype(value))
         set_("activations", _names(self.activations, "activations", get_activation))
         set_("inits", _names(self.inits, "inits", get_initializer))
         if isinstance(self.optimizer, str):
@@ -292,7 +531,7 @@ class TrainSpec:
                 )
         elif not callable(self.optimizer):
             raise TypeError(f"optimizer must be a name or a callable, got {self.optimizer!r}")
-        set_("steps", positive_int(self.steps, "steps"))
+        set_("steps", bounded_int(self.steps, "steps", 1, _INT32_MAX, "the step counter is int32"))
         set_("log_every", positive_int(self.log_every, "log_every"))
         if self.steps % self.log_every:
             raise ValueError(f"steps={self.steps} must be a multiple of log_every={self.log_every}")
@@ -300,25 +539,45 @@ class TrainSpec:
             set_("batch_size", positive_int(self.batch_size, "batch_size"))
             if self.batch_size > self.task.n:
                 raise ValueError(f"batch_size={self.batch_size} exceeds the {self.task.n} examples")
-        for name in ("dtype", "master_dtype"):
-            value = getattr(self, name)
-            if value is None and name == "master_dtype":
-                continue
-            if not is_floating_dtype(value):
-                raise TypeError(f"{name} must be a floating-point dtype, got {value!r}")
-            set_(name, jnp.dtype(value))
         if self.clip_norm is not None:
             set_("clip_norm", finite_float(self.clip_norm, "clip_norm", positive=True))
         if self.max_consecutive_skips is not None:
             set_(
                 "max_consecutive_skips",
-                positive_int(self.max_consecutive_skips, "max_consecutive_skips", minimum=0),
+                bounded_int(
+                    self.max_consecutive_skips,
+                    "max_consecutive_skips",
+                    0,
+                    _INT32_MAX,
+                    "the skip counter is int32",
+                ),
             )
         if self.loss_scale is not None and not isinstance(self.loss_scale, DynamicLossScale):
             raise TypeError(f"loss_scale must be a DynamicLossScale, got {self.loss_scale!r}")
         set_("bias_std", finite_float(self.bias_std, "bias_std"))
         if self.bias_std < 0:
             raise ValueError(f"bias_std must be >= 0, got {self.bias_std}")
+        fmax, narrow = _dtype_max(jnp.float32, self.dtype, self.master_dtype or self.dtype)
+        if self.bias_std > fmax:
+            raise ValueError(
+                f"bias_std={self.bias_std} is too large: at most {fmax:.6g}, the largest finite "
+                f"{narrow} (the biases are drawn in float32 and cast to the run's dtypes)"
+            )
+        # Every size is bounded before anything reaches XLA (max_depth=10**9 would otherwise
+        # fail late, allocating); the message names the argument that crossed the limit.
+        _first_too_large(
+            lambda s: _run_bytes(
+                self, s["width"], s["max_depth"], max(1, s["steps"] // self.log_every)
+            ),
+            {"width": self.width, "max_depth": self.max_depth, "steps": self.steps},
+            "one run's parameters, optimizer state, activations and history",
+        )
+        with _x64(self):
+            for i, phi in enumerate(self.activations):
+                if not isinstance(phi, str):
+                    _probe_activation(phi, i, self.dtype)
+            if not isinstance(self.optimizer, str):
+                _probe_optimizer(self.optimizer, self.master_dtype or self.dtype)
 
     @property
     def n_layers(self) -> int:
@@ -340,13 +599,17 @@ class TrainSpec:
 class Runs(NamedTuple):
     """The configurations of one :func:`train` call, one entry per run (all shape ``(R,)``).
 
+    :func:`train` checks every field on the host before the kernel sees it (an index out of range
+    would otherwise be clamped silently by ``lax.switch`` or JAX's indexing).
+
     Attributes:
         depth: int32 hidden layers used, 1..``max_depth``.
-        scale: float32 multiplier of the initial weights.
+        scale: float32 multiplier of the initial weights, ``|scale|`` at most the largest finite
+            value of the run's dtypes (and 0 or at least float32's smallest normal number).
         activation: int32 index into ``TrainSpec.activations``.
         init: int32 index into ``TrainSpec.inits``.
-        lr: float32 learning rate, > 0.
-        seed: int32 seed of the initial weights and the batches.
+        lr: float32 learning rate, > 0, a normal float32 number.
+        seed: int32 seed of the initial weights and the batches, 0..2**31 - 1.
     """
 
     depth: jax.Array
@@ -357,17 +620,81 @@ class Runs(NamedTuple):
     seed: jax.Array
 
 
+_RUN_DTYPES = (jnp.int32, jnp.float32, jnp.int32, jnp.int32, jnp.float32, jnp.int32)
+_F32 = ml_dtypes.finfo(np.float32)
+
+
+def _check_scale(value: float, spec: TrainSpec, label: str) -> None:
+    fmax, narrow = _dtype_max(jnp.float32, spec.dtype, spec.master_dtype or spec.dtype)
+    if abs(value) > fmax:
+        raise ValueError(
+            f"{label}={value} is too large: |scale| must be at most {fmax:.6g}, the largest finite "
+            f"{narrow} (the runs' scale is float32; the weights are cast to the run's dtypes)"
+        )
+    if 0 < abs(value) < float(_F32.tiny):
+        raise ValueError(
+            f"{label}={value} is below float32's smallest normal number {float(_F32.tiny):.4g}: "
+            "it would be flushed to 0 (pass 0 for zero weights)"
+        )
+
+
+def _check_lr(value: float, label: str) -> None:
+    if value <= 0:
+        raise ValueError(f"{label} must be > 0, got {value}")
+    if not float(_F32.tiny) <= value <= float(_F32.max):
+        raise ValueError(
+            f"{label}={value} is out of range: the runs hold it in float32, valid "
+            f"{float(_F32.tiny):.4g}..{float(_F32.max):.6g} (smaller is flushed to 0, larger "
+            "is inf)"
+        )
+
+
+def _check_seed(value: int, label: str) -> None:
+    if not 0 <= value <= _INT32_MAX:
+        raise ValueError(f"{label}={value} is out of range: seeds are int32, valid 0..{_INT32_MAX}")
+
+
+def _check_index(value: int, choices: tuple, what: str, label: str) -> None:
+    if not 0 <= value < len(choices):
+        raise ValueError(
+            f"{label} index {value} is out of range for {len(choices)} {what}s "
+            f"(valid 0..{len(choices) - 1}: {choices})"
+        )
+
+
+def _values(value: Any, name: str) -> list:
+    """A value or a 1-D list/array of values as a list of Python scalars."""
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        if isinstance(value, jax.core.Tracer):
+            raise TypeError(f"{name} must be concrete values, not a traced array")
+        arr = np.asarray(value)
+        if arr.ndim > 1:
+            raise ValueError(
+                f"{name} must be a value or a 1-D list, got an array of shape {arr.shape}"
+            )
+        items = arr.reshape(-1).tolist()
+    elif isinstance(value, (list, tuple, range)):
+        items = list(value)
+        for v in items:
+            if isinstance(v, (list, tuple, range, dict, set)) or np.ndim(v) > 0:
+                raise ValueError(f"{name} must be a value or a 1-D list, got {value!r}")
+    else:
+        items = [value]
+    if not items:
+        raise ValueError(f"{name} must hold at least one value, got {value!r}")
+    return items
+
+
 def _index(values: Any, choices: tuple, what: str) -> list[int]:
     out = []
-    for v in np.atleast_1d(np.asarray(values, dtype=object)):
+    for v in _values(values, what):
         if isinstance(v, str):
             if v not in choices:
                 raise ValueError(f"{what} {v!r} is not among the spec's {what}s {choices}")
             out.append(choices.index(v))
         else:
             i = positive_int(v, what, minimum=0)
-            if i >= len(choices):
-                raise ValueError(f"{what} index {i} is out of range for {len(choices)} choices")
+            _check_index(i, choices, what, what)
             out.append(i)
     return out
 
@@ -390,8 +717,13 @@ def make_runs(
     are broadcast against each other (lists of one length, or single values).
 
     Raises:
-        ValueError: a depth outside 1..max_depth, a non-positive or non-finite learning rate or
-            scale out of range, an unknown activation/initializer, lists of mismatched lengths.
+        TypeError: a value of the wrong type (a float depth, a non-numeric scale), a non-bool
+            ``product``.
+        ValueError: a depth outside 1..max_depth; a scale that is not finite, larger than the
+            largest finite value of the run's dtypes or flushed to 0 in float32; a learning rate
+            that is not > 0 or out of float32's normal range; a seed outside 0..2**31 - 1; an
+            unknown activation/initializer or an index out of range; an empty list; lists of
+            mismatched lengths; more runs than fit in memory (all train at once).
 
     Examples:
         >>> spec = TrainSpec(teacher_student(jax.random.key(0), n=32), max_depth=8,
@@ -400,35 +732,98 @@ def make_runs(
         ...                  seed=[0, 1])
         >>> runs.depth.shape, runs.activation[:4].tolist()
         ((16,), [0, 0, 0, 0])
+        >>> make_runs(spec, seed=2**40)
+        Traceback (most recent call last):
+        ...
+        ValueError: seed=1099511627776 is out of range: seeds are int32, valid 0..2147483647
     """
     if not isinstance(spec, TrainSpec):
         raise TypeError(f"spec must be a TrainSpec, got {type(spec).__name__}")
+    product = strict_bool(product, "product")
     depth = spec.max_depth if depth is None else depth
     axes = {
-        "depth": [positive_int(d, "depth") for d in np.atleast_1d(depth).tolist()],
-        "scale": [finite_float(s, "scale") for s in np.atleast_1d(scale).tolist()],
+        "depth": [positive_int(d, "depth") for d in _values(depth, "depth")],
+        "scale": [finite_float(v, "scale") for v in _values(scale, "scale")],
         "activation": _index(activation, spec.activations, "activation"),
         "init": _index(init, spec.inits, "init"),
-        "lr": [finite_float(v, "lr") for v in np.atleast_1d(lr).tolist()],
-        "seed": [positive_int(s, "seed", minimum=0) for s in np.atleast_1d(seed).tolist()],
+        "lr": [finite_float(v, "lr") for v in _values(lr, "lr")],
+        "seed": [positive_int(v, "seed", minimum=0) for v in _values(seed, "seed")],
     }
     for d in axes["depth"]:
         if d > spec.max_depth:
             raise ValueError(f"depth={d} exceeds the spec's max_depth={spec.max_depth}")
+    for v in axes["scale"]:
+        _check_scale(v, spec, "scale")
     for v in axes["lr"]:
-        if v <= 0:
-            raise ValueError(f"lr must be > 0, got {v}")
+        _check_lr(v, "lr")
+    for v in axes["seed"]:
+        _check_seed(v, "seed")
+    lengths = {k: len(v) for k, v in axes.items()}
     if product:
+        count = math.prod(lengths.values())
+        _check_run_count(
+            spec, count, "runs", count, f" (every combination of the lists' lengths {lengths})"
+        )
         rows = list(itertools.product(*axes.values()))
         cols = list(zip(*rows, strict=True))
     else:
-        n = max(len(v) for v in axes.values())
-        bad = {k: len(v) for k, v in axes.items() if len(v) not in (1, n)}
+        n = max(lengths.values())
+        bad = {k: m for k, m in lengths.items() if m not in (1, n)}
         if bad:
             raise ValueError(f"with product=False the lists must have one length ({n}); got {bad}")
+        _check_run_count(spec, n, "runs", n)
         cols = [v * n if len(v) == 1 else v for v in axes.values()]
-    dtypes = (jnp.int32, jnp.float32, jnp.int32, jnp.int32, jnp.float32, jnp.int32)
-    return Runs(*(jnp.asarray(c, dt) for c, dt in zip(cols, dtypes, strict=True)))
+    return Runs(*(jnp.asarray(c, dt) for c, dt in zip(cols, _RUN_DTYPES, strict=True)))
+
+
+def _check_runs(spec: TrainSpec, runs: Runs) -> None:
+    """Every field of ``runs`` on the host: shape ``(R,)``, dtype and range (no silent clamps)."""
+    host = {}
+    for name, value in runs._asdict().items():
+        if isinstance(value, jax.core.Tracer):
+            raise TypeError(
+                f"runs.{name} is a traced array: call train outside jit/vmap (it compiles and "
+                "vmaps its own kernel)"
+            )
+        try:
+            host[name] = np.asarray(value)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"runs.{name} must be an array of numbers: {err}") from err
+    shapes = {f: v.shape for f, v in host.items()}
+    if len(set(shapes.values())) != 1 or len(next(iter(shapes.values()))) != 1:
+        raise ValueError(f"every field of runs must have one shape (R,), got {shapes}")
+    if next(iter(shapes.values()))[0] == 0:
+        raise ValueError("runs is empty: every field has shape (0,); make_runs lists at least one")
+    for name, arr in host.items():
+        integer = _RUN_DTYPES[Runs._fields.index(name)] == jnp.int32
+        kind_ok = np.issubdtype(arr.dtype, np.integer) or (
+            not integer and is_floating_dtype(arr.dtype)
+        )
+        if not kind_ok:
+            want = "integers" if integer else "real numbers"
+            raise TypeError(f"runs.{name} must hold {want}, got dtype {arr.dtype}")
+    for name in ("scale", "lr"):
+        values = host[name].astype(np.float64)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise ValueError(f"runs.{name}[{bad[0]}] must be finite, got {values[bad[0]]}")
+        for i, v in enumerate(values.tolist()):
+            (
+                _check_lr(v, f"runs.lr[{i}]")
+                if name == "lr"
+                else _check_scale(v, spec, f"runs.scale[{i}]")
+            )
+    for i, d in enumerate(host["depth"].tolist()):
+        if not 1 <= d <= spec.max_depth:
+            raise ValueError(
+                f"runs.depth[{i}]={d} is out of range: valid 1..max_depth={spec.max_depth}"
+            )
+    for name, choices in (("activation", spec.activations), ("init", spec.inits)):
+        for i, v in enumerate(host[name].tolist()):
+            _check_index(v, choices, name, f"runs.{name}[{i}]")
+    for i, v in enumerate(host["seed"].tolist()):
+        _check_seed(v, f"runs.seed[{i}]")
+    _check_run_count(spec, len(host["depth"]), "len(runs.depth)", len(host["depth"]))
 
 
 # ------------------------------------------------------------------------------------ history
@@ -482,13 +877,21 @@ class History(NamedTuple):
 # ----------------------------------------------------------------------------------- training
 
 
-def _pow2(k: jax.Array) -> jax.Array:
-    """Exactly ``2.0**k`` in float32 for integer ``k`` in the normal range (built from bits)."""
-    return jax.lax.bitcast_convert_type((k + 127).astype(jnp.uint32) << 23, jnp.float32)
+def _bits(dtype: jnp.dtype) -> tuple[Any, int, int]:
+    """The unsigned type, mantissa bits and exponent bias of float32 or float64."""
+    info = jnp.finfo(dtype)
+    return (jnp.uint32 if dtype.itemsize == 4 else jnp.uint64), info.nmant, info.maxexp - 1
+
+
+def _pow2(k: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
+    """Exactly ``2.0**k`` in float32/float64 for integer ``k`` in the normal range (from bits)."""
+    dtype = jnp.dtype(dtype)
+    uint, nmant, bias = _bits(dtype)
+    return jax.lax.bitcast_convert_type((k + bias).astype(uint) << nmant, dtype)
 
 
 def _rms_rows(a: jax.Array) -> jax.Array:
-    """RMS of each row of a float32 ``(k, n)`` array, without overflow or underflow.
+    """RMS of each row of a float32 (or float64) ``(k, n)`` array, without overflow or underflow.
 
     Each row is scaled by a power of two near its largest entry (applied as two multiplications
     by normal numbers, so that no reciprocal is flushed to 0), squared, summed and scaled back. A
@@ -497,18 +900,20 @@ def _rms_rows(a: jax.Array) -> jax.Array:
     finite = jnp.isfinite(a)
     big = jnp.max(jnp.where(finite, jnp.abs(a), 0), axis=1, keepdims=True)
     # the exponent e of big = m * 2**e, m in [0.5, 1), read from the bits (frexp is costly)
-    e = (jax.lax.bitcast_convert_type(big, jnp.uint32) >> 23).astype(jnp.int32) - 126
+    uint, nmant, bias = _bits(a.dtype)
+    e = (jax.lax.bitcast_convert_type(big, uint) >> nmant).astype(jnp.int32) - (bias - 1)
     lo, hi = e // 2, e - e // 2
-    ss = jnp.mean(jnp.square(a * _pow2(-lo) * _pow2(-hi)), axis=1, keepdims=True)
+    ss = jnp.mean(jnp.square(a * _pow2(-lo, a.dtype) * _pow2(-hi, a.dtype)), axis=1, keepdims=True)
     safe = jnp.where(ss > 0, ss, 1)  # double `where`: no sqrt'(0) = inf anywhere
-    scaled = jnp.where(ss > 0, jnp.sqrt(safe), 0) * _pow2(lo) * _pow2(hi)
+    scaled = jnp.where(ss > 0, jnp.sqrt(safe), 0) * _pow2(lo, a.dtype) * _pow2(hi, a.dtype)
     plain = jnp.sqrt(jnp.mean(jnp.square(a), axis=1, keepdims=True))
     return jnp.where(jnp.all(finite, axis=1, keepdims=True), scaled, plain)[:, 0]
 
 
-def _grad_stats(g: MLPParams) -> tuple[jax.Array, jax.Array]:
-    """RMS of each layer's weight and bias gradient ``(max_depth + 1,)``, and the global norm."""
-    g = jax.tree.map(lambda v: v.astype(jnp.float32), g)
+def _grad_stats(g: MLPParams, dtype: Any = jnp.float32) -> tuple[jax.Array, jax.Array]:
+    """RMS of each layer's weight and bias gradient ``(max_depth + 1,)``, and the global norm,
+    in ``dtype`` (float32, or float64 for a float64 run)."""
+    g = jax.tree.map(lambda v: v.astype(dtype), g)
     d = g.w_hidden.shape[0]
     rows = [
         jnp.concatenate([g.w_in.ravel(), g.b_in])[None],
@@ -517,8 +922,9 @@ def _grad_stats(g: MLPParams) -> tuple[jax.Array, jax.Array]:
     ]
     rms = jnp.concatenate([_rms_rows(r) for r in rows])
     sizes = np.array([rows[0].shape[1]] + [rows[1].shape[1]] * d + [rows[2].shape[1]])
-    norm = _rms_rows((rms * np.sqrt(sizes / sizes.sum()).astype(np.float32))[None])[0]
-    return rms, norm * np.float32(np.sqrt(sizes.sum() * len(sizes)))
+    weights = np.sqrt(sizes / sizes.sum()).astype(dtype)
+    norm = _rms_rows((rms * weights)[None])[0]
+    return rms, norm * np.asarray(np.sqrt(sizes.sum() * len(sizes)), dtype)
 
 
 def _build_optimizer(spec: TrainSpec, lr: jax.Array) -> optax.GradientTransformation:
@@ -587,7 +993,8 @@ def _initial_params(spec: TrainSpec, runs: Runs) -> MLPParams:
 
 
 def _loss(spec: TrainSpec, out: jax.Array, y: jax.Array) -> jax.Array:
-    out = out.astype(jnp.float32)  # the loss is computed in float32 (mixed precision practice)
+    # The loss is computed in float32 (mixed precision practice), in float64 for a float64 run.
+    out = out.astype(_wide(spec))
     if spec.task.kind == "classification":
         return jnp.mean(softmax_cross_entropy(out, y))
     return 0.5 * jnp.mean(jnp.square(out - y))
@@ -598,6 +1005,10 @@ def _one_run(
 ) -> History:
     compute = spec.dtype
     store = spec.master_dtype or compute
+    wide = _wide(spec)  # the records' dtype: float32, or float64 for a float64 run
+    scale_dtype = (
+        wide if spec.loss_scale is None else jnp.promote_types(wide, spec.loss_scale.dtype)
+    )
     params = _scaled(unit_params, run.scale, store)
     phi = select_activation(spec.activations, run.activation)
     opt = _build_optimizer(spec, run.lr)
@@ -620,9 +1031,9 @@ def _one_run(
     def step(carry, i):
         params, opt_state, first_bad = carry
         scale = (
-            loss_scale_of(opt_state).astype(jnp.float32)
+            loss_scale_of(opt_state).astype(scale_dtype)
             if spec.loss_scale is not None
-            else jnp.float32(1)
+            else jnp.ones((), scale_dtype)
         )
         xb, yb = batch(i)
         p_c = jax.tree.map(lambda v: v.astype(compute), params)
@@ -633,7 +1044,7 @@ def _one_run(
         grads_ok = all_finite(g_c)
         update_ok = all_finite(updates)
         failed = ~jnp.isfinite(loss) | (~grads_ok & ~update_ok)
-        first_bad = jnp.where((first_bad < 0) & failed, i, first_bad)
+        first_bad = jnp.where((first_bad < 0) & failed, i, first_bad).astype(jnp.int32)
         events = ((~grads_ok).astype(jnp.int32), (~grads_ok & update_ok).astype(jnp.int32))
         return (params, opt_state, first_bad), (loss, g_c, updates, scale), events
 
@@ -641,13 +1052,13 @@ def _one_run(
         """The record of one step: loss, norms, per-layer gradient RMS, census, loss scale."""
         loss, g_c, updates, scale = raw
         layer_rms, grad_norm = _grad_stats(
-            jax.tree.map(lambda g: g.astype(jnp.float32) / scale, g_c)
+            jax.tree.map(lambda g: g.astype(wide) / scale, g_c), wide
         )
         c = census(jnp.concatenate([g.ravel() for g in jax.tree.leaves(g_c)]))
         return (
             loss,
             grad_norm,
-            safe_global_norm(updates).astype(jnp.float32),
+            safe_global_norm(updates).astype(wide),
             layer_rms,
             jnp.stack(list(c)),
             scale,
@@ -670,12 +1081,14 @@ def _one_run(
         zeros = jax.tree.map(
             lambda a: jnp.zeros(a.shape, a.dtype), (jax.eval_shape(summarise, raw), events)
         )
-        (carry, record, events), _ = jax.lax.scan(body, (carry, *zeros), jnp.arange(k))
+        (carry, record, events), _ = jax.lax.scan(
+            body, (carry, *zeros), jnp.arange(k, dtype=jnp.int32)
+        )
         return carry, (*record, *events)
 
     n_logs = spec.steps // k
     carry = (params, opt_state, jnp.int32(-1))
-    carry, records = jax.lax.scan(window, carry, jnp.arange(n_logs))
+    carry, records = jax.lax.scan(window, carry, jnp.arange(n_logs, dtype=jnp.int32))
     params, _, first_bad = carry
     p_c = jax.tree.map(lambda v: v.astype(compute), params)
     out = mlp_apply(p_c, x, activation=phi, depth=run.depth)
@@ -683,9 +1096,9 @@ def _one_run(
     if spec.task.kind == "classification":
         # a row with inf/NaN outputs is wrong, whatever arg-max would pick among its NaNs
         right = (jnp.argmax(out, axis=-1) == y) & jnp.all(jnp.isfinite(out), axis=-1)
-        accuracy = jnp.mean(right.astype(jnp.float32))
+        accuracy = jnp.mean(right.astype(wide))
     else:
-        accuracy = jnp.float32(jnp.nan)
+        accuracy = jnp.asarray(jnp.nan, wide)
     loss, gnorm, unorm, layers, cens, scales, bad, absorbed = records
     return History(
         step=jnp.arange(n_logs, dtype=jnp.int32) * k,
@@ -745,13 +1158,15 @@ def train(spec: TrainSpec, runs: Runs) -> History:
         raise TypeError(f"spec must be a TrainSpec, got {type(spec).__name__}")
     if not isinstance(runs, Runs):
         raise TypeError(f"runs must be a Runs (from make_runs), got {type(runs).__name__}")
-    shapes = {f: jnp.shape(v) for f, v in runs._asdict().items()}
-    if len({s for s in shapes.values()}) != 1 or len(next(iter(shapes.values()))) != 1:
-        raise ValueError(f"every field of runs must have one shape (R,), got {shapes}")
-    dtypes = (jnp.int32, jnp.float32, jnp.int32, jnp.int32, jnp.float32, jnp.int32)
-    runs = Runs(*(jnp.asarray(v, dt) for v, dt in zip(runs, dtypes, strict=True)))
-    unit = _initial_params(spec, runs)
-    return _train_jit(_Holder(spec), runs, unit, spec.task.x, spec.task.y)
+    _check_runs(spec, runs)
+    with _x64(spec):
+        runs = Runs(*(jnp.asarray(v, dt) for v, dt in zip(runs, _RUN_DTYPES, strict=True)))
+        unit = _initial_params(spec, runs)
+        history = _train_jit(_Holder(spec), runs, unit, spec.task.x, spec.task.y)
+        if _needs_x64(spec):
+            # On the host, so that float64 records stay float64 outside ``enable_x64`` too.
+            history = jax.tree.map(np.asarray, history)
+    return history
 
 
 @partial(jax.jit, static_argnums=0)
@@ -822,10 +1237,12 @@ class Diagnosis(NamedTuple):
 def _history_arrays(history: Any) -> dict[str, np.ndarray]:
     if not isinstance(history, History):
         raise TypeError(f"history must be a History (from train), got {type(history).__name__}")
-    h = {
-        f: np.asarray(getattr(history, f))
-        for f in ("step", "loss", "grad_norm", "layer_grad_rms", "first_nonfinite")
-    }
+    h = {}
+    for f in ("step", "loss", "grad_norm", "layer_grad_rms", "first_nonfinite"):
+        try:
+            h[f] = np.asarray(getattr(history, f))
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"history.{f} must be an array of numbers: {err}") from err
     if h["loss"].ndim != 2 or h["loss"].shape[1] == 0:
         raise ValueError(f"history.loss must have shape (runs, records), got {h['loss'].shape}")
     r, t = h["loss"].shape
@@ -840,6 +1257,15 @@ def _history_arrays(history: Any) -> dict[str, np.ndarray]:
         raise ValueError(
             f"history.layer_grad_rms must have shape ({r}, {t}, layers >= 2), got {lg.shape}"
         )
+    for f, arr in h.items():
+        if not (np.issubdtype(arr.dtype, np.integer) or is_floating_dtype(arr.dtype)):
+            raise TypeError(f"history.{f} must hold real numbers, got dtype {arr.dtype}")
+    first = h["first_nonfinite"]
+    if not np.issubdtype(first.dtype, np.integer):
+        if not np.all(np.isfinite(first) & (first == np.round(first))):
+            raise ValueError(f"history.first_nonfinite must hold integer steps, got {first}")
+    if np.any(first < -1):
+        raise ValueError(f"history.first_nonfinite must be >= -1 (-1: none), got {first}")
     return h
 
 
@@ -1163,6 +1589,13 @@ def trainability_grid(
         log_every=steps,
         batch_size=batch_size,
         bias_std=float(np.sqrt(sb2)),
+    )
+    _check_run_count(
+        spec,
+        len(depths) * len(sw2) * seeds,
+        "seeds",
+        seeds,
+        f" ({len(depths)} depths x {len(sw2)} sigma_w2 x {seeds} seeds)",
     )
     rows = list(itertools.product(range(len(depths)), range(len(sw2)), range(seeds)))
     runs = make_runs(
