@@ -38,9 +38,11 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 from jax.typing import ArrayLike
 
-from stabkit._checks import floating_array, normalize_axis
+from stabkit._checks import floating_array, is_floating_dtype, normalize_axis, strict_bool
 
 __all__ = [
     "log_softmax",
@@ -53,14 +55,28 @@ __all__ = [
 
 Axis = int | Sequence[int]
 
+# Formats that cannot hold these results at all; every other real floating dtype is accepted.
+_REFUSED = {
+    "float8_e8m0fnu": "it has no zero and no sign, so neither p = 0 nor log p < 0",
+    "float4_e2m1fn": "it has no inf and no NaN, so masked entries and NaN rows cannot be reported",
+}
+
+# log1p(t) uses XLA's log1p below this and log(u) + c/u above: XLA:CPU's float32 log1p is up to
+# 2.4 ulp off for t in [0.37, 1], log(1 + t) with the rounding of 1 + t put back is 1.4.
+_LOG1P_SWITCH = 0.375
+
 
 def _compute_dtype(dtype) -> jnp.dtype:
     """float32 for formats narrower than 32 bits, the dtype itself otherwise."""
     return jnp.dtype(jnp.float32) if jnp.dtype(dtype).itemsize < 4 else jnp.dtype(dtype)
 
 
-def _upcast(x: jax.Array) -> jax.Array:
-    return x.astype(_compute_dtype(x.dtype))
+def _input(x: ArrayLike, name: str) -> jax.Array:
+    x = floating_array(x, name)
+    why = _REFUSED.get(jnp.dtype(x.dtype).name)
+    if why is not None:
+        raise TypeError(f"{name} has dtype {x.dtype}, which cannot hold a softmax result: {why}")
+    return x
 
 
 def _axes(axis: Axis, ndim: int) -> tuple[int, ...]:
@@ -95,88 +111,135 @@ def _mask(where: ArrayLike | None, shape: tuple[int, ...]) -> jax.Array | None:
 
 
 def _prepare(x: ArrayLike, axis: Axis, where: ArrayLike | None, name: str = "x"):
-    x = floating_array(x, name)
+    x = _input(x, name)
     axes = _axes(axis, x.ndim)
     mask = _mask(where, x.shape)
     return x, axes, mask
 
 
-def _forward(x: jax.Array, mask: jax.Array | None, axes: tuple[int, ...]):
-    """The shared forward sweep: ``(m, shifted, s)`` with keepdims along ``axes``.
-
-    ``m`` is the row max, ``shifted = x - m`` and ``s = sum(exp(shifted))``: exactly the pattern of
-    ``jax.nn.log_softmax``, which XLA fuses into two reduction kernels and one output loop. Every
-    special case is repaired afterwards from the per-row ``m`` alone, which costs nothing per entry:
-
-    * empty row (all -inf or masked): ``m = -inf``, ``shifted = NaN``: the outputs are replaced;
-    * ``+inf`` in the row: ``m = inf``, ``shifted`` is NaN at the infinite entries, ``s = NaN``;
-    * NaN in the row: ``m = NaN`` (XLA's max propagates NaN), everything NaN.
-    """
-    if mask is not None:
-        x = jnp.where(mask, x, -jnp.inf)
-    m = jnp.max(x, axis=axes, keepdims=True)
-    shifted = x - m
-    s = jnp.sum(jnp.exp(shifted), axis=axes, keepdims=True)
-    return m, shifted, s
+def _empty(shape: tuple[int, ...], axes: tuple[int, ...]) -> bool:
+    return any(shape[a] == 0 for a in axes)
 
 
-# Three custom_jvp primitives of (x, mask) in the compute dtype, keepdims along ``axes``. Their
-# JVP rules give the exact derivative on valid entries, exactly 0 on -inf or masked ones, and no NaN
-# from 0 * inf on empty rows; they call the primitives themselves and use only differentiable ops,
-# so grad-of-grad, jacfwd/jacrev and hessian work. Reverse mode is JAX's transpose of the rules and
-# keeps only the output as a residual, like jax.nn.
-
-
-@partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _lse(x, mask, axes):
-    m, _, s = _forward(x, mask, axes)
-    # -inf for an empty row, +inf for a row with +inf: both are m itself.
-    return jnp.where(jnp.isinf(m), m, m + jnp.log(s))
-
-
-@partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _softmax(x, mask, axes):
-    m, shifted, s = _forward(x, mask, axes)
-    return jnp.where(m == -jnp.inf, jnp.zeros_like(shifted), jnp.exp(shifted) / s)
-
-
-@partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _log_softmax(x, mask, axes):
-    m, shifted, s = _forward(x, mask, axes)
-    return jnp.where(m == -jnp.inf, jnp.full_like(shifted, -jnp.inf), shifted - jnp.log(s))
+def _masked(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    return x if mask is None else jnp.where(mask, x, -jnp.inf)
 
 
 def _sum(a, axes):
     return jnp.sum(a, axis=axes, keepdims=True)
 
 
+def _log1p(t):
+    """``log(1 + t)`` for ``t >= 0`` to about 1.4 ulp (see ``_LOG1P_SWITCH``)."""
+    # The barrier keeps XLA from simplifying (1 + t) - 1 to t, which would lose c.
+    u = lax.optimization_barrier(1 + t)
+    c = jnp.where(t <= 1, t - (u - 1), 1 - (u - t))  # Fast2Sum: 1 + t == u + c exactly
+    return jnp.where(t < _LOG1P_SWITCH, jnp.log1p(t), jnp.log(u) + c / u)
+
+
+def _stats(x, axes, compensate):
+    """The shared forward sweep over a masked ``x`` (-inf at excluded entries), keepdims.
+
+    Returns ``(m, finite, d, e, t, k)``:
+
+    * ``m`` the row max and ``finite = isfinite(m)``; rows with a non-finite max are shifted by 0
+      and repaired per row afterwards (an empty row has ``m = -inf``, a row with ``+inf`` has
+      ``m = inf``, a NaN row ``m = NaN``: XLA's max propagates NaN);
+    * ``d = x - m`` and ``e = exp(x - m)`` per entry. In float32/float64 (``compensate``) the
+      rounding error of the subtraction is carried (Knuth's TwoSum) and put back into ``e``, so
+      ``e`` has the accuracy of ``exp`` however far ``x`` lies below ``m``: without it, the
+      relative error of ``e`` is ``|x - m| * eps / 2`` (64 ulp at ``x - m = -128``);
+    * ``t = sum(e) - 1`` computed as the sum over the entries below the max plus the number of
+      ties at the max less one, so that ``log1p(t)`` keeps the tiny terms that a sum starting at
+      1 absorbs one by one (Blanchard, Higham & Higham, Algorithm 2), and ``k = 1 + t`` (one
+      rounding, the softmax denominator).
+    """
+    m = jnp.max(x, axis=axes, keepdims=True)
+    finite = jnp.isfinite(m)
+    d, delta = _shift(x, jnp.where(finite, m, 0), compensate)
+    e = _exp(d, delta)
+    top = d == 0
+    u = _sum(jnp.where(top, 0, e), axes)
+    ties = _sum(top.astype(x.dtype), axes)
+    return m, finite, d, delta, e, u + (ties - 1), u + ties
+
+
+def _shift(x, m0, compensate):
+    """``(d, delta)`` with ``d = fl(x - m0)`` and, when ``compensate``, ``d + delta == x - m0``."""
+    d = x - m0
+    if not compensate:
+        return d, None
+    b = d - x
+    delta = (x - (d - b)) + (-m0 - b)
+    # -inf (excluded) entries and an overflowing x - m0 give inf - inf: no correction there.
+    return d, jnp.where(jnp.isfinite(d), delta, 0)
+
+
+def _exp(d, delta):
+    e = jnp.exp(d)
+    return e if delta is None else e + e * delta
+
+
+def _log_norm(m, finite, t):
+    """``log(sum(exp(x - m)))`` per row; 0 for an empty row (its log-probabilities are -inf
+    already), NaN for a row holding +inf or NaN."""
+    return jnp.where(finite, _log1p(t), jnp.where(m == -jnp.inf, 0, jnp.nan))
+
+
+# Three custom_jvp primitives of (x, mask) in the compute dtype, keepdims along ``axes``. Their
+# JVP rules give the exact derivative on valid entries, exactly 0 on -inf or masked ones, and no NaN
+# from 0 * inf on empty rows; they call the primitives themselves and use only differentiable ops,
+# so grad-of-grad, jacfwd/jacrev and hessian work. Reverse mode is JAX's transpose of the rules and
+# keeps only the output as a residual, like jax.nn. A row holding +inf has NaN derivatives: the
+# gradient of logsumexp is the softmax, and the softmax of that row is NaN (inf / inf).
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _lse(x, mask, axes, compensate):
+    m, finite, _, _, _, t, _ = _stats(_masked(x, mask), axes, compensate)
+    # -inf for an empty row, +inf for a row with +inf, NaN for a NaN row: m itself.
+    return jnp.where(finite, m + _log1p(t), m)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _softmax(x, mask, axes, compensate):
+    m, finite, _, _, e, _, k = _stats(_masked(x, mask), axes, compensate)
+    # An empty row has e = 0 everywhere: 0 / 1. A +inf or NaN row: NaN.
+    return e / jnp.where(finite, k, jnp.where(m == -jnp.inf, 1, jnp.nan))
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _log_softmax(x, mask, axes, compensate):
+    m, finite, d, delta, _, t, _ = _stats(_masked(x, mask), axes, compensate)
+    out = d - _log_norm(m, finite, t)
+    return out if delta is None else out + delta
+
+
 @_lse.defjvp
-def _lse_jvp(axes, primals, tangents):
+def _lse_jvp(axes, compensate, primals, tangents):
     x, mask = primals
     t, _ = tangents
-    lse = _lse(x, mask, axes)
     # d lse = <p, t>. Entries with p = 0 contribute nothing; the where drops a non-finite tangent
     # there (0 * inf) and transposes to nothing in reverse mode, where the gradient is p * ct.
-    # A row with +inf has lse = +inf whatever its finite entries do: derivative 0, not NaN.
-    p = _softmax(x, mask, axes)
-    p = jnp.where(lse == jnp.inf, jnp.zeros_like(p), p)
-    return lse, _sum(p * jnp.where(p != 0, t, 0), axes)
+    # A row holding +inf has p = NaN: its derivative is NaN, as the README's table says.
+    p = _softmax(x, mask, axes, compensate)
+    return _lse(x, mask, axes, compensate), _sum(p * jnp.where(p != 0, t, 0), axes)
 
 
 @_softmax.defjvp
-def _softmax_jvp(axes, primals, tangents):
+def _softmax_jvp(axes, compensate, primals, tangents):
     x, mask = primals
     t, _ = tangents
-    p = _softmax(x, mask, axes)
+    p = _softmax(x, mask, axes, compensate)
     t = jnp.where(p != 0, t, 0)
     return p, p * (t - _sum(p * t, axes))
 
 
 @_log_softmax.defjvp
-def _log_softmax_jvp(axes, primals, tangents):
+def _log_softmax_jvp(axes, compensate, primals, tangents):
     x, mask = primals
     t, _ = tangents
-    logp = _log_softmax(x, mask, axes)
+    logp = _log_softmax(x, mask, axes, compensate)
     p = jnp.exp(logp)
     # -inf outputs are constants: tangent 0. NaN counts as live, so NaN rows have NaN derivatives.
     # A tangent at a -inf or masked input meets p = 0 there and drops out of the sum. (Masking t
@@ -186,26 +249,107 @@ def _log_softmax_jvp(axes, primals, tangents):
     return logp, jnp.where(live, t - _sum(p * t, axes), 0)
 
 
+# Cross-entropy, as two custom_jvp primitives in the compute dtype, keepdims along ``ax``. Both
+# compute the loss as a sum of non-negative terms, so it is accurate (no cancellation between the
+# loss's parts), never -0.0, and finite wherever its exact value is; their derivatives are written
+# from the softmax, so they stay exact where the loss itself overflows the dtype.
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _ce_index(x, mask, y, ax, compensate):
+    """``-log softmax(x)[y] = (m - x_y) + log1p(t)``; ``y`` integer, keepdims along ``ax``."""
+    xm = _masked(x, mask)
+    m, finite, _, _, _, t, _ = _stats(xm, (ax,), compensate)
+    in_range = (y >= 0) & (y < x.shape[ax])
+    x_y = jnp.take_along_axis(xm, jnp.clip(y, 0, x.shape[ax] - 1), axis=ax)
+    # A target with mass: (m - x_y) + L, two non-negative terms. A target without (-inf or
+    # masked) or an empty row: +inf. A row with +inf or NaN, or a label out of range: NaN.
+    loss = jnp.where(x_y > -jnp.inf, (m - x_y) + _log_norm(m, finite, t), jnp.inf)
+    return jnp.where(in_range & (finite | (m == -jnp.inf)), loss, jnp.nan)
+
+
+@_ce_index.defjvp
+def _ce_index_jvp(ax, compensate, primals, tangents):
+    x, mask, y = primals
+    tx = tangents[0]
+    loss = _ce_index(x, mask, y, ax, compensate)
+    p = _softmax(x, mask, (ax,), compensate)
+    xm = _masked(x, mask)
+    hit = (lax.broadcasted_iota(y.dtype, x.shape, ax) == y) & (xm > -jnp.inf)
+    # d loss = <p - onehot(y), dx>: exact even where the loss overflows to inf. A target without
+    # mass contributes no -1 (it is a constant), so the gradient is the limit softmax(others).
+    g = p - hit.astype(p.dtype)
+    g = jnp.where((y >= 0) & (y < x.shape[ax]), g, jnp.nan)
+    return loss, _sum(g * jnp.where(g != 0, tx, 0), (ax,))
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _ce_prob(x, mask, y, ax, compensate):
+    """``-sum(y * log softmax(x)) = 2 * sum(y * h) + Y * log1p(t)`` with ``h = (m - x) / 2``.
+
+    Every term is >= 0. ``h`` is halved so that ``m - x`` cannot overflow for finite inputs
+    (``x = [3e38, -3e38]`` has ``m - x = 6e38``); halving is exact but where ``x / 2`` is
+    subnormal, an error far below the ``Y * log(2)`` that such a term comes with.
+    """
+    xm = _masked(x, mask)
+    m, finite, _, _, _, t, _ = _stats(xm, (ax,), compensate)
+    # A negative label (possible only under jit, where labels cannot be checked) makes Y NaN.
+    y_ok = jnp.where(y >= 0, y, jnp.nan)
+    total = _sum(y_ok, (ax,))
+    h = 0.5 * jnp.where(finite, m, 0) - 0.5 * xm
+    loss = 2 * _sum(jnp.where(y == 0, 0, y_ok * h), (ax,)) + total * _log_norm(m, finite, t)
+    # An empty row: 0 if it has no label mass, +inf if it has some (on classes of probability 0).
+    empty = jnp.where(total == 0, 0, jnp.where(total > 0, jnp.inf, jnp.nan))
+    return jnp.where(m == -jnp.inf, empty, loss)
+
+
+@_ce_prob.defjvp
+def _ce_prob_jvp(ax, compensate, primals, tangents):
+    x, mask, y = primals
+    tx, _, ty = tangents
+    loss = _ce_prob(x, mask, y, ax, compensate)
+    xm = _masked(x, mask)
+    valid = xm > -jnp.inf
+    m, finite, _, _, _, t, _ = _stats(xm, (ax,), compensate)
+    p = _softmax(x, mask, (ax,), compensate)
+    y_ok = jnp.where(y >= 0, y, jnp.nan)
+    # d loss / dx = Y p - y, d loss / dy = -log p = 2h + L, on valid entries; excluded entries
+    # (-inf or masked) are constants: 0. 2 * (h * ty) keeps a zero tangent zero where 2h = inf.
+    g = jnp.where(valid, _sum(y_ok, (ax,)) * p - y_ok, 0)
+    h = 0.5 * jnp.where(finite, m, 0) - 0.5 * xm
+    dy = 2 * (jnp.where(valid, h, 0) * ty) + jnp.where(valid, _log_norm(m, finite, t), 0) * ty
+    return loss, _sum(g * jnp.where(valid, tx, 0) + dy, (ax,))
+
+
 def logsumexp(
     x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None, keepdims: bool = False
 ) -> jax.Array:
     r"""Stable :math:`\log \sum_i e^{x_i}` along ``axis``, over the entries where ``where`` is True.
 
-    Computed as :math:`m + \log \sum_i e^{x_i - m}` with :math:`m = \max_i x_i` (finite rows), so
-    ``n`` equal inputs ``c`` give ``c + log n`` rounded in the dtype for every finite ``c``.
+    Computed as :math:`m + \operatorname{log1p}(t)` with :math:`m = \max_i x_i` and :math:`t` the
+    sum of :math:`e^{x_i - m}` over the entries below the max plus the number of ties at the max
+    less one, so tiny terms are not absorbed into a leading 1 and ``n`` equal inputs ``c`` give
+    ``c + log n`` rounded in the dtype for every finite ``c``.
+
+    Accuracy (against the exact value on the same inputs): within 1 ulp in float16, bfloat16 and
+    float8; within 2 ulp in float32/float64, except where the result is small by cancellation
+    (``m < 0 < log1p(t)``, for example ``c + log n`` near 0 with ``c ~ -log n``): there the error
+    is at most about 2 ulp of ``|m|``, as the problem's conditioning allows.
 
     Args:
         x: floating-point array, any dtype; float16/bfloat16/float8 are computed in float32.
         axis: the axis (or tuple of axes) to reduce.
         where: optional boolean mask broadcastable to ``x.shape``; False entries are left out.
-        keepdims: keep the reduced axes with size 1.
+        keepdims: keep the reduced axes with size 1 (``True`` or ``False``).
 
     Returns:
-        An array of ``x``'s dtype. ``-inf`` for a row with no valid entry (gradient 0), ``+inf``
-        if the row has a ``+inf`` entry, NaN if it has a NaN.
+        An array of ``x``'s dtype. ``-inf`` for a row with no valid entry (gradient 0) and for an
+        empty axis, ``+inf`` if the row has a ``+inf`` entry (gradient NaN: it is that row's
+        softmax, ``inf / inf``), NaN if it has a NaN.
 
     Raises:
-        TypeError: ``x`` is not floating point, or ``where`` is not boolean.
+        TypeError: ``x`` is not floating point, ``where`` is not boolean, ``keepdims`` is not a
+            bool.
         ValueError: ``axis`` is out of range, or ``where`` does not broadcast to ``x``.
 
     Examples:
@@ -216,16 +360,27 @@ def logsumexp(
         -inf
         >>> float(logsumexp(jnp.array([1.0, 5.0]), where=jnp.array([True, False])))
         1.0
+        >>> float(logsumexp(jnp.array([0.0, -18.25])))  # log(1 + e^-18.25); jax.nn: 0.0
+        1.19...e-08
     """
+    keepdims = strict_bool(keepdims, "keepdims")
     x, axes, mask = _prepare(x, axis, where)
-    out = _lse(_upcast(x), mask, axes)
+    if _empty(x.shape, axes):
+        out = jnp.full(tuple(1 if a in axes else s for a, s in enumerate(x.shape)), -jnp.inf)
+    else:
+        c = _compute_dtype(x.dtype)
+        out = _lse(x.astype(c), mask, axes, c == x.dtype)
     if not keepdims:
         out = jnp.squeeze(out, axis=axes)
     return out.astype(x.dtype)
 
 
 def log_softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None) -> jax.Array:
-    r"""Stable :math:`\log \operatorname{softmax}(x)_i = x_i - \operatorname{logsumexp}(x)`.
+    r"""Stable :math:`\log \operatorname{softmax}(x)_i = (x_i - m) - \operatorname{log1p}(t)`.
+
+    ``m`` and ``t`` as in :func:`logsumexp`: the entry at the max of ``[1.5, -27.25]`` is
+    ``-log1p(e^{-28.75}) = -3.3e-13``, not 0. Both terms are <= 0, so there is no cancellation:
+    within 1 ulp in float16, bfloat16 and float8, 2 ulp in float32/float64.
 
     Args:
         x: floating-point array, any dtype; float16/bfloat16/float8 are computed in float32.
@@ -234,7 +389,8 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None
 
     Returns:
         An array of ``x``'s shape and dtype. ``-inf`` at -inf and masked entries (gradient 0);
-        all ``-inf`` for a row with no valid entry; all NaN for a row containing NaN or ``+inf``.
+        all ``-inf`` for a row with no valid entry; all NaN (and NaN gradients) for a row
+        containing NaN or ``+inf``; an empty array for an empty axis.
 
     Raises:
         TypeError: ``x`` is not floating point, or ``where`` is not boolean.
@@ -248,11 +404,17 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None
         Array([-0.6931472, -0.6931472,       -inf], dtype=float32)
     """
     x, axes, mask = _prepare(x, axis, where)
-    return _log_softmax(_upcast(x), mask, axes).astype(x.dtype)
+    if _empty(x.shape, axes):
+        return jnp.zeros(x.shape, x.dtype)
+    c = _compute_dtype(x.dtype)
+    return _log_softmax(x.astype(c), mask, axes, c == x.dtype).astype(x.dtype)
 
 
 def softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None) -> jax.Array:
     r"""Stable :math:`\operatorname{softmax}(x)_i = e^{x_i - m} / \sum_j e^{x_j - m}`, m = max x.
+
+    Within 1 ulp in float16, bfloat16 and float8, 2 ulp in float32/float64 (the rounding error of
+    ``x_i - m`` is carried into ``e^{x_i - m}``, so far tails keep their relative accuracy).
 
     Args:
         x: floating-point array, any dtype; float16/bfloat16/float8 are computed in float32.
@@ -261,7 +423,8 @@ def softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None) ->
 
     Returns:
         An array of ``x``'s shape and dtype: 0 at -inf and masked entries (gradient 0), all 0 for
-        a row with no valid entry, all NaN for a row containing NaN or ``+inf``.
+        a row with no valid entry, all NaN (and NaN gradients) for a row containing NaN or
+        ``+inf``; an empty array for an empty axis.
 
     Raises:
         TypeError: ``x`` is not floating point, or ``where`` is not boolean.
@@ -273,7 +436,59 @@ def softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None) ->
         Array([0.25, 0.25, 0.25, 0.25], dtype=float16)
     """
     x, axes, mask = _prepare(x, axis, where)
-    return _softmax(_upcast(x), mask, axes).astype(x.dtype)
+    if _empty(x.shape, axes):
+        return jnp.zeros(x.shape, x.dtype)
+    c = _compute_dtype(x.dtype)
+    return _softmax(x.astype(c), mask, axes, c == x.dtype).astype(x.dtype)
+
+
+def _check_labels(labels: ArrayLike, logits_shape: tuple[int, ...], ax: int):
+    """``labels`` as an array, with its values checked when they are concrete (not traced)."""
+    n = logits_shape[ax]
+    if isinstance(labels, jax.core.Tracer):
+        y, concrete = labels, None
+    else:
+        try:
+            concrete = np.asarray(labels)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"labels must be an array, got {type(labels).__name__}") from err
+        y = concrete
+    dtype = np.dtype(y.dtype)
+    floating = is_floating_dtype(dtype)
+    if not floating and (not np.issubdtype(dtype, np.integer) or dtype == np.bool_):
+        raise TypeError(
+            f"labels must be integer class indices or floating probabilities, got dtype {dtype}"
+        )
+    if floating:
+        if tuple(y.shape) != logits_shape:
+            raise ValueError(
+                f"probability labels must have the logits' shape {logits_shape}, got {y.shape}"
+            )
+        if concrete is not None:
+            with np.errstate(invalid="ignore"):
+                bad = concrete.astype(np.float64) < 0
+            if bad.any():
+                first = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise ValueError(
+                    f"labels must be probabilities (>= 0); labels{list(first)} = "
+                    f"{concrete[first]} ({int(bad.sum())} negative)"
+                )
+        return jnp.asarray(y), True
+    expected = logits_shape[:ax] + logits_shape[ax + 1 :]
+    if tuple(y.shape) != expected:
+        raise ValueError(
+            f"integer labels must have shape {expected} (the logits' shape {logits_shape} "
+            f"without axis {ax}), got {y.shape}"
+        )
+    if concrete is not None:
+        bad = (concrete < 0) | (concrete >= n)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"integer labels must lie in [0, {n}) (the {n} classes along axis {ax}); "
+                f"labels{list(first)} = {concrete[first]} ({int(bad.sum())} out of range)"
+            )
+    return jnp.asarray(y), False
 
 
 def softmax_cross_entropy(
@@ -285,11 +500,23 @@ def softmax_cross_entropy(
 ) -> jax.Array:
     r"""Cross-entropy :math:`-\sum_i y_i \log \operatorname{softmax}(x)_i` along ``axis``.
 
+    Computed as a sum of non-negative terms,
+    :math:`\sum_i y_i (m - x_i) + Y \operatorname{log1p}(t)`
+    (:math:`Y = \sum_i y_i`, ``m`` and ``t`` as in :func:`logsumexp`), so the loss is accurate
+    to the dtype (1 ulp in half formats, 2 in float32/float64), never ``-0.0``, and finite
+    wherever its exact value is (``x = [3e38, -3e38]``, ``y = [0.75, 0.25]`` gives 1.5e38, not
+    inf). The gradient, ``Y softmax(x) - y`` (``softmax(x) - onehot`` for integer labels), is
+    written by hand, so it stays exact even where the loss overflows the dtype.
+
     Args:
         logits: floating-point array of shape ``(..., n, ...)``.
         labels: either integer class indices with ``logits``' shape minus ``axis``, or
-            probabilities (floating point) with ``logits``' shape. Terms with probability 0 count
-            as 0 even where the log-probability is ``-inf``.
+            probabilities (floating point, ``>= 0``) with ``logits``' shape. Probabilities need
+            not sum to 1 (label smoothing, weighted targets): the loss is the formula above for
+            any non-negative ``y``. Terms with probability 0 count as 0 even where the
+            log-probability is ``-inf``. Labels are checked when they are concrete; under
+            ``jit`` they cannot be, and a row with a label out of ``[0, n)`` or a negative
+            probability gets a NaN loss and NaN gradient (reported, not hidden).
         axis: the class axis.
         where: optional boolean mask over classes, broadcastable to ``logits.shape``.
 
@@ -297,13 +524,14 @@ def softmax_cross_entropy(
         The loss, shape ``logits.shape`` minus ``axis``, in the logits' dtype. Finite (with a
         finite gradient) when a non-target logit is ``-inf`` or masked; ``+inf`` when the
         target's logit is ``-inf`` or masked, with the finite limit of the gradient (softmax of
-        the other valid logits, 0 at the target); NaN for a row with a NaN logit, and
-        (under ``jit``, where labels cannot be checked) for an out-of-range integer label.
+        the other valid logits, 0 at the target); NaN (NaN gradient) for a row with a NaN or
+        ``+inf`` logit. With ``n = 0`` classes, probability labels give 0 (an empty sum).
 
     Raises:
         TypeError: non-floating logits, labels neither integer nor floating, non-boolean ``where``.
-        ValueError: ``axis`` out of range, ``labels`` or ``where`` of the wrong shape, or concrete
-            integer labels outside ``[0, n)``.
+        ValueError: ``axis`` out of range, ``labels`` or ``where`` of the wrong shape, concrete
+            integer labels outside ``[0, n)``, or concrete negative probabilities; the message
+            names the first bad index.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -312,61 +540,23 @@ def softmax_cross_entropy(
         0.126928...
         >>> float(softmax_cross_entropy(logits, jnp.array(1)))
         inf
+        >>> float(softmax_cross_entropy(jnp.array([10.0, -10.0]), 0))  # not -0.0
+        2.06...e-09
     """
-    logits = floating_array(logits, "logits")
-    (ax,) = _axes(axis, logits.ndim)
+    logits = _input(logits, "logits")
+    ax = normalize_axis(axis, logits.ndim)
     mask = _mask(where, logits.shape)
-    n = logits.shape[ax]
-    try:
-        y = jnp.asarray(labels)
-    except TypeError as err:
-        raise TypeError(f"labels must be an array, got {type(labels).__name__}") from err
-    if jnp.issubdtype(y.dtype, jnp.floating):
-        if y.shape != logits.shape:
-            raise ValueError(
-                f"probability labels must have the logits' shape {logits.shape}, got {y.shape}"
-            )
-        logp = _log_softmax(_upcast(logits), mask, (ax,))  # float32 for half formats
-        y = y.astype(logp.dtype)
-        # 0 * log 0 counts as 0; the inner where keeps the discarded branch's gradient finite.
-        has_mass = y != 0
-        terms = jnp.where(has_mass, y * jnp.where(has_mass, logp, jnp.zeros_like(logp)), 0)
-        return (-jnp.sum(terms, axis=ax)).astype(logits.dtype)
-    if not jnp.issubdtype(y.dtype, jnp.integer) or y.dtype == jnp.bool_:
-        raise TypeError(
-            f"labels must be integer class indices or floating probabilities, got dtype {y.dtype}"
-        )
-    expected = logits.shape[:ax] + logits.shape[ax + 1 :]
-    if y.shape != expected:
-        raise ValueError(
-            f"integer labels must have shape {expected} (the logits' shape {logits.shape} "
-            f"without axis {ax}), got {y.shape}"
-        )
-    if not isinstance(y, jax.core.Tracer):
-        bad = (y < 0) | (y >= n)
-        if bool(jnp.any(bad)):
-            raise ValueError(
-                f"integer labels must lie in [0, {n}); got {y[bad][:5].tolist()} "
-                f"({int(jnp.sum(bad))} out of range)"
-            )
-    x = _upcast(logits)
-    idx = jnp.expand_dims(jnp.clip(y, 0, n - 1), ax)
-    logp = _log_softmax(x, mask, (ax,))
-    logp_t = jnp.squeeze(jnp.take_along_axis(logp, idx, axis=ax), ax)
-    lse = jnp.squeeze(_lse(x, mask, (ax,)), ax)
-    x_t = jnp.squeeze(jnp.take_along_axis(x, idx, axis=ax), ax)
-    valid_t = x_t != -jnp.inf
-    if mask is not None:
-        mask_t = jnp.broadcast_to(mask, logits.shape)
-        valid_t = valid_t & jnp.squeeze(jnp.take_along_axis(mask_t, idx, axis=ax), ax)
-    # A target with mass: -log p_t. A target without (-inf or masked): +inf, with the limit of the
-    # gradient of lse - x_t as x_t -> -inf, i.e. softmax on the other entries and 0 at the target
-    # (lse + inf carries it). An empty row: +inf with gradient 0. NaN rows give NaN either way.
-    no_mass = jnp.where(lse == -jnp.inf, jnp.inf, lse + jnp.inf)
-    loss = jnp.where(valid_t, -logp_t, no_mass)
-    in_range = (y >= 0) & (y < n)
-    loss = jnp.where(in_range, loss, jnp.nan)
-    return loss.astype(logits.dtype)
+    y, probabilities = _check_labels(labels, logits.shape, ax)
+    c = _compute_dtype(logits.dtype)
+    batch = logits.shape[:ax] + logits.shape[ax + 1 :]
+    if logits.shape[ax] == 0:  # no class: an empty sum, or no valid label (NaN under jit)
+        return jnp.full(batch, 0 if probabilities else jnp.nan, logits.dtype)
+    x = logits.astype(c)
+    if probabilities:
+        loss = _ce_prob(x, mask, y.astype(c), ax, c == logits.dtype)
+    else:
+        loss = _ce_index(x, mask, jnp.expand_dims(y, ax), ax, c == logits.dtype)
+    return jnp.squeeze(loss, ax).astype(logits.dtype)
 
 
 def naive_softmax(x: ArrayLike, axis: int = -1) -> jax.Array:
