@@ -499,6 +499,14 @@ class _Arrays:
 # ---------------------------------------------------------------------------------------- store
 
 
+def _has_records(path: pathlib.Path) -> bool:
+    """Whether any chunk of the store at ``path`` was ever recorded complete."""
+    try:
+        return any((path / _RECORDS).glob("*.json"))
+    except OSError:
+        return False
+
+
 class _Store:
     """The zarr store of a streamed sweep: opened (or checked for creation), locked, verified.
 
@@ -583,19 +591,34 @@ class _Store:
         self._verify()
 
     def _initialise(self) -> None:
-        """Create whatever of the zarr group is missing (all of it right after the marker)."""
-        arrays = _Arrays(self.path, self.meta["spec"], "a")
+        """Create whatever of the zarr group is missing (all of it right after the marker).
+
+        Before the first completion record nothing here holds a result, and every zarr file is
+        stabkit's own (the marker came first): a metadata file torn by a crash is then rewritten.
+        Once a record exists, damaged metadata is an error naming the file."""
+        fresh = not _has_records(self.path)
         try:
-            arrays.group.attrs["stabkit"]
-        except KeyError:
+            arrays = _Arrays(self.path, self.meta["spec"], "a")
+        except ValueError:
+            if not fresh:
+                raise
+            (self.path / "zarr.json").unlink()
+            arrays = _Arrays(self.path, self.meta["spec"], "a")
+        if "stabkit" not in arrays.group.attrs or fresh:
             arrays.group.attrs["stabkit"] = self.meta
         arrays.meta()
         missing = []
         for name in _VARS:
-            if (self.path / name / "zarr.json").exists():
-                arrays.open(name)
-            else:
-                missing.append(name)
+            file = self.path / name / "zarr.json"
+            if file.exists():
+                try:
+                    arrays.open(name)
+                    continue
+                except ValueError:
+                    if not fresh:
+                        raise
+                    file.unlink()
+            missing.append(name)
         for name in missing:
             arrays.create(name, arrays.rows or self.rows)
         for name, arr in arrays.arrays.items():
@@ -776,9 +799,9 @@ def load(path: str | os.PathLike):
         raise ValueError(f"{path / _MARKER} is not a stabkit store marker")
     if marker.get("format") != _FORMAT:
         raise ValueError(f"{path} has format {marker.get('format')}, this stabkit reads {_FORMAT}")
-    if not (path / "zarr.json").exists():
+    if not _has_records(path):
         raise ValueError(
-            f"{path} is incomplete (its sweep stopped before writing anything); rerun "
+            f"{path} is incomplete (its sweep stopped before completing a chunk); rerun "
             "sweep(..., resume=True)"
         )
     arrays = _Arrays(path, marker.get("spec") or {}, "r")

@@ -262,18 +262,20 @@ import importlib, os, signal, sys
 import stabkit as sk
 sw = importlib.import_module("stabkit.sweep")
 kern = importlib.import_module("stabkit._sweep_kernel")
-put, calls = sw._Store.put, [0]
+st = importlib.import_module("stabkit._sweep_store")
+write, calls = st._Store._write_chunk, [0]
 sw._FLUSH_BYTES = 100_000  # zarr chunks (and writes) of 44 configs: 14 of them
 
-def put_and_die(self, start, results):
+def write_and_die(self, c, data):
     calls[0] += 1
-    if calls[0] == 5:  # die in the middle of the 5th write: half its arrays are on disk
-        for name in list(results)[:5]:
-            self.group[name][start : start + len(results[name])] = results[name]
+    if calls[0] == 5:  # die in the middle of the 5th write: 5 of its arrays are on disk
+        start, stop = self.arrays.bounds(c)
+        for name in list(data)[:5]:
+            self.arrays.arrays[name][start:stop] = data[name]
         os.kill(os.getpid(), signal.SIGKILL)
-    put(self, start, results)
+    write(self, c, data)
 
-sw._Store.put = put_and_die
+st._Store._write_chunk = write_and_die
 sk.sweep(sk.SweepSpec(**{spec}), out=sys.argv[1], chunk_size={chunk}, progress=False)
 """
 
@@ -293,12 +295,14 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, rev):
     out = tmp_path / "killed.zarr"
     proc = _python(_KILLED.format(spec=REV, chunk=REV_CHUNK), out)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    done = json.loads((out / "progress.json").read_text())["done"]
-    assert 0 < done < 576
-    with pytest.raises(ValueError, match="incomplete"):
+    records = sorted(int(p.stem) for p in (out / "stabkit-chunks").glob("*.json"))
+    assert records == [0, 1, 2, 3]  # the 5th chunk's record was never written
+    assert json.loads((out / "stabkit-writer.lock").read_text())["pid"] > 0  # left by the dead
+    with pytest.raises(ValueError, match=r"incomplete \(176 of 576 configs"):
         sk.load(out)
     resumed = sk.sweep(sk.SweepSpec(**REV), out=out, resume=True, progress=False)
     xr.testing.assert_identical(resumed, rev)
+    assert not (out / "stabkit-writer.lock").exists()
 
 
 def test_four_devices_match_one(tmp_path, rev):
