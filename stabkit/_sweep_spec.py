@@ -6,16 +6,20 @@ returns; both are re-exported by :mod:`stabkit.sweep`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stabkit.activations import get_activation
+from stabkit._checks import check_elementwise, format_bytes, is_floating_dtype, memory_limit
+from stabkit.activations import activation_names, get_activation
 from stabkit.init import initializer_names
 from stabkit.tracing import loss_names
 
@@ -63,27 +67,89 @@ _INT_VARS = tuple(k for k in CONFIG_VARS if k.startswith("first_"))
 
 # ------------------------------------------------------------------------------------------ spec
 
+#: Values one axis may hold: the spec travels as JSON in every store's attributes and the
+#: dataset's coordinates, so it stays small (16384 floats are about 400 KB of JSON).
+MAX_AXIS_LENGTH = 2**14
+#: Configurations one sweep may hold: the sweep indexes them with int32 and allocates NumPy arrays
+#: of the flat config count.
+MAX_CONFIGS = 2**31 - 1
+#: The fewest configs a kernel call holds (two a device: see stabkit.sweep._plan_chunk).
+_MIN_CHUNK = 2
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_scalar(value: Any) -> bool:
+    return (
+        isinstance(value, (str, bytes, numbers.Number, np.generic, np.dtype))
+        or callable(value)
+        or (isinstance(value, np.ndarray) and value.ndim == 0)
+    )
+
 
 def _axis(value: Any, name: str, convert: Callable[[Any], Any]) -> tuple:
-    values = (value,) if isinstance(value, (str, int, float)) or callable(value) else value
-    try:
-        values = tuple(values)
-    except TypeError:
-        raise TypeError(f"{name} must be a value or a sequence of values, got {value!r}") from None
-    if not values:
+    """An axis's values: one value, or a list, tuple, range or 1-d array of distinct ones.
+
+    Unordered containers (sets, dicts) are refused: an axis's order is its coordinates'. The
+    length is checked before any value is converted (``range(10**9)`` costs nothing here).
+    """
+    if isinstance(value, (set, frozenset, Mapping)):
+        raise TypeError(
+            f"{name} must be a value or an ordered sequence (list, tuple, range, 1-d array), got "
+            f"the unordered {type(value).__name__} {_short(value)}"
+        )
+    if _is_scalar(value):
+        values = (value,)
+    elif isinstance(value, np.ndarray) or hasattr(value, "__array__"):
+        try:
+            arr = np.asarray(value)
+        except Exception as err:
+            raise TypeError(
+                f"{name}: cannot read {type(value).__name__} as an array: {err}"
+            ) from None
+        if arr.ndim > 1:
+            raise ValueError(f"{name} must be a value or a 1-d sequence, got shape {arr.shape}")
+        values = arr.reshape(-1)
+    elif isinstance(value, Sequence):
+        values = value
+    else:
+        raise TypeError(
+            f"{name} must be a value or a sequence (list, tuple, range, 1-d array), got "
+            f"{type(value).__name__} {_short(value)}"
+        )
+    if len(values) > MAX_AXIS_LENGTH:
+        raise ValueError(
+            f"the {name} axis has {len(values)} values, more than the {MAX_AXIS_LENGTH} an axis "
+            "may hold (the spec is stored as JSON with every sweep)"
+        )
+    if not len(values):
         raise ValueError(f"the {name} axis is empty; give at least one value")
     out = tuple(convert(v) for v in values)
     keys = [_name(v) if callable(v) else v for v in out]
     dupes = sorted({str(k) for k in keys if keys.count(k) > 1})
     if dupes:
-        raise ValueError(f"the {name} axis repeats {', '.join(dupes)}; values must be distinct")
+        raise ValueError(
+            f"the {name} axis repeats {', '.join(dupes)}; values must be distinct (they are the "
+            "dataset's coordinates)"
+        )
     return out
+
+
+def _scalar_value(v: Any) -> Any:
+    """A NumPy scalar or 0-d array as its NumPy scalar; anything else unchanged."""
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+        return v[()]
+    return v
 
 
 def _int(name: str, minimum: int, maximum: int = 2**31 - 1) -> Callable[[Any], int]:
     def convert(v: Any) -> int:
+        v = _scalar_value(v)
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name} values must be ints, got {type(v).__name__} {v!r}")
+            raise TypeError(f"{name} values must be ints, got {type(v).__name__} {_short(v)}")
         if not minimum <= int(v) <= maximum:
             raise ValueError(f"{name} values must be in [{minimum}, {maximum}], got {v}")
         return int(v)
@@ -91,14 +157,29 @@ def _int(name: str, minimum: int, maximum: int = 2**31 - 1) -> Callable[[Any], i
     return convert
 
 
-def _float(name: str, nonnegative: bool) -> Callable[[Any], float]:
+def _describe(f: float) -> str:
+    return "NaN" if math.isnan(f) else ("inf" if f > 0 else "-inf") if math.isinf(f) else repr(f)
+
+
+def _float(name: str, nonnegative: bool, maximum: float = math.inf) -> Callable[[Any], float]:
     def convert(v: Any) -> float:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number)):
-            raise TypeError(f"{name} values must be numbers, got {type(v).__name__} {v!r}")
-        f = float(v)
-        if not math.isfinite(f) or (nonnegative and f < 0):
+        v = _scalar_value(v)
+        real = isinstance(v, (int, float, np.integer, np.floating)) or (
+            isinstance(v, np.generic) and is_floating_dtype(v.dtype)  # bfloat16, float8
+        )
+        if isinstance(v, (bool, np.bool_)) or not real:
+            raise TypeError(
+                f"{name} values must be real numbers, got {type(v).__name__} {_short(v)}"
+            )
+        try:
+            f = float(v)
+        except OverflowError:  # an int beyond float64
+            f = math.inf
+        if not math.isfinite(f) or (nonnegative and f < 0) or f > maximum:
             kind = "finite and >= 0" if nonnegative else "finite"
-            raise ValueError(f"{name} values must be {kind}, got {v!r}")
+            if maximum < math.inf:
+                kind = f"finite and in [0, {maximum:g}]"
+            raise ValueError(f"{name} values must be {kind}, got {_describe(f)}")
         return f
 
     return convert
@@ -110,6 +191,12 @@ def _name(fn: Any) -> str:
 
 def _activation(v: Any) -> Any:
     get_activation(v)  # raises for an unknown name or a non-callable
+    if isinstance(v, str):
+        return str(v)
+    try:
+        hash(v)
+    except TypeError:
+        raise TypeError(f"activation {_short(v)} must be hashable (it keys the kernels)") from None
     return v
 
 
@@ -118,14 +205,44 @@ def _init(v: Any) -> str:
         raise TypeError(f"init values must be initializer names, got {type(v).__name__} {v!r}")
     if v not in initializer_names():
         raise ValueError(f"unknown init {v!r}; valid names: {', '.join(initializer_names())}")
-    return v
+    return str(v)
 
 
 def _dtype(v: Any) -> str:
-    name = v if isinstance(v, str) else getattr(jnp.dtype(v), "name", str(v))
+    if isinstance(v, (bool, np.bool_)) or v is None:
+        raise TypeError(f"dtype values must be dtype names ({', '.join(_DTYPES)}), got {v!r}")
+    if isinstance(v, str):
+        name = v
+    else:
+        try:
+            name = jnp.dtype(v).name
+        except TypeError:
+            raise TypeError(
+                f"dtype values must be dtype names ({', '.join(_DTYPES)}), got "
+                f"{type(v).__name__} {_short(v)}"
+            ) from None
     if name not in _DTYPES:
         raise ValueError(f"unsupported dtype {v!r}; valid: {', '.join(_DTYPES)}")
-    return name
+    return str(name)
+
+
+def _choice(value: Any, name: str, valid: tuple) -> str:
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{name} must be one of {', '.join(valid)}, got {type(value).__name__} {_short(value)}"
+        )
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+    return str(value)
+
+
+def config_bytes(max_depth: int, batch: int, width: int, itemsize: int) -> int:
+    """Device bytes of one config in a sweep kernel: every layer's h and phi'(z), the
+    temporaries of a layer (z, h, phi', gradients and their float32 statistics) and the per-layer
+    statistics (the same estimate as stabkit.sweep's memory planning)."""
+    act = batch * width
+    n_layers = max_depth + 2
+    return max_depth * 2 * act * itemsize + 16 * act * 4 + 2 * 8 * n_layers * len(LAYER_VARS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,17 +306,87 @@ class SweepSpec:
         fix("bias_std", tuple(sorted(_axis(self.bias_std, "bias_std", _float("bias_std", True)))))
         fix("dtype", _axis(self.dtype, "dtype", _dtype))
         fix("seed", tuple(sorted(_axis(self.seed, "seed", _int("seed", 0)))))
+        if self.n_configs > MAX_CONFIGS:
+            lengths = ", ".join(f"{a} {n}" for a, n in zip(_AXES, self.shape, strict=True))
+            raise ValueError(
+                f"the spec has {self.n_configs} configs ({lengths}), more than the {MAX_CONFIGS} "
+                "a sweep may hold (configs are indexed with int32)"
+            )
+        if not _is_scalar(self.batch) or isinstance(self.batch, str):
+            raise TypeError(
+                f"batch must be an int, got {type(self.batch).__name__} {_short(self.batch)}"
+            )
         fix("batch", _int("batch", 1, 2**20)(self.batch))
-        if self.input not in _INPUTS:
-            raise ValueError(f"unknown input {self.input!r}; valid: {', '.join(_INPUTS)}")
-        if self.loss not in loss_names():
-            raise ValueError(f"unknown loss {self.loss!r}; valid: {', '.join(loss_names())}")
-        fix("saturation_threshold", _float("saturation_threshold", True)(self.saturation_threshold))
+        fix("input", _choice(self.input, "input", _INPUTS))
+        fix("loss", _choice(self.loss, "loss", tuple(loss_names())))
+        if not _is_scalar(self.saturation_threshold) or callable(self.saturation_threshold):
+            raise TypeError(
+                "saturation_threshold must be a number in [0, 1], got "
+                f"{type(self.saturation_threshold).__name__} {_short(self.saturation_threshold)}"
+            )
+        # |phi'(z)| below it counts as saturated: above 1 every tanh or sigmoid unit would be.
+        threshold = _float("saturation_threshold", True, 1.0)(self.saturation_threshold)
+        fix("saturation_threshold", threshold)
         if self.batch * max(self.width) > 2**24:
             raise ValueError(
                 f"batch * width = {self.batch * max(self.width)} exceeds 2^24: census counts would "
                 "not be exact in float32"
             )
+        self._check_sizes()
+        self._check_ranges()
+        self._check_callables()
+
+    def _check_sizes(self) -> None:
+        """The layer buffers of the smallest chunk (two configs) must fit in memory at all."""
+        item = max(jnp.dtype(d).itemsize for d in self.dtype)
+        depth, width = max(self.depth), max(self.width)
+        need = _MIN_CHUNK * config_bytes(depth, self.batch, width, item)
+        limit = memory_limit()
+        if need > limit:
+            raise ValueError(
+                f"depth={depth}, batch={self.batch}, width={width} ({item}-byte dtype) needs about "
+                f"{format_bytes(need)} for the layer buffers of the {_MIN_CHUNK} configs a sweep "
+                f"kernel holds at least ({depth} layers x {self.batch} x {width}, h and phi'(z)), "
+                f"more than the {format_bytes(limit)} available"
+            )
+
+    def _check_ranges(self) -> None:
+        """Weight multipliers and bias stds must be finite in the dtype the kernel scales in.
+
+        Below float64 the kernel scales its unit draws in float32: a multiplier beyond float32's
+        range would silently become inf (and 0 * inf = NaN where a draw is exactly 0)."""
+        if all(d == "float64" for d in self.dtype):
+            return
+        from stabkit._sweep_kernel import _multiplier  # (it imports this module)
+
+        big = float(jnp.finfo(jnp.float32).max)
+        for v in (max(self.scale), min(self.scale)):
+            for init in self.init:
+                for width in self.width:
+                    m = _multiplier(init, v, width)
+                    if not abs(m) <= big:
+                        raise ValueError(
+                            f"scale={v!r} gives init {init!r} (width {width}) the multiplier "
+                            f"{m:.4g}, beyond float32's range ({big:.4g}), in which "
+                            f"{', '.join(d for d in self.dtype if d != 'float64')} sweeps scale "
+                            "their weights; use dtype='float64' or a smaller scale"
+                        )
+        if max(self.bias_std) > big:
+            raise ValueError(
+                f"bias_std={max(self.bias_std)!r} is beyond float32's range ({big:.4g}), in "
+                "which sweeps below float64 draw their biases"
+            )
+
+    def _check_callables(self) -> None:
+        """Activation callables are traced (never compiled) in every dtype of the sweep."""
+        registered = {get_activation(n) for n in activation_names()}
+        for fn in self.activation:
+            if isinstance(fn, str) or fn in registered:
+                continue
+            for dtype in self.dtype:
+                x64 = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+                with x64:
+                    check_elementwise(fn, "activation", dtype, derivatives=1)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -231,4 +418,12 @@ class SweepSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SweepSpec:
         """The inverse of :meth:`to_dict` (activations must then be registered names)."""
+        if not isinstance(d, Mapping):
+            raise TypeError(f"from_dict needs a dict (from to_dict), got {type(d).__name__}")
+        fields = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(str(k) for k in d if k not in fields)
+        if unknown:
+            raise ValueError(f"unknown SweepSpec field(s) {unknown}; valid: {', '.join(fields)}")
+        if "depth" not in d:
+            raise ValueError("the spec has no depth (the one field without a default)")
         return cls(**d)
