@@ -253,14 +253,32 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return precision._cli_probe(args)
 
 
-def _check_chunk_memory(spec, chunk_size: int, memory_budget: int) -> None:
-    """Refuse a ``--chunk-size`` whose buffers exceed ``--memory-budget`` (an explicit chunk size
-    is otherwise allocated as given: ``--chunk-size 100000000`` ran 60 s into a MemoryError)."""
+def _check_budget(spec, chunk_size: int | None, memory_budget: int) -> None:
+    """Refuse a ``--memory-budget`` too small for two configs of the grid's largest (dtype,
+    width), and a ``--chunk-size`` whose buffers exceed it, before anything compiles.
+
+    ``stabkit.sweep`` finds a budget too small only when it reaches that (dtype, width), after
+    the smaller ones have run; an explicit chunk size was allocated as given
+    (``--chunk-size 100000000`` ran 60 s into a MemoryError).
+    """
+    import jax
+
     from stabkit._checks import format_bytes
     from stabkit.sweep import _bytes_per_config
 
-    per = max(_bytes_per_config(spec, d, w) for d in spec.dtype for w in spec.width)
-    need = max(chunk_size, 2) * per
+    per, dtype, width = max(
+        (_bytes_per_config(spec, d, w), d, w) for d in spec.dtype for w in spec.width
+    )
+    least = 2 * len(jax.devices())  # two configs a device, as stabkit.sweep plans its chunks
+    if memory_budget < least * per:
+        raise ValueError(
+            f"--memory-budget={format_bytes(memory_budget)} is below the "
+            f"{format_bytes(least * per)} that {least} {dtype} configs of width {width} and "
+            f"depth {max(spec.depth)} need"
+        )
+    if chunk_size is None:
+        return
+    need = max(chunk_size, least) * per
     if need > memory_budget:
         raise ValueError(
             f"--chunk-size={chunk_size} needs about {format_bytes(need)} a chunk "
@@ -293,8 +311,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         loss=args.loss,
         saturation_threshold=args.threshold,
     )
-    if args.chunk_size is not None:
-        _check_chunk_memory(spec, args.chunk_size, args.memory_budget)
+    _check_budget(spec, args.chunk_size, args.memory_budget)
     start = time.perf_counter()
     ds = sk.sweep(
         spec,
@@ -316,9 +333,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     import stabkit as sk
-    from stabkit.plot import plot
+    from stabkit.plot import _PLOT_MARKER, _old_plots, plot
+    from stabkit.reproduce import _output_dir
 
     out = args.out if args.out is not None else f"{str(args.path).rstrip('/')}-{args.kind}"
+    # Checked before the store is read (a large one takes a while to open).
+    _output_dir(out, "--out", _PLOT_MARKER, _old_plots, create=False)
     for path in plot(sk.load(args.path), out, kind=args.kind, max_figures=args.max_figures):
         print(path)
     return 0
