@@ -6,6 +6,7 @@ returns; both are re-exported by :mod:`stabkit.sweep`.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -84,7 +85,8 @@ def _short(value: Any, limit: int = 80) -> str:
 
 def _is_scalar(value: Any) -> bool:
     return (
-        isinstance(value, (str, bytes, numbers.Number, np.generic, np.dtype))
+        value is None
+        or isinstance(value, (str, bytes, numbers.Number, np.generic, np.dtype))
         or callable(value)
         or (isinstance(value, np.ndarray) and value.ndim == 0)
     )
@@ -129,7 +131,7 @@ def _axis(value: Any, name: str, convert: Callable[[Any], Any]) -> tuple:
         raise ValueError(f"the {name} axis is empty; give at least one value")
     out = tuple(convert(v) for v in values)
     keys = [_name(v) if callable(v) else v for v in out]
-    dupes = sorted({str(k) for k in keys if keys.count(k) > 1})
+    dupes = sorted(str(k) for k, n in collections.Counter(keys).items() if n > 1)
     if dupes:
         raise ValueError(
             f"the {name} axis repeats {', '.join(dupes)}; values must be distinct (they are the "
