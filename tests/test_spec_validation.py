@@ -1,4 +1,4 @@
-"""SweepSpec validation (issue 11): NumPy scalars and arrays accepted, everything else refused by name.
+"""SweepSpec validation (issue 11): NumPy scalars and arrays accepted, the rest refused by name.
 
 Nothing here compiles: a spec validates itself when built (activation callables are traced by
 ``jax.eval_shape``, never compiled), and the tests check that the sweep kernel was not traced.
@@ -188,16 +188,16 @@ def test_layer_buffers_must_fit(monkeypatch):
     need = 2 * spec_mod.config_bytes(64, 64, 64, 8)
     monkeypatch.setattr(spec_mod, "memory_limit", lambda: need)
     sk.SweepSpec(depth=64, width=64, batch=64, dtype="float64")  # exactly fits
-    with pytest.raises(ValueError, match="depth=65, batch=64, width=64 .*8-byte dtype"):
+    with pytest.raises(ValueError, match=r"depth=65, batch=64, width=64 .*8-byte dtype"):
         sk.SweepSpec(depth=65, width=64, batch=64, dtype=["float16", "float64"])
 
 
 def test_multipliers_must_fit_float32_below_float64():
     # gaussian: multiplier sigma_w / sqrt(width); scaled_identity: sigma_w itself
     sk.SweepSpec(depth=2, width=64, scale=1e39)  # 1.25e38: representable
-    with pytest.raises(ValueError, match="scale=1e\\+39 gives init 'scaled_identity' .*float32"):
+    with pytest.raises(ValueError, match=r"scale=1e\+39 gives init 'scaled_identity' .*float32"):
         sk.SweepSpec(depth=2, width=64, scale=1e39, init=["gaussian", "scaled_identity"])
-    with pytest.raises(ValueError, match="scale=-1e\\+300 .*float16 sweeps"):
+    with pytest.raises(ValueError, match=r"scale=-1e\+300 .*float16 sweeps"):
         sk.SweepSpec(depth=2, scale=[-1e300, 1.0], dtype=["float64", "float16"])
     assert sk.SweepSpec(depth=2, scale=1e300, dtype="float64").scale == (1e300,)
     with pytest.raises(ValueError, match="bias_std=1e\\+39 is beyond float32's range"):
