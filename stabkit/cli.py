@@ -509,10 +509,9 @@ def _raised_by_stabkit_check(err: BaseException) -> bool:
     """True where ``err`` comes from a ``raise`` statement in stabkit's own code.
 
     A ``ValueError``/``TypeError`` raised inside jax, NumPy, zarr or json, or by a bad call in
-    stabkit's code (``f() got an unexpected keyword``), is a bug to report, not a user error.
+    stabkit's code (``f() got an unexpected keyword``, ``'int' object is not subscriptable``), is a
+    bug to report, not a user error.
     """
-    import linecache
-
     tb = err.__traceback__
     if tb is None:
         return False
@@ -520,10 +519,33 @@ def _raised_by_stabkit_check(err: BaseException) -> bool:
         tb = tb.tb_next
     filename = tb.tb_frame.f_code.co_filename
     try:
-        inside = pathlib.Path(filename).resolve().is_relative_to(_PACKAGE_DIR)
+        if not pathlib.Path(filename).resolve().is_relative_to(_PACKAGE_DIR):
+            return False
     except (OSError, ValueError):
         return False
-    return inside and linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise")
+    return _is_raise_statement(filename, tb.tb_lineno)
+
+
+def _is_raise_statement(filename: str, lineno: int) -> bool:
+    """Whether the innermost statement holding line ``lineno`` of ``filename`` is a ``raise``
+    (by its syntax tree: a ``raise`` spans several lines, and where a traceback points inside
+    it differs between Python versions)."""
+    import ast
+    import linecache
+
+    try:
+        tree = ast.parse("".join(linecache.getlines(filename)))
+    except (SyntaxError, ValueError):
+        return False
+    holding = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.stmt) and node.lineno <= lineno <= (node.end_lineno or node.lineno)
+    ]
+    if not holding:
+        return False
+    innermost = max(holding, key=lambda n: (n.lineno, -(n.end_lineno or n.lineno)))
+    return isinstance(innermost, ast.Raise)
 
 
 def _is_user_error(err: BaseException) -> bool:

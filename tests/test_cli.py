@@ -257,6 +257,20 @@ def test_a_bug_prints_the_traceback_and_says_so(fail, monkeypatch, capsys):
     assert "this is a bug in stabkit; please report it" in err.splitlines()[-1]
 
 
+def test_only_stabkit_raise_statements_are_user_errors():
+    import stabkit as sk
+
+    with pytest.raises(ValueError) as spec_error:  # a check: a multi-line raise in _sweep_spec
+        sk.SweepSpec(depth=[0])
+    assert cli._is_user_error(spec_error.value)
+    with pytest.raises(TypeError) as slip:  # not a check: `text[-1:]` on an int, inside cli.py
+        cli._bytes(5)
+    assert not cli._is_user_error(slip.value)
+    assert cli._is_user_error(FileNotFoundError(2, "No such file", "x"))  # never raised: no frame
+    assert not cli._is_user_error(ValueError("never raised"))
+    assert not cli._is_user_error(KeyError("x"))
+
+
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
