@@ -657,3 +657,291 @@ def test_q_star_with_a_tiny_bias_is_not_zero():
     # step test once had an absolute floor of 1e-40 and returned 0 here (found by hypothesis).
     for sb in (8.9e-223, 1e-100, 1e-20):
         assert float(th.q_star("tanh", 0.3, sb)) == pytest.approx(sb / 0.7, rel=1e-12)
+
+
+# ------------------------------------------------ issue 11: validation before anything compiles
+
+_JITS = ("_diag_jit", "_cross_jit", "_iterate", "_solve", "_critical")
+
+
+def _compilations():
+    from stabkit import _profiles
+
+    fns = [getattr(_meanfield, n) for n in _JITS] + [_profiles._forward]
+    return sum(f._cache_size() for f in fns)
+
+
+def _small_limit(monkeypatch, nbytes):
+    """Pretend the machine has ``nbytes`` of memory (the bounds read memory_limit())."""
+    from stabkit import _checks
+
+    monkeypatch.setattr(_checks, "memory_limit", lambda: nbytes)
+    monkeypatch.setattr(_meanfield, "memory_limit", lambda: nbytes)
+
+
+def test_iterate_maps_depth_is_bounded_before_allocating(monkeypatch):
+    # depth=10**9 used to allocate 8 GB (and more on the host) before failing
+    _small_limit(monkeypatch, 16 * 2**30)
+    before = _compilations()
+    with pytest.raises(ValueError, match=r"depth=1000000000 needs about 44\.7 GiB .*16\.0 GiB"):
+        th.iterate_maps("tanh", 1.0, 0.0, q_in=1.0, depth=10**9)
+    with pytest.raises(ValueError, match=r"depth=2147483648 is too large: at most 2147483647"):
+        th.iterate_maps("tanh", 1.0, 0.0, q_in=1.0, depth=2**31)
+    with pytest.raises(ValueError, match=r"depth=1000000000 needs about"):
+        th.predict_profile("relu", 2.0, 0.0, 10**9)
+    with pytest.raises(ValueError, match=r"depth=1000000000 needs about"):
+        th.jacobian_spectrum_moments("tanh", 1.0, 0.0, 10**9)
+    assert _compilations() == before
+
+
+def test_points_and_order_are_bounded_before_allocating():
+    before = _compilations()
+    big = (np.ones((10**5, 1)), np.ones(10**5))  # 10^10 points: 80 GB before the quadrature
+    with pytest.raises(ValueError, match=r"broadcast shape of \(q, sigma_w2, sigma_b2\)=\(100000"):
+        th.q_map("tanh", 1.0, *big)
+    with pytest.raises(ValueError, match=r"sigma_w2, sigma_b2, q0\)=\(100000, 100000\)"):
+        th.chi_1("tanh", *big)
+    with pytest.raises(ValueError, match=r"order=100000 needs about .* one point of the c-map"):
+        th.c_map("tanh", 0.5, 1.0, 1.0, 0.0, order=10**5)
+    with pytest.raises(ValueError, match=r"order=1000000000000 needs about"):
+        th.critical_line("tanh", 0.0, order=10**12)
+    with pytest.raises(ValueError, match=r"order=1000000000000 needs about"):
+        th.predict_profile("tanh", 1.0, 0.0, 3, order=10**12)
+    with pytest.raises(ValueError, match=r"depth=1000000000 needs about 7\.[0-9] TiB"):
+        th.jacobian_spectrum_moments("tanh", 1.0, 0.0, 10**9)  # 10^9 layers' quadrature at once
+    assert _compilations() == before
+
+
+BROADCAST_CLASH = [
+    (lambda a, b: th.q_map("tanh", 1.0, a, b), "sigma_w2", "sigma_b2"),
+    (lambda a, b: th.q_map("tanh", a, b, 0.0), "q", "sigma_w2"),
+    (lambda a, b: th.c_map("tanh", a, b, 1.0, 0.0), "c", "q"),
+    (lambda a, b: th.c_map("tanh", 0.5, 1.0, a, b), "sigma_w2", "sigma_b2"),
+    (lambda a, b: th.iterate_maps("tanh", a, b, q_in=1.0, depth=2), "sigma_w2", "sigma_b2"),
+    (lambda a, b: th.iterate_maps("tanh", 1.0, 0.0, q_in=a, c_in=b, depth=2), "q_in", "c_in"),
+    (lambda a, b: th.mean_field("tanh", a, b), "sigma_w2", "sigma_b2"),
+    (lambda a, b: th.mean_field("tanh", a, 0.0, q0=b), "sigma_w2", "q0"),
+    (lambda a, b: th.q_star("tanh", a, b), "sigma_w2", "sigma_b2"),
+    (lambda a, b: th.c_star("tanh", a, b), "sigma_w2", "sigma_b2"),
+    (lambda a, b: th.chi_1("tanh", a, b), "sigma_w2", "sigma_b2"),
+    (lambda a, b: th.xi_q("tanh", a, b), "sigma_w2", "sigma_b2"),
+    (lambda a, b: th.xi_c("tanh", a, b), "sigma_w2", "sigma_b2"),
+    (lambda a, b: th.phase("tanh", a, b), "sigma_w2", "sigma_b2"),
+    (lambda a, b: th.predict_profile("tanh", a, b, 3), "sigma_w2", "sigma_b2"),
+    (lambda a, b: th.predict_profile("tanh", 1.0, a, 3, q0=b), "sigma_b2", "q0"),
+]
+
+
+@pytest.mark.parametrize(("call", "first", "second"), BROADCAST_CLASH)
+def test_shape_mismatch_names_both_arguments(call, first, second):
+    before = _compilations()
+    match = rf"{first} \(shape \(3,\)\) and {second} \(shape \(2,\)\) do not broadcast"
+    with pytest.raises(ValueError, match=match):
+        call(np.full(3, 0.5), np.full(2, 0.5))
+    assert _compilations() == before
+
+
+def _scalar_out(z):
+    return jnp.sum(z)
+
+
+def _float32_out(z):
+    return jnp.tanh(z).astype(jnp.float32)
+
+
+@pytest.mark.parametrize(
+    ("fn", "error", "match"),
+    [
+        (_scalar_out, ValueError, r"elementwise .*returned shape \(\)"),
+        (lambda z: z[..., :1], ValueError, r"returned shape \(2, 1\)"),
+        (_float32_out, TypeError, "keep the input's dtype: on a float64 array it returned"),
+        (lambda z: (z, z), TypeError, "must return an array"),
+        (np.tanh, TypeError, "JAX-traceable"),
+        (lambda z: jnp.where(z > 0, z, 0.0) if bool(z[0, 0] > 0) else z, TypeError, "traceable"),
+    ],
+)
+def test_activation_callables_are_checked_before_compiling(fn, error, match):
+    before = _compilations()
+    calls = [
+        lambda: th.q_map(fn, 1.0, 1.0, 0.0),
+        lambda: th.c_map(fn, 0.5, 1.0, 1.0, 0.0),
+        lambda: th.iterate_maps(fn, 1.0, 0.0, q_in=1.0, depth=2),
+        lambda: th.mean_field(fn, 1.0, 0.0),
+        lambda: th.chi_1(fn, 1.0, 0.0),
+        lambda: th.critical_line(fn, 0.0),
+        lambda: th.predict_profile(fn, 1.0, 0.0, 3),
+        lambda: th.jacobian_spectrum_moments(fn, 1.0, 0.0, 3),
+    ]
+    for call in calls:
+        with pytest.raises(error, match=match):
+            call()
+    assert _compilations() == before
+    if fn is not _float32_out:  # float32 is right for float32 parameters
+        p = sk.mlp_init(jax.random.key(0), depth=2, width=4)
+        with pytest.raises(error, match=match):
+            th.jacobian_singular_values(p, jnp.ones(4), fn)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: th.q_map("tanh", "1.5", 1.0, 0.0), TypeError, "q .*got str '1.5'"),
+        (lambda: th.q_map("tanh", 1.0, [True, False], 0.0), TypeError, "sigma_w2 .*bools"),
+        (lambda: th.q_map("tanh", 1.0, 1.0, 1j), TypeError, "sigma_b2 .*complex"),
+        (lambda: th.q_map("tanh", 1.0, None, 0.0), TypeError, "sigma_w2 .*NoneType"),
+        (lambda: th.q_map("tanh", 1.0, {1.0}, 0.0), TypeError, "sigma_w2 .*set"),
+        (lambda: th.q_map("tanh", [[1.0], [1.0, 2.0]], 1.0, 0.0), TypeError, "q .*rectangular"),
+        (
+            lambda: th.q_map("tanh", 1.0, 10**400, 0.0),
+            ValueError,
+            r"sigma_w2 \(the weight variance\) must be finite, got the int",
+        ),
+        (lambda: th.chi_1("tanh", np.inf, 0.0), ValueError, "sigma_w2 .*got inf"),
+        (lambda: th.chi_1("tanh", 1.0, [0.0, -np.inf]), ValueError, r"got -inf at index \(1,\)"),
+        (lambda: th.c_map("tanh", np.nan, 1.0, 1.0, 0.0), ValueError, "c .*got NaN"),
+        (lambda: th.chi_1("tanh", 1.0, 0.0, atol=[1e-9, 1e-8]), ValueError, "atol .*single"),
+        (lambda: th.chi_1("tanh", 1.0, 0.0, atol="1e-9"), TypeError, "atol"),
+        (lambda: th.chi_1("tanh", 1.0, 0.0, method=["auto"]), ValueError, "method must be"),
+        (lambda: th.chi_1([], 1.0, 0.0), TypeError, "activation must be a name"),
+        (lambda: th.critical_line("tanh", 0.0, bracket="ab"), TypeError, "bracket must be a pair"),
+        (lambda: th.critical_line("tanh", 0.0, bracket={1, 2}), TypeError, "bracket"),
+        (lambda: th.critical_line("tanh", 0.0, bracket=(1.0,)), ValueError, "pair .*1 values"),
+        (lambda: th.critical_line("tanh", 0.0, bracket=("1", 2)), TypeError, r"bracket\[0\]"),
+        (lambda: th.critical_line("tanh", 0.0, bracket=(np.nan, 2)), ValueError, "got NaN"),
+        (lambda: th.critical_line("tanh", 0.0, bracket=(5e-324, 1e4)), ValueError, "normal"),
+        (lambda: th.critical_line("tanh", 0.0, bracket=(1.0, np.inf)), ValueError, "got inf"),
+        (
+            lambda: th.iterate_maps("tanh", 1.0, 0.0, q_in=1.0, depth=np.int64(0)),
+            ValueError,
+            ">= 1",
+        ),
+        (lambda: th.iterate_maps("tanh", 1.0, 0.0, q_in=1.0, depth=True), TypeError, "bool"),
+        (lambda: th.predict_profile("tanh", 1.0, 0.0, 3, weights=["x"]), ValueError, "weights"),
+        (lambda: th.jacobian_spectrum_moments("tanh", [1.0, 2.0], 0.0, 3), ValueError, "single"),
+        (
+            lambda: th.jacobian_spectrum_moments("tanh", 1.0, 0.0, 3, readout=1),
+            TypeError,
+            "readout",
+        ),
+        (lambda: th.jacobian_spectrum_moments("tanh", 1.0, 0.0, 3, q_in="1"), TypeError, "q_in"),
+        (
+            lambda: th.weight_variance("gaussian", np.nan),
+            ValueError,
+            "scale must be finite, got NaN",
+        ),
+        (lambda: th.weight_variance("gaussian", "2"), TypeError, "scale .*str"),
+        (lambda: th.predict_sweep(3), TypeError, "ds must be a dataset .*int"),
+        (lambda: th.predict_sweep(xr.Dataset(attrs={"spec": "{"})), ValueError, "unreadable"),
+        (lambda: th.predict_sweep(xr.Dataset(attrs={"spec": "{}"})), ValueError, "lacks batch"),
+        (lambda: th.compare_sweep(xr.Dataset(), n_sigma="4"), TypeError, "n_sigma"),
+        (lambda: th.compare_sweep(xr.Dataset(), n_sigma=np.nan), ValueError, "n_sigma .*NaN"),
+    ],
+)
+def test_bad_input_issue_11(call, error, match):
+    before = _compilations()
+    with pytest.raises(error, match=match):
+        call()
+    assert _compilations() == before
+
+
+def test_sweep_datasets_are_checked():
+    ds = _fake_sweep(depth=2, width=4, batch=2)
+    with pytest.raises(TypeError, match="activations must be a dict"):
+        th.predict_sweep(ds, activations=[jnp.tanh])
+    with pytest.raises(TypeError, match="order"):
+        th.predict_sweep(ds, order="128")
+    with pytest.raises(ValueError, match=r"coordinate.*seed.*missing"):
+        th.predict_sweep(ds.drop_vars("seed"))
+    with pytest.raises(ValueError, match=r"ds must be .*variable\(s\) pre_rms, post_rms"):
+        th.compare_sweep(ds, ds)
+    pred = th.predict_sweep(ds)
+    with pytest.raises(ValueError, match=r"prediction must be .*variable\(s\) grad_gain"):
+        th.compare_sweep(pred, pred.drop_vars("grad_gain"))
+    with pytest.raises(TypeError, match=r"\['order'\] with a prediction"):
+        th.compare_sweep(pred, pred, order=64)
+
+
+# Bad values per kind of argument: each is invalid whatever the other arguments are.
+_BAD_ANY = ["1.0", None, True, 1j, {1.0: 2.0}, {1.0}, [[1.0], [1.0, 2.0]], [], object()]
+_BAD = {
+    "sigma_w2": [*_BAD_ANY, 0.0, -1.0, np.nan, np.inf, [1.0, -np.inf]],
+    "sigma_b2": [*_BAD_ANY, -1e-3, np.nan, np.inf],
+    "q": [*_BAD_ANY, -2.0, np.nan, np.inf, [0.5, np.nan]],
+    "c": [*_BAD_ANY, 1.5, -1.01, np.nan],
+    "order": [1, 0, -5, 2.5, "128", True, None, 10**12, [128]],
+    "method": ["exact", 3, None, ["auto"]],
+    "activation": ["swish", 3, None, _scalar_out, _float32_out, np.tanh, lambda: 0.0],
+    "depth": [0, -1, 2.5, "3", True, None, 2**31, np.float64(3.0), [3]],
+    "atol": [*_BAD_ANY, -1.0, np.nan, [1e-9, 1e-9]],
+    "weights": ["haar", 3, None],
+    "loss": ["l1", None, 3],
+    "readout": ["yes", 1, None],
+    "bracket": [(2.0, 1.0), (0.0, 1.0), ("a", 1.0), (1.0,), {1.0, 2.0}, (np.nan, 1.0), 3],
+}
+# Each function: a valid call and the arguments that may be corrupted (the argument kinds).
+_CALLS = {
+    "q_map": (
+        lambda a: th.q_map(a["activation"], a["q"], a["sigma_w2"], a["sigma_b2"],
+                           order=a["order"], method=a["method"]),
+        ("activation", "q", "sigma_w2", "sigma_b2", "order", "method"),
+    ),
+    "c_map": (
+        lambda a: th.c_map(a["activation"], a["c"], a["q"], a["sigma_w2"], a["sigma_b2"],
+                           order=a["order"], method=a["method"]),
+        ("activation", "c", "sigma_w2", "sigma_b2", "order", "method"),
+    ),
+    "iterate_maps": (
+        lambda a: th.iterate_maps(a["activation"], a["sigma_w2"], a["sigma_b2"], q_in=a["q"],
+                                  c_in=a["c"], depth=a["depth"], order=a["order"]),
+        ("activation", "sigma_w2", "sigma_b2", "q", "c", "depth", "order"),
+    ),
+    "mean_field": (
+        lambda a: th.mean_field(a["activation"], a["sigma_w2"], a["sigma_b2"], q0=a["q"],
+                                order=a["order"], method=a["method"], atol=a["atol"]),
+        ("activation", "sigma_w2", "sigma_b2", "q", "order", "method", "atol"),
+    ),
+    **{
+        name: (
+            (lambda f: lambda a: f(a["activation"], a["sigma_w2"], a["sigma_b2"],
+                                   order=a["order"], atol=a["atol"]))(getattr(th, name)),
+            ("activation", "sigma_w2", "sigma_b2", "order", "atol"),
+        )
+        for name in ("q_star", "c_star", "chi_1", "xi_q", "xi_c", "phase")
+    },
+    "critical_line": (
+        lambda a: th.critical_line(a["activation"], a["sigma_b2"], bracket=a["bracket"],
+                                   order=a["order"], method=a["method"]),
+        ("activation", "sigma_b2", "bracket", "order", "method"),
+    ),
+    "predict_profile": (
+        lambda a: th.predict_profile(a["activation"], a["sigma_w2"], a["sigma_b2"], a["depth"],
+                                     a["q"], weights=a["weights"], loss=a["loss"],
+                                     order=a["order"]),
+        ("activation", "sigma_w2", "sigma_b2", "depth", "q", "weights", "loss", "order"),
+    ),
+    "jacobian_spectrum_moments": (
+        lambda a: th.jacobian_spectrum_moments(a["activation"], a["sigma_w2"], a["sigma_b2"],
+                                               a["depth"], weights=a["weights"],
+                                               readout=a["readout"], order=a["order"]),
+        ("activation", "sigma_w2", "sigma_b2", "depth", "weights", "readout", "order"),
+    ),
+}  # fmt: skip
+_GOOD = dict(
+    activation="tanh", q=1.0, c=0.5, sigma_w2=1.0, sigma_b2=0.0, order=16, method="auto",
+    depth=3, atol=1e-9, weights="gaussian", loss="sum", readout=False, bracket=(1e-2, 1e2),
+)  # fmt: skip
+
+
+@given(st.data())
+@settings(max_examples=60)
+def test_property_bad_arguments_raise_type_or_value_error(data):
+    name = data.draw(st.sampled_from(sorted(_CALLS)), label="function")
+    call, params = _CALLS[name]
+    bad = data.draw(st.lists(st.sampled_from(params), min_size=1, max_size=3, unique=True))
+    args = dict(_GOOD)
+    for p in bad:
+        args[p] = data.draw(st.sampled_from(_BAD[p]), label=p)
+    before = _compilations()
+    with pytest.raises((TypeError, ValueError)):
+        call(args)
+    assert _compilations() == before  # refused before anything compiled
