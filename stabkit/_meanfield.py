@@ -546,9 +546,11 @@ def q_map(
         float64, the broadcast shape of ``q``, ``sigma_w2``, ``sigma_b2``.
 
     Raises:
-        ValueError: a negative or non-finite variance, an empty grid, ``order < 2``, an unknown
-            name or method.
-        TypeError: an activation that is neither a name nor a callable; a non-int ``order``.
+        ValueError: a negative, NaN or inf variance, an empty grid, arrays that do not broadcast
+            (both named, with their shapes), ``order < 2``, an unknown name or method, an
+            activation callable that changes the shape, a call that would not fit in memory.
+        TypeError: an activation that is neither a name nor a callable (or cannot be traced, or
+            changes the dtype); a non-int ``order``; a non-numeric variance.
 
     Examples:
         >>> float(q_map("relu", 3.0, 2.0, 0.1))  # sigma_w^2 q / 2 + sigma_b^2

@@ -254,6 +254,15 @@ class SweepSpec:
     Numeric axes (depth, width, scale, bias_std, seed) are stored sorted; activation, init and
     dtype keep their order. Everything is validated here, before anything compiles.
 
+    A value may be a Python or NumPy scalar or a 0-d array; a sequence a list, tuple, range or
+    1-d array (dicts and sets are refused: an axis is ordered; so are generators, nested
+    sequences, strings or bools where numbers belong). Values of an axis must be distinct (they
+    are the dataset's coordinates). Sizes are bounded: at most :data:`MAX_AXIS_LENGTH` values an
+    axis, :data:`MAX_CONFIGS` configs, and the layer buffers of two configs (the smallest chunk)
+    must fit in memory. Below float64 the weight multipliers and bias stds must be finite in
+    float32 (the kernel scales in float32). Activation callables are traced (never compiled) in
+    every dtype of the sweep and must keep shape and dtype.
+
     Attributes:
         depth: hidden layers, each >= 1.
         width: units per layer (in_dim = out_dim = width, square layers).
@@ -269,11 +278,12 @@ class SweepSpec:
         input: the input distribution: ``normal`` N(0, 1), ``uniform`` U(-sqrt 3, sqrt 3) (unit
             variance) or ``ones``.
         loss: ``mse`` or ``sum`` (see :func:`stabkit.loss_names`).
-        saturation_threshold: a unit is saturated where ``|phi'(z)|`` is below it.
+        saturation_threshold: a unit is saturated where ``|phi'(z)|`` is below it; in [0, 1].
 
     Raises:
-        ValueError: an empty axis, a repeated value, depth < 1, an unknown name, a bad number.
-        TypeError: a value of the wrong type.
+        ValueError: an empty or too long axis, a repeated value, depth < 1, an unknown name, a
+            NaN/inf or out-of-range number, too many configs, layer buffers beyond memory.
+        TypeError: a value of the wrong type (a string, bool, dict, set, generator, ...).
 
     Examples:
         >>> s = SweepSpec(depth=[8, 4], activation=["relu", "tanh"], scale=[1.0, 0.5], seed=2)

@@ -54,6 +54,16 @@ a kink in :math:`\\phi'` (elu, selu) converge like ``1/order**2`` (~1e-3 at 128)
 :math:`\\phi''` is taken by autodiff, so :math:`\\phi\\phi''` must have no point mass where
 :math:`\\phi \\ne 0` (true for every registered activation).
 
+**Validation.** Every public function checks all of its arguments before anything is traced or
+compiled, and raises ``TypeError``/``ValueError`` naming the argument and the value: parameters must
+be real numbers or arrays of them (strings, bools, None, complex numbers and ragged lists are
+refused); a NaN or inf parameter is a user error, not a result, and the message says ``NaN`` or
+``inf`` and where in the array it sits; arrays that do not broadcast are named with their shapes;
+an activation callable is traced once (``jax.eval_shape``, nothing runs) and must return an array
+of its input's shape and dtype, twice differentiable by ``jax.jvp``; and the memory a call would
+take (its broadcast shape, quadrature ``order``, ``depth``) is estimated and refused beyond the
+machine's (``stabkit._checks.memory_limit``), with the estimate in the message.
+
 Every function takes an activation (a registered name or a JAX-traceable elementwise callable) and
 variances that broadcast against each other (grids welcome: a 200 x 200 phase diagram is one
 compiled, vectorized call), and returns NumPy float64 arrays of the broadcast shape (NumPy scalars
