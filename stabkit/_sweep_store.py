@@ -22,35 +22,42 @@ time; ``sweep(..., resume=True)`` checks them too and recomputes exactly the con
 chunks that are missing or fail, so a repaired store is bit-identical to one never interrupted.
 
 Nothing outside these names is ever written, and nothing is deleted but stabkit's own temporary
-files, lock and records: a directory that is not empty and holds no marker is refused before
-anything is touched. Nothing is pickled.
+files, lock (and ``<lock>.break-<token>`` while a stale lock is taken over), records, and, before
+the first record exists, a zarr metadata file a crash left torn: a directory that is not empty
+and holds no marker is refused before anything is touched. Nothing is pickled. The lock and the
+atomic files: :mod:`stabkit._sweep_files`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import hashlib
 import json
 import math
 import os
 import pathlib
-import socket
+import shutil
 import sys
-import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
-from stabkit._checks import check_memory
+from stabkit._checks import check_memory, format_bytes
+from stabkit._sweep_files import (
+    _create_exclusive,
+    _existing_ancestor,
+    _out_path,
+    _read_json,
+    _read_retrying,
+    _write_atomically,
+    _WriterLock,
+)
 from stabkit._sweep_spec import _AXES, _INT_VARS, CONFIG_VARS, LAYER_VARS, SweepSpec
 
 _FORMAT = 2  # on-disk layout version (1: progress.json, no marker, no checksums)
 _MARKER = "stabkit-store.json"
-_LOCK = "stabkit-writer.lock"
 _RECORDS = "stabkit-chunks"
 _VARS = (*LAYER_VARS, *CONFIG_VARS)
 
@@ -126,217 +133,6 @@ def _dataset(meta: dict[str, Any], flat: dict[str, np.ndarray]):
     attrs["devices"] = json.dumps(meta["devices"])
     attrs["stabkit_format"] = meta["format"]
     return xr.Dataset(data, coords=coords, attrs=attrs)
-
-
-# ------------------------------------------------------------------------------ files and paths
-
-
-def _out_path(out: Any) -> pathlib.Path:
-    """``out`` as a directory path stabkit may create or write: never '', never a file."""
-    if not isinstance(out, (str, os.PathLike)):
-        raise TypeError(f"out must be a path (str or os.PathLike), got {type(out).__name__}")
-    try:
-        text = os.fspath(out)
-    except TypeError as e:
-        raise TypeError(f"out must be a path (str or os.PathLike), got {out!r}: {e}") from None
-    if not isinstance(text, str):  # a bytes path
-        raise TypeError(f"out must be a str path, got {text!r}")
-    if not text.strip():
-        # pathlib.Path('') is '.': the working directory. Never guess that.
-        raise ValueError(f"out={text!r} is not a directory path; give the store's directory")
-    if "\0" in text:
-        raise ValueError(f"out={text!r} holds a NUL character; it is not a usable path")
-    path = pathlib.Path(text)
-    try:
-        if path.exists() and not path.is_dir():
-            raise ValueError(f"out={text!r} is an existing file, not a directory; nothing written")
-    except OSError as e:  # a name too long, a component that is a file, ...
-        raise ValueError(f"out={text!r} is not a usable path: {e}") from None
-    return path
-
-
-def _existing_ancestor(path: pathlib.Path) -> pathlib.Path:
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def _read_json(file: pathlib.Path, what: str) -> dict[str, Any]:
-    """A JSON object from ``file``; ValueError naming the file if it is damaged."""
-    try:
-        data = json.loads(file.read_bytes().decode())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{file} is missing ({what})") from None
-    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ValueError(f"{file} ({what}) is damaged: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{file} ({what}) is damaged: not a JSON object")
-    return data
-
-
-def _replace(tmp: pathlib.Path, dst: pathlib.Path) -> None:
-    """``os.replace``: readers see the old file or the new one, never half of one."""
-    os.replace(tmp, dst)
-
-
-def _write_atomically(dst: pathlib.Path, data: dict[str, Any]) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(json.dumps(data, sort_keys=True).encode())
-        f.flush()
-        os.fsync(f.fileno())
-    _replace(tmp, dst)
-
-
-def _create_exclusive(file: pathlib.Path, data: dict[str, Any]) -> bool:
-    """Create ``file`` holding ``data`` unless it exists (O_CREAT|O_EXCL): True if created."""
-    try:
-        fd = os.open(file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    try:
-        os.write(fd, json.dumps(data, sort_keys=True).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return True
-
-
-def _read_retrying(file: pathlib.Path, what: str, seconds: float = 1.0) -> dict[str, Any] | None:
-    """A file another process creates then fills: wait up to ``seconds`` for valid JSON.
-
-    None if the file is gone; ValueError if it stays unreadable."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            return _read_json(file, what)
-        except FileNotFoundError:
-            return None
-        except ValueError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
-# ---------------------------------------------------------------------------------------- lock
-
-
-def _proc_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid."""
-    try:
-        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _alive(pid: int, proc_start: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    try:  # a zombie (killed, not yet reaped) holds nothing
-        state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state in ("Z", "X"):
-            return False
-    except (OSError, IndexError):
-        pass
-    now = _proc_start(pid)
-    return not (proc_start is not None and now is not None and now != proc_start)
-
-
-class _WriterLock:
-    """One writer per store: a lock file created with O_CREAT|O_EXCL, naming its holder.
-
-    A lock whose holder died on this host is taken over. Two processes may both find the same
-    stale lock; each must first create ``<lock>.break-<token>`` (O_EXCL) for that lock's token,
-    and removes the lock only if it still holds that token, so at most one of them breaks it,
-    and the new lock is then won by exactly one O_EXCL create.
-    """
-
-    def __init__(self, store: pathlib.Path):
-        self.store, self.file = store, store / _LOCK
-        self.token = uuid.uuid4().hex
-        self.held = False
-
-    def _describe(self, h: dict[str, Any]) -> str:
-        return f"pid {h.get('pid')} on host {h.get('host')!r} since {h.get('started')}"
-
-    def acquire(self) -> None:
-        host, pid = socket.gethostname(), os.getpid()
-        mine = {
-            "pid": pid,
-            "host": host,
-            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "token": self.token,
-            "proc_start": _proc_start(pid),
-        }
-        for _ in range(100):
-            if _create_exclusive(self.file, mine):
-                self.held = True
-                return
-            try:
-                holder = _read_retrying(self.file, "the store's writer lock")
-            except ValueError:
-                raise ValueError(
-                    f"{self.file} is an unreadable writer lock; if no sweep is writing "
-                    f"{self.store}, delete {self.file} and resume"
-                ) from None
-            if holder is None:  # released meanwhile: try again
-                continue
-            h_pid, h_host = holder.get("pid"), holder.get("host")
-            if not isinstance(h_pid, int) or h_pid <= 0 or not isinstance(h_host, str):
-                raise ValueError(
-                    f"{self.file} is a damaged writer lock ({holder}); if no sweep is writing "
-                    f"{self.store}, delete {self.file} and resume"
-                )
-            if h_host != host:
-                raise BlockingIOError(
-                    f"{self.store} is being written by {self._describe(holder)} (lock "
-                    f"{self.file}); stabkit cannot check a process on another host: if no sweep "
-                    f"is running there, delete {self.file} and resume"
-                )
-            if _alive(h_pid, holder.get("proc_start")):
-                raise BlockingIOError(
-                    f"{self.store} is being written by {self._describe(holder)} (lock "
-                    f"{self.file}); one writer at a time: wait for it, or stop it "
-                    f"(a killed writer's lock is taken over on resume)"
-                )
-            self._break(holder)
-        raise BlockingIOError(f"could not take the writer lock {self.file}: it keeps changing")
-
-    def _break(self, stale: dict[str, Any]) -> None:
-        token = stale.get("token")
-        breaker = self.file.with_name(f"{_LOCK}.break-{token}")
-        if not _create_exclusive(breaker, {"pid": os.getpid(), "host": socket.gethostname()}):
-            try:
-                age = time.time() - breaker.stat().st_mtime
-            except FileNotFoundError:
-                return  # the other breaker finished: look again
-            if age > 10:
-                raise BlockingIOError(
-                    f"a process died while taking over the stale writer lock {self.file}; if no "
-                    f"sweep is writing {self.store}, delete {self.file} and {breaker} and resume"
-                )
-            time.sleep(0.02)  # another process is breaking it right now
-            return
-        try:
-            current = _read_retrying(self.file, "the store's writer lock")
-            if current is not None and current.get("token") == token:
-                os.unlink(self.file)  # still the stale one: only a breaker can remove it
-        finally:
-            os.unlink(breaker)
-
-    def release(self) -> None:
-        if not self.held:
-            return
-        self.held = False
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            if _read_json(self.file, "the store's writer lock").get("token") == self.token:
-                os.unlink(self.file)
 
 
 # --------------------------------------------------------------------------------------- chunks
@@ -745,8 +541,6 @@ def _check_disk(store: _Store) -> None:
     need = _store_bytes(store.spec, todo)
     free = _free_bytes(store.path)
     if free is not None and need > free:
-        from stabkit._checks import format_bytes
-
         raise ValueError(
             f"out={str(store.path)!r}: the store needs about {format_bytes(need)} for "
             f"{todo} configs, more than the {format_bytes(free)} free on its disk"
@@ -754,8 +548,6 @@ def _check_disk(store: _Store) -> None:
 
 
 def _free_bytes(path: pathlib.Path) -> int | None:
-    import shutil
-
     try:
         return shutil.disk_usage(_existing_ancestor(path)).free
     except OSError:
@@ -780,9 +572,7 @@ def load(path: str | os.PathLike):
             ``resume=True`` recomputes it), a damaged metadata file or a missing variable
             (named).
     """
-    path = _out_path(path) if isinstance(path, (str, os.PathLike)) else path
-    if not isinstance(path, pathlib.Path):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    path = _out_path(path, "path")
     if not path.is_dir():
         raise FileNotFoundError(f"no stabkit sweep at {path} (no such directory)")
     if not (path / _MARKER).exists():

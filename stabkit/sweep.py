@@ -38,11 +38,14 @@ prefix of a depth-16 one), which makes depth x scale maps smooth.
 Layers follow :func:`stabkit.trace`: layer 0 is the input, 1..depth the hidden layers,
 ``depth + 1`` the readout; layers beyond a config's ``depth + 1`` are NaN.
 
-With ``out=``, finished chunks are written to a zarr store as they complete (zarr writes each
-chunk file atomically, and a small progress file is replaced atomically after each chunk), so a
-sweep killed at any point and rerun with ``resume=True`` finishes with an identical dataset, and
-memory stays bounded by the chunk size. :func:`load` reads a store back (zarr arrays and JSON
-attributes; no pickle).
+With ``out=``, finished chunks are written to a zarr store as they complete, so a sweep killed
+at any point and rerun with ``resume=True`` finishes with an identical dataset, and memory stays
+bounded by the chunk size. The store is stabkit's own from its first file (a marker; any other
+non-empty directory is refused untouched), one sweep writes it at a time (a lock naming its
+pid and host), every chunk carries a crc32c checksum and a completion record with its sha256,
+and :func:`load` verifies them all (zarr arrays and JSON; no pickle). A chunk lost or damaged
+later is named by :func:`load` and recomputed, exactly, by ``resume=True``. The layout:
+:mod:`stabkit._sweep_store`.
 
 Modules: :mod:`stabkit._sweep_spec` (the spec and the variables), :mod:`stabkit._sweep_kernel`
 (the compiled chunk kernel), :mod:`stabkit._sweep_store` (dataset, zarr store, :func:`load`);
@@ -223,7 +226,9 @@ def sweep(
         out: a directory for a zarr store written chunk by chunk as the sweep runs; ``None``
             keeps everything in memory.
         resume: continue the store at ``out`` where it stopped (a killed sweep loses at most the
-            chunk in flight). Without it an existing non-empty ``out`` is an error.
+            chunk in flight), recomputing any chunk found missing or damaged. Without it an
+            existing non-empty ``out`` is an error; with it, so is a non-empty directory that is
+            not a stabkit store (nothing in it is touched).
         chunk_size: configs per kernel call (rounded up to a multiple of the device count, at
             least two a device);
             default: as many as ``memory_budget`` allows, at most 1024. Results do not depend on
@@ -242,9 +247,14 @@ def sweep(
         back by :func:`load` (or the path, see ``load_result``).
 
     Raises:
-        TypeError: ``spec`` is not a :class:`SweepSpec`.
-        FileExistsError: ``out`` exists and ``resume`` is False.
-        ValueError: ``out`` holds a different sweep; a budget too small for one config.
+        TypeError: ``spec`` is not a :class:`SweepSpec`; ``out`` is not a path; a flag is not a
+            bool.
+        FileExistsError: ``out`` exists, is not empty and ``resume`` is False.
+        ValueError: ``out`` is '', a file or not usable; ``resume`` into a directory that is not
+            a stabkit store, or that holds a different sweep; results larger than memory
+            (without ``out``, or with ``load_result``); a store larger than the free disk
+            space; a budget too small for one config.
+        BlockingIOError: another sweep is writing ``out`` (the message names its pid and host).
 
     Examples:
         The note's net (width 2, :math:`W = aI`, zero biases, linear) in float16, two depths and

@@ -29,6 +29,7 @@ import stabkit as sk
 
 sw = importlib.import_module("stabkit.sweep")
 st = importlib.import_module("stabkit._sweep_store")
+fl = importlib.import_module("stabkit._sweep_files")
 
 SPEC = dict(
     depth=(2, 3), width=4, activation=("tanh", "relu"), scale=(0.5, 1.0, 1.5), seed=(0, 1), batch=2
@@ -226,7 +227,7 @@ def test_damaged_chunk_is_named_by_load_and_repaired_by_resume(store, ref, how, 
     # 19 configs were done; the kernel chunks [8, 12) and [12, 16) hold the 5 to recompute.
     assert counts[0] == 21 and counts[-1] == 24 and max(counts) == 24, err
     assert percents[-1] == 100.0 and max(percents) == 100.0, err
-    assert not (store / st._LOCK).exists()
+    assert not (store / fl._LOCK).exists()
 
 
 def test_resume_of_a_complete_store_computes_nothing(store, capsys):
@@ -250,7 +251,7 @@ def test_resume_after_an_exception_releases_the_lock_and_finishes(tmp_path, ref,
     with pytest.raises(KeyboardInterrupt):
         sk.sweep(spec(), out=out, chunk_size=CHUNK, progress=False)
     monkeypatch.setattr(st._Store, "_write_chunk", write)
-    assert not (out / st._LOCK).exists()
+    assert not (out / fl._LOCK).exists()
     with pytest.raises(ValueError, match=r"incomplete \(10 of 24 configs"):
         sk.load(out)
     assert_bits(sk.sweep(spec(), out=out, resume=True, chunk_size=CHUNK, progress=False), ref)
@@ -261,7 +262,7 @@ def test_marker_only_store_is_resumable(tmp_path, ref):
     out = tmp_path / "s.zarr"
     out.mkdir()
     marker = {"stabkit": "sweep store", "format": st._FORMAT, "spec": spec().to_dict()}
-    assert st._create_exclusive(out / st._MARKER, marker)
+    assert fl._create_exclusive(out / st._MARKER, marker)
     with pytest.raises(ValueError, match="incomplete"):
         sk.load(out)
     with pytest.raises(FileExistsError):  # still a store: no resume, no write
@@ -313,7 +314,7 @@ def test_what_is_not_a_sweep_store(tmp_path):
         sk.load(old)
     with pytest.raises(ValueError, match="format 1"):  # and never written into
         sk.sweep(spec(), out=old, resume=True, progress=False)
-    with pytest.raises(ValueError, match="out=''"):
+    with pytest.raises(ValueError, match="path=''"):
         sk.load("")
 
 
@@ -321,7 +322,7 @@ def test_resume_refuses_damaged_metadata_once_chunks_exist(store):
     (store / "zarr.json").write_text("{garbled")
     with pytest.raises(ValueError, match=r"zarr\.json"):
         sk.sweep(spec(), out=store, resume=True, chunk_size=CHUNK, progress=False)
-    assert not (store / st._LOCK).exists()
+    assert not (store / fl._LOCK).exists()
 
 
 # ----------------------------------------------------------------------------------------- lock
@@ -335,7 +336,7 @@ def _dead_pid():
 
 def _lock(path, pid, host=None, token="t0"):
     holder = {"pid": pid, "host": host or socket.gethostname(), "started": "x", "token": token}
-    (path / st._LOCK).write_text(json.dumps(holder))
+    (path / fl._LOCK).write_text(json.dumps(holder))
 
 
 def test_live_lock_refuses_a_second_writer_naming_it(store):
@@ -346,7 +347,7 @@ def test_live_lock_refuses_a_second_writer_naming_it(store):
         sk.sweep(spec(), out=store, resume=True, chunk_size=CHUNK, progress=False)
     assert time.perf_counter() - t < 30  # at once: no waiting for the holder (probe aside)
     assert f"pid {os.getpid()}" in str(e.value) and socket.gethostname() in str(e.value)
-    assert (store / st._LOCK).exists()  # someone else's lock: left alone
+    assert (store / fl._LOCK).exists()  # someone else's lock: left alone
     assert not (store / st._RECORDS / "2.json").exists()
 
 
@@ -354,8 +355,8 @@ def test_lock_from_another_host_is_refused_with_how_to_clear_it(store):
     _lock(store, 12345, host="elsewhere.example")
     with pytest.raises(BlockingIOError, match="another host") as e:
         sk.sweep(spec(), out=store, resume=True, progress=False)
-    assert "elsewhere.example" in str(e.value) and f"delete {store / st._LOCK}" in str(e.value)
-    (store / st._LOCK).write_text("garbage")
+    assert "elsewhere.example" in str(e.value) and f"delete {store / fl._LOCK}" in str(e.value)
+    (store / fl._LOCK).write_text("garbage")
     with pytest.raises(ValueError, match="unreadable writer lock"):
         sk.sweep(spec(), out=store, resume=True, progress=False)
 
@@ -364,7 +365,7 @@ def test_stale_lock_is_taken_over(store, ref):
     (store / st._RECORDS / "1.json").unlink()
     _lock(store, _dead_pid())
     assert_bits(sk.sweep(spec(), out=store, resume=True, chunk_size=CHUNK, progress=False), ref)
-    assert not (store / st._LOCK).exists()
+    assert not (store / fl._LOCK).exists()
 
 
 def test_stale_lock_has_exactly_one_taker(tmp_path):
@@ -377,7 +378,7 @@ def test_stale_lock_has_exactly_one_taker(tmp_path):
         barrier, results = threading.Barrier(4), []
 
         def take(d=d, barrier=barrier, results=results):
-            lock = st._WriterLock(d)
+            lock = fl._WriterLock(d)
             barrier.wait()
             try:
                 lock.acquire()
@@ -390,13 +391,13 @@ def test_stale_lock_has_exactly_one_taker(tmp_path):
             t.start()
         for t in threads:
             t.join()
-        won = [r for r in results if isinstance(r, st._WriterLock)]
+        won = [r for r in results if isinstance(r, fl._WriterLock)]
         assert len(won) == 1, results
         assert all(f"pid {os.getpid()}" in str(r) for r in results if r not in won)
-        assert json.loads((d / st._LOCK).read_text())["token"] == won[0].token
-        assert sorted(p.name for p in d.iterdir()) == [st._LOCK]  # no breaker left behind
+        assert json.loads((d / fl._LOCK).read_text())["token"] == won[0].token
+        assert sorted(p.name for p in d.iterdir()) == [fl._LOCK]  # no breaker left behind
         won[0].release()
-        assert not (d / st._LOCK).exists()
+        assert not (d / fl._LOCK).exists()
 
 
 # ------------------------------------------------------------------------ memory and disk bounds
@@ -445,14 +446,15 @@ import importlib, os, signal, sys
 import zarr.storage._local as local
 import stabkit as sk
 sw = importlib.import_module("stabkit.sweep")
-st = importlib.import_module("stabkit._sweep_store")
+files = importlib.import_module("stabkit._sweep_files")
 sw._FLUSH_BYTES = {flush}
 kill_at, events = int(sys.argv[2]), [0]
-put, replace = local._put, st._replace
+put, replace = local._put, files._replace
 
 def event(path, data):
     events[0] += 1
     if events[0] == kill_at:  # a torn write (half the file), then kill -9
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
             f.write(data[: len(data) // 2])
         os.kill(os.getpid(), signal.SIGKILL)
@@ -465,7 +467,7 @@ def torn_replace(tmp, dst):
     event(dst, tmp.read_bytes())
     return replace(tmp, dst)
 
-local._put, st._replace = torn_put, torn_replace
+local._put, files._replace = torn_put, torn_replace
 sk.sweep(sk.SweepSpec(**{spec}), out=sys.argv[1], chunk_size={chunk}, progress=False)
 """
 
@@ -506,15 +508,16 @@ def test_two_writers_then_kill_then_resume(tmp_path, ref, jax_cache):
         proc.kill()
         proc.communicate()
     assert proc.returncode == -signal.SIGKILL
-    assert json.loads((out / st._LOCK).read_text())["pid"] == proc.pid  # left by the dead
+    assert json.loads((out / fl._LOCK).read_text())["pid"] == proc.pid  # left by the dead
     assert_bits(sk.sweep(spec(), out=out, resume=True, chunk_size=CHUNK, progress=False), ref)
-    assert not (out / st._LOCK).exists()
+    assert not (out / fl._LOCK).exists()
 
 
 def _count_events(tmp_path, monkeypatch):
     """How many files a whole sweep writes through zarr or replaces (the kill points)."""
     local = importlib.import_module("zarr.storage._local")
-    put, replace, n = local._put, st._replace, [0]
+    files = importlib.import_module("stabkit._sweep_files")
+    put, replace, n = local._put, files._replace, [0]
 
     def count(f):
         def counted(*args, **kw):
@@ -524,10 +527,10 @@ def _count_events(tmp_path, monkeypatch):
         return counted
 
     monkeypatch.setattr(local, "_put", count(put))
-    monkeypatch.setattr(st, "_replace", count(replace))
+    monkeypatch.setattr(files, "_replace", count(replace))
     sk.sweep(spec(), out=tmp_path / "count", chunk_size=CHUNK, progress=False, load_result=False)
     monkeypatch.setattr(local, "_put", put)
-    monkeypatch.setattr(st, "_replace", replace)
+    monkeypatch.setattr(files, "_replace", replace)
     return n[0]
 
 
@@ -542,9 +545,9 @@ def test_kill_at_a_torn_write_then_resume_is_bit_identical(
     proc = _popen(_TORN, out, kill_at, env=jax_cache, stderr=subprocess.PIPE)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == -signal.SIGKILL, (kill_at, err)
-    assert (out / st._MARKER).exists() and (out / st._LOCK).exists(), kill_at
+    assert (out / st._MARKER).exists() and (out / fl._LOCK).exists(), kill_at
     with pytest.raises(ValueError, match=r"incomplete|chunk"):
         sk.load(out)
     resumed = sk.sweep(spec(), out=out, resume=True, chunk_size=CHUNK, progress=False)
     assert_bits(resumed, ref)
-    assert not (out / st._LOCK).exists(), kill_at
+    assert not (out / fl._LOCK).exists(), kill_at
