@@ -86,13 +86,15 @@ def _floating_leaves(tree: Any, name: str = "updates") -> list[jax.Array]:
                 f"{name} must be a pytree of floating-point arrays, got {where} = "
                 f"{type(x).__name__} {x!r:.80}"
             )
-        arr = jnp.asarray(x)
-        if not is_floating_dtype(arr.dtype):
+        # the dtype is read before JAX sees the leaf: an int beyond int64 would overflow there
+        dtype = np.dtype(np.float32) if isinstance(x, float) else getattr(x, "dtype", None)
+        if dtype is None or not is_floating_dtype(dtype):
+            kind = f"dtype {dtype}" if dtype is not None else type(x).__name__
             raise TypeError(
-                f"{name} must be floating-point arrays, got {where} of dtype {arr.dtype}"
+                f"{name} must be floating-point arrays, got {where} of {kind} {x!r:.80}"
             )
-        leaves.append(arr)
-    return leaves
+        leaves.append(x)
+    return [jnp.asarray(x) for x in leaves]  # converted once every leaf has passed
 
 
 def all_finite(tree: Any) -> jax.Array:
@@ -376,7 +378,8 @@ class DynamicLossScale:
     dtype: DTypeLike = jnp.float32
 
     def __post_init__(self):
-        if not is_floating_dtype(self.dtype):
+        # None is NumPy's float64, not "no dtype"
+        if self.dtype is None or not is_floating_dtype(self.dtype):
             raise TypeError(f"dtype must be a floating-point dtype, got {self.dtype!r}")
         dtype = jnp.dtype(self.dtype)
         object.__setattr__(self, "dtype", dtype)
@@ -432,15 +435,18 @@ class DynamicLossScale:
         """
         self._check_x64()
         _check_state(state, LossScaleState, "DynamicLossScale")
-        if isinstance(finite, (str, bytes)) or not (
-            isinstance(finite, (bool, np.bool_, jax.Array, np.ndarray))
-        ):
-            raise TypeError(f"finite must be a boolean scalar, got {type(finite).__name__}")
-        finite = jnp.asarray(finite)
-        if finite.dtype != bool or finite.shape != ():
+        if not isinstance(finite, (bool, np.bool_, jax.Array, np.ndarray)):
             raise TypeError(
-                f"finite must be a boolean scalar, got {finite.dtype.name}{list(finite.shape)}"
+                f"finite must be a boolean scalar, got {type(finite).__name__} {finite!r:.80}"
             )
+        if not isinstance(finite, (bool, np.bool_)):  # an array: read before JAX sees it
+            dtype, shape = finite.dtype, tuple(finite.shape)
+            boolean = jnp.issubdtype(dtype, jnp.bool_) or jnp.issubdtype(dtype, jnp.integer)
+            if shape != () or not boolean:
+                raise TypeError(
+                    f"finite must be a boolean (or 0/1 integer) scalar, got {dtype}{list(shape)}"
+                )
+        finite = jnp.asarray(finite).astype(bool)
         scale = state.scale
         if scale.dtype != self.dtype:
             raise TypeError(

@@ -130,8 +130,7 @@ class Task:
             raise TypeError(f"inputs x must be floating-point, got dtype {x.dtype}")
         if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
             raise ValueError(f"x must be a non-empty floating (n, in_dim) array, got {x.shape}")
-        x = jnp.asarray(x)
-        _all_finite(x, "x", "inputs")
+        x = _canonical(x, "x", "inputs")
         y = _data_array(self.y, "y")
         want = (x.shape[0],) if classify else (x.shape[0], out_dim)
         if classify:
@@ -153,10 +152,9 @@ class Task:
                 raise TypeError(f"regression targets y must be floating-point, got dtype {y.dtype}")
             if y.shape != want:
                 raise ValueError(f"y must have shape {want} for {self.kind}, got {y.shape}")
-            y = jnp.asarray(y)
-            _all_finite(y, "y", "targets")
+            y = jnp.asarray(_canonical(y, "y", "targets"))
         object.__setattr__(self, "out_dim", out_dim)
-        object.__setattr__(self, "x", x)
+        object.__setattr__(self, "x", jnp.asarray(x))
         object.__setattr__(self, "y", y)
 
     @property
@@ -185,16 +183,30 @@ def _data_array(value: Any, name: str) -> np.ndarray:
     return arr
 
 
-def _all_finite(arr: jax.Array, name: str, what: str) -> None:
-    """Refuse NaN/inf in a data set: every run's loss would be NaN from the first step."""
-    host = np.asarray(arr)
+def _canonical(arr: np.ndarray, name: str, what: str) -> np.ndarray:
+    """``arr`` in the dtype JAX will hold it in (float64 is float32 unless x64 is on), checked on
+    the host for NaN/inf before anything reaches JAX (nothing compiles for refused input).
+
+    NaN/inf in a data set are refused rather than trained on: every run's loss would be NaN from
+    the first step, which says nothing about the network.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported as inf below
+        host = arr.astype(jax.dtypes.canonicalize_dtype(arr.dtype), copy=False)
     bad = np.argwhere(~np.isfinite(host))
     if bad.size:
-        raise ValueError(
-            f"{name} holds {len(bad)} non-finite {what} (the first, {host[tuple(bad[0])]}, at "
-            f"index {tuple(int(i) for i in bad[0])}) in {arr.dtype}: every run's loss would be "
-            f"NaN from the first step; drop or impute them"
+        first = tuple(int(i) for i in bad[0])
+        cast = (
+            f" ({arr[first]} does not fit in {host.dtype}: JAX holds {arr.dtype} data in "
+            f"{host.dtype} unless x64 is enabled)"
+            if np.isfinite(arr[first])
+            else ""
         )
+        raise ValueError(
+            f"{name} holds {len(bad)} non-finite {what} (the first, {host[first]}, at index "
+            f"{first}){cast}: every run's loss would be NaN from the first step; drop or impute "
+            "them"
+        )
+    return host
 
 
 def _first_too_large(nbytes: Callable[[dict], float], sizes: dict[str, int], what: str) -> None:
@@ -268,11 +280,13 @@ def teacher_student(
         positive_int(v, k) for v, k in ((n, "n"), (in_dim, "in_dim"), (out_dim, "out_dim"))
     )
     c = finite_float(target_scale, "target_scale", positive=True)
+    fmax = float(jnp.finfo(jnp.float32).max)
+    if c > fmax:
+        raise ValueError(f"target_scale={c} overflows float32 (largest {fmax:.4g})")
     x, t = _teacher(key, n, in_dim, out_dim, teacher_depth, teacher_width)
     t = t - jnp.mean(t, axis=0)
     y = (c * t / jnp.sqrt(jnp.mean(t**2))).astype(jnp.float32)
     if not np.isfinite(np.asarray(y)).all():
-        fmax = float(jnp.finfo(jnp.float32).max)
         why = (
             f"target_scale={c} overflows float32 (largest {fmax:.4g})"
             if np.isfinite(np.asarray(t)).all() and np.any(np.asarray(t))
@@ -369,6 +383,23 @@ def _probe_activation(phi: Callable, index: int, dtype: jnp.dtype) -> None:
         raise TypeError(
             f"activations[{index}] must act elementwise and keep shape and dtype: "
             f"{dtype.name}[2, 3] gave {got}"
+        )
+
+
+def _probe_init(init: Callable, index: int) -> None:
+    """A callable initializer must give a float32 array of the shape asked for (traced only)."""
+    try:
+        out = jax.eval_shape(lambda k: init(k, (3, 4), jnp.float32), jax.random.key(0))
+    except Exception as err:  # the user's callable
+        raise TypeError(
+            f"inits[{index}] ({init!r}) failed as init(key, (3, 4), float32): "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    if not isinstance(out, jax.ShapeDtypeStruct) or (out.shape, out.dtype) != ((3, 4), "float32"):
+        got = f"{out.dtype.name}{list(out.shape)}" if hasattr(out, "shape") else repr(out)
+        raise TypeError(
+            f"inits[{index}] must be init(key, shape, dtype) -> array of that shape and dtype: "
+            f"init(key, (3, 4), float32) gave {got}"
         )
 
 
@@ -518,11 +549,15 @@ class TrainSpec:
             value = getattr(self, name)
             if value is None and name == "master_dtype":
                 continue
-            if not is_floating_dtype(value):
+            # None is NumPy's float64, not "no dtype": refused where a dtype is required
+            if value is None or not is_floating_dtype(value):
                 raise TypeError(f"{name} must be a floating-point dtype, got {value!r}")
             set_(name, jnp.dtype(value))
         set_("activations", _names(self.activations, "activations", get_activation))
         set_("inits", _names(self.inits, "inits", get_initializer))
+        for i, init in enumerate(self.inits):
+            if not isinstance(init, str):
+                _probe_init(init, i)
         if isinstance(self.optimizer, str):
             if self.optimizer not in _OPTIMIZERS:
                 raise ValueError(
@@ -667,7 +702,10 @@ def _values(value: Any, name: str) -> list:
     if isinstance(value, (jax.Array, np.ndarray, np.generic)):
         if isinstance(value, jax.core.Tracer):
             raise TypeError(f"{name} must be concrete values, not a traced array")
-        arr = np.asarray(value)
+        try:
+            arr = np.asarray(value)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{name} must be numbers, got {type(value).__name__}: {err}") from err
         if arr.ndim > 1:
             raise ValueError(
                 f"{name} must be a value or a 1-D list, got an array of shape {arr.shape}"
