@@ -385,3 +385,87 @@ def test_clip_properties(dtype, c, log_mag, seed):
             rtol=2 * eps(dtype),
             atol=4 * float(jnp.finfo(jdtype(dtype)).smallest_subnormal),
         )
+
+
+# ------------------------------------------------------------------- issue 11: bad arguments
+
+
+@pytest.mark.parametrize(
+    "tree, match",
+    [
+        ("abc", r"{t} must be a pytree of floating-point arrays, got {t} = str 'abc'"),
+        ({"w": [1.0, "x"]}, r"{t}\['w'\]\[1\] = str"),
+        ({"w": jnp.ones(2, jnp.int32)}, r"{t}\['w'\] of dtype int32"),
+        ([2**70], r"{t}\[0\] of int"),  # refused before JAX (it would overflow there)
+        ({"b": True}, r"{t}\['b'\] = bool"),
+        ({"k": jax.random.key(0)}, r"{t}\['k'\] of dtype key"),
+    ],
+)
+def test_trees_that_are_not_float_arrays_are_named(tree, match):
+    for fn in (safe_global_norm, all_finite):
+        with pytest.raises(TypeError, match=match.format(t="tree")):
+            fn(tree)
+    clip = safe_clip_by_global_norm(1.0)
+    with pytest.raises(TypeError, match=match.format(t="updates")):
+        clip.update(tree, clip.init(tree))
+
+
+def test_update_functions_check_their_state():
+    p = {"w": jnp.ones(2)}
+    skip = skip_nonfinite(optax.sgd(0.1), 2)
+    scaled = loss_scaling(optax.sgd(0.1))
+    with pytest.raises(TypeError, match="updates must be a pytree"):
+        skip.update("abc", skip.init(p), p)
+    with pytest.raises(TypeError, match="state must be the SkipState that skip_nonfinite"):
+        skip.update(p, optax.EmptyState(), p)
+    with pytest.raises(TypeError, match="state must be the LossScalingState that loss_scaling"):
+        scaled.update(p, skip.init(p), p)
+    rule = DynamicLossScale()
+    with pytest.raises(TypeError, match="state must be the LossScaleState"):
+        rule.adjust((1.0, 0, 0), True)
+    for finite in ("yes", 1.0, jnp.ones(2, bool), jnp.float32(1)):
+        with pytest.raises(TypeError, match="finite must be a boolean"):
+            rule.adjust(rule.init(), finite)
+    with pytest.raises(TypeError, match=r"state\.scale has dtype float16, the rule's is float32"):
+        rule.adjust(DynamicLossScale(initial_scale=1024.0, dtype="float16").init(), True)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: skip_nonfinite(optax.sgd(0.1), 2**40), "max_consecutive_skips=1099511627776 is"),
+        (lambda: skip_nonfinite(optax.sgd(0.1), True), "max_consecutive_skips must be an int"),
+        (lambda: DynamicLossScale(period=2**40), "period=1099511627776 is too large"),
+        (lambda: DynamicLossScale(period=np.int64(0)), "period must be >= 1"),
+        (lambda: DynamicLossScale(factor=1 + 1e-5, dtype="float16"), r"rounds to 1\.0 in float16"),
+        (
+            lambda: DynamicLossScale(factor=1e6, dtype="float16", initial_scale=1.0),
+            r"factor=1000000\.0 rounds to inf in float16",
+        ),
+        (lambda: DynamicLossScale(factor=np.nan), "factor must be finite, got nan"),
+        (lambda: DynamicLossScale(dtype=None), "dtype must be a floating-point dtype"),
+        (lambda: DynamicLossScale(dtype="int8"), "dtype must be a floating-point dtype"),
+        (lambda: safe_clip_by_global_norm(np.float32(np.inf)), "max_norm must be finite"),
+        (lambda: safe_clip_by_global_norm([1.0]), "max_norm must be a real number"),
+    ],
+)
+def test_fix_constructors_validate(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()
+
+
+def test_float64_loss_scale_needs_x64_and_works_inside_it():
+    """DynamicLossScale(dtype="float64") was silently float32 with x64 off; now it says why."""
+    rule = DynamicLossScale(initial_scale=2.0**100, period=1, dtype="float64")
+    assert rule.dtype == jnp.float64
+    with pytest.raises(ValueError, match=r"needs JAX's 64-bit mode: use it inside `with jax"):
+        rule.init()
+    opt = loss_scaling(optax.sgd(1.0), rule)
+    with pytest.raises(ValueError, match="64-bit mode"):
+        opt.init(jnp.zeros(2))
+    with jax.enable_x64(True):
+        s = opt.init(jnp.zeros(2, jnp.float64))
+        u, s = opt.update(jnp.full(2, 2.0**100, jnp.float64), s)
+        assert loss_scale_of(s).dtype == jnp.float64 and float(loss_scale_of(s)) == 2.0**101
+        np.testing.assert_array_equal(np.asarray(u), [-1.0, -1.0])
+    assert not jax.config.jax_enable_x64
