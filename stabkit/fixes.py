@@ -100,6 +100,9 @@ def _floating_leaves(tree: Any, name: str = "updates") -> list[jax.Array]:
 def all_finite(tree: Any) -> jax.Array:
     """A boolean scalar: True when every entry of every leaf is finite (no inf, no NaN).
 
+    Raises:
+        TypeError: a leaf that is not a floating-point array (named by its path in ``tree``).
+
     Examples:
         >>> all_finite({"a": jnp.ones(3), "b": jnp.array([1.0, jnp.inf])})
         Array(False, dtype=bool)
@@ -167,7 +170,16 @@ def safe_global_norm(tree: Any) -> jax.Array:
     Returns:
         A scalar of dtype ``promote_types(leaf dtype, float32)``.
 
+    Raises:
+        TypeError: a leaf that is not a floating-point array (a string, an int, a bool, a PRNG
+            key...), named by its path: ``tree['w']``.
+
     Examples:
+        >>> safe_global_norm({"w": "abc"})
+        Traceback (most recent call last):
+        ...
+        TypeError: tree must be a pytree of floating-point arrays, got tree['w'] = str 'abc'
+
         >>> g = {"w": jnp.full((4,), 300.0, jnp.float16)}
         >>> safe_global_norm(g), optax.tree.norm(g)
         (Array(600., dtype=float32), Array(inf, dtype=float16))
@@ -295,8 +307,9 @@ def skip_nonfinite(
         An ``optax.GradientTransformation`` whose state is a :class:`SkipState`.
 
     Raises:
-        ValueError: ``max_consecutive_skips`` < 0.
-        TypeError: ``inner`` is not a GradientTransformation.
+        ValueError: ``max_consecutive_skips`` < 0 or above 2**31 - 1 (the counter is int32).
+        TypeError: ``inner`` is not a GradientTransformation; later, ``update`` given a pytree
+            that is not floating arrays or a state that is not a :class:`SkipState`.
 
     Examples:
         >>> opt = skip_nonfinite(optax.sgd(0.1), max_consecutive_skips=2)
@@ -352,15 +365,19 @@ class DynamicLossScale:
 
     Attributes:
         initial_scale: the first scale, finite and > 0 in ``dtype``.
-        period: finite steps in a row before the scale grows, >= 1.
-        factor: the growth factor, > 1; the backoff divides by it.
+        period: finite steps in a row before the scale grows, 1..2**31 - 1 (an int32 count).
+        factor: the growth factor, > 1 and finite once rounded to ``dtype`` (1 + 1e-5 is 1 in
+            float16); the backoff divides by it.
         min_scale: the smallest scale, > 0 (below 1 is allowed: a loss whose gradients overflow
             even unscaled can then be scaled *down*).
-        dtype: the scale's floating dtype (float16, bfloat16, float32, float64).
+        dtype: the scale's floating dtype (float16, bfloat16, float32, float64, float8). A
+            float64 rule is made and used inside ``jax.enable_x64(True)`` (:func:`stabkit.train`
+            enters it itself): :meth:`init` and :meth:`adjust` refuse to run without it, since
+            JAX would silently compute the scale in float32.
 
     Raises:
         ValueError: a value out of range (named in the message).
-        TypeError: a non-floating ``dtype``.
+        TypeError: a non-floating ``dtype`` (None included: it is NumPy's float64).
 
     Examples:
         >>> rule = DynamicLossScale(initial_scale=8.0, period=2, min_scale=0.5)

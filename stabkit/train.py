@@ -17,6 +17,9 @@ and recognises them from the run's history:
 * Mixed precision: ``dtype="float16"`` or ``"bfloat16"`` runs parameters and activations in that
   format; ``master_dtype="float32"`` keeps float32 master weights (the forward pass casts them
   down, the gradient comes back up through the cast). The loss is always computed in float32.
+  ``dtype="float64"`` (or a float64 ``master_dtype`` or loss scale) really trains in float64:
+  :func:`train` enters ``jax.enable_x64(True)`` itself, leaving the global flag as it was, and
+  the loss and the records are then float64 too.
 * The fixes of :mod:`stabkit.fixes` are switches: ``clip_norm``, ``max_consecutive_skips`` and
   ``loss_scale``; any other optax transformation goes in through ``optimizer``.
 * :func:`diagnose` returns a verdict per run, ``"exploding"``, ``"vanishing"`` or ``"healthy"``,
@@ -107,12 +110,19 @@ __all__ = [
 class Task:
     """A full data set: inputs ``x`` ``(n, in_dim)`` and targets ``y``.
 
+    Checked on the host before JAX sees the data: labels must be integers in ``[0, out_dim)``
+    (an int64 label beyond int32 would otherwise wrap, 2**40 becoming class 0, and a label
+    ``>= out_dim`` gives a NaN loss at every step), and inputs and regression targets must be
+    finite in the dtype JAX holds them in (float64 data is float32 unless x64 is on). NaN or inf
+    in a data set is refused with a ``ValueError`` naming the first entry, not trained on: every
+    run's loss would be NaN from the first step, which says nothing about the networks.
+
     Attributes:
         x: float32 inputs.
         y: ``(n, out_dim)`` float32 targets (``kind="regression"``, loss ½·mean squared error) or
             ``(n,)`` int32 labels (``kind="classification"``, mean softmax cross-entropy).
         kind: ``"regression"`` or ``"classification"``.
-        out_dim: outputs of the network (classes for classification).
+        out_dim: outputs of the network (classes for classification, >= 2).
     """
 
     x: jax.Array
@@ -499,6 +509,12 @@ def _check_run_count(spec: TrainSpec, count: int, name: str, value: Any, note: s
 class TrainSpec:
     """What one compiled :func:`train` call serves. Validated when built.
 
+    Validation runs on the host and compiles nothing: callable ``activations``, ``inits`` and
+    ``optimizer`` are traced once (:func:`jax.eval_shape`) on small inputs, so a callable of the
+    wrong kind is named here rather than failing inside the training kernel; one run's memory
+    (parameters, gradients, optimizer state, activations, history) is estimated and refused,
+    naming ``width``, ``max_depth`` or ``steps``, where it exceeds the memory available.
+
     Attributes:
         task: the data (:func:`teacher_student`, :func:`teacher_classification` or a :class:`Task`).
         max_depth: hidden layers the parameters hold; each run uses ``depth <= max_depth``.
@@ -507,17 +523,19 @@ class TrainSpec:
         inits: initializer names a run chooses from by index; a run's ``scale`` multiplies the
             weights (every named initializer is linear in its multiplier).
         optimizer: a name from :func:`optimizer_names` or ``lr -> optax.GradientTransformation``
-            (``lr`` is a traced scalar: each run has its own).
-        steps: optimizer steps per run.
+            (``lr`` is a traced scalar: each run has its own; checked when the spec is built).
+        steps: optimizer steps per run, at most 2**31 - 1 (the step counter is int32).
         log_every: the history keeps every ``log_every``-th step (``steps`` must be a multiple).
         batch_size: examples per step, drawn without replacement per step; None: the full set.
-        dtype: parameters' and activations' dtype in the forward and backward pass.
+        dtype: parameters' and activations' dtype in the forward and backward pass (any real
+            floating dtype, float8 included; float64 works with x64 off, see :func:`train`).
         master_dtype: None (parameters are stored in ``dtype``) or a wider dtype (float32) for the
             master weights that the optimizer updates.
         clip_norm: if set, :func:`stabkit.safe_clip_by_global_norm` before the optimizer.
         max_consecutive_skips: if set, :func:`stabkit.skip_nonfinite` around the optimizer.
         loss_scale: if set, :func:`stabkit.loss_scaling` with this rule around everything.
-        bias_std: standard deviation of the initial biases, >= 0. With ``inits=("gaussian",)``
+        bias_std: standard deviation of the initial biases, >= 0 and at most the largest
+            finite value of the run's dtypes. With ``inits=("gaussian",)``
             and a run's ``scale = sigma_w`` the weights are :math:`N(0, \\sigma_w^2/n_{in})` and the
             biases :math:`N(0, \\sigma_b^2)` for ``bias_std = sigma_b``: the mean-field
             parametrisation of :mod:`stabkit.theory` (see :func:`trainability_grid`).
@@ -1182,15 +1200,40 @@ def train(spec: TrainSpec, runs: Runs) -> History:
     key ``split(key(seed))[0]``, times ``scale``, drawn before the kernel runs (one call per
     distinct seed and initializer; that kernel is cached per initializer and shapes).
 
+    Every field of ``runs`` is checked on the host first, against the spec: an activation or
+    initializer index out of range, a depth above ``max_depth``, a seed outside int32 or a
+    learning rate/scale float32 cannot hold is refused, never clamped (``lax.switch`` and JAX's
+    indexing would clamp it silently), and so is a run count whose memory exceeds the limit.
+
+    A spec with a float64 ``dtype``, ``master_dtype`` or loss scale trains inside
+    ``jax.enable_x64(True)`` whatever the global flag (which is left as it was). Its loss and
+    records are computed in float64 and returned as NumPy arrays, which stay float64 outside
+    ``enable_x64``; the initial weights are the same float32 draw as for every other dtype,
+    rounded once to float64.
+
     Args:
         spec: a :class:`TrainSpec`.
-        runs: from :func:`make_runs` (or a :class:`Runs` of ``(R,)`` arrays).
+        runs: from :func:`make_runs` (or a :class:`Runs` of ``(R,)`` arrays; Python lists and
+            NumPy arrays are accepted).
 
     Returns:
-        A :class:`History` of device arrays with a leading run axis.
+        A :class:`History` of device arrays with a leading run axis (NumPy arrays for a
+        float64 spec).
 
     Raises:
-        TypeError, ValueError: a bad spec or runs (the message names the field).
+        TypeError: ``spec`` or ``runs`` of the wrong type; a field of the wrong dtype (a float
+            depth, a bool index) or a traced array (``train`` compiles its own kernel: call it
+            outside ``jit``).
+        ValueError: fields of different shapes or empty; a value out of range (the message
+            names the field, the run and the valid range); too many runs for the memory.
+
+    Examples:
+        >>> spec = TrainSpec(teacher_student(jax.random.key(0), n=16), max_depth=2, steps=2)
+        >>> runs = make_runs(spec)
+        >>> train(spec, runs._replace(activation=jnp.array([5])))
+        Traceback (most recent call last):
+        ...
+        ValueError: runs.activation[0] index 5 is out of range for 1 activations (valid 0..0: ...
     """
     if not isinstance(spec, TrainSpec):
         raise TypeError(f"spec must be a TrainSpec, got {type(spec).__name__}")
