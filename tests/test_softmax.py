@@ -304,12 +304,19 @@ def test_pos_inf_gives_inf_logsumexp_and_nan_probabilities(dtype):
         mask = jnp.array([False, True, True, True])  # masking the +inf out gives a valid row
         out = np.asarray(sk.softmax(x, where=mask), np.float64)
         assert np.all(np.isnan(out[0])) and np.allclose(out[1], [0, 1 / 3, 1 / 3, 1 / 3], atol=1e-3)
-        # lse = +inf does not move with the finite entries: gradient 0 there, none leaks to rows
-        # that the loss does not use.
+        # The gradient of logsumexp is the softmax: NaN on a row holding +inf (the README's
+        # table), reporting the upstream overflow, as jax.grad(logsumexp)([1, inf]) now does.
         g = np.asarray(jax.grad(lambda x: sk.logsumexp(x).sum())(x), np.float64)
-        assert np.all(g[:2] == 0) and np.all(np.isfinite(g))
-        g = np.asarray(jax.grad(lambda x: sk.logsumexp(x)[2])(x), np.float64)
-        assert np.all(g[:2] == 0) and np.all(np.isfinite(g))
+        assert np.all(np.isnan(g[:2])) and np.all(np.isfinite(g[2]))
+        g = np.asarray(jax.grad(sk.logsumexp)(arr([1.0, INF], dtype)), np.float64)
+        assert np.all(np.isnan(g)), g
+        # the same through the cross-entropy and log_softmax
+        for f in (
+            lambda x: sk.softmax_cross_entropy(x, jnp.array([0, 1, 2])).sum(),
+            lambda x: sk.log_softmax(x)[:, 1].sum(),
+        ):
+            g = np.asarray(jax.grad(f)(x), np.float64)
+            assert np.all(np.isnan(g[:2])) and np.all(np.isfinite(g[2]))
 
 
 # ------------------------------------------------------------------------ transformations
@@ -462,9 +469,9 @@ def test_bad_input_raises_naming_the_value(fn):
 
 def test_cross_entropy_bad_labels():
     x = jnp.zeros((2, 3))
-    with pytest.raises(ValueError, match=r"\[3\]"):
+    with pytest.raises(ValueError, match=r"labels\[1\] = 3"):
         sk.softmax_cross_entropy(x, jnp.array([0, 3]))
-    with pytest.raises(ValueError, match=r"\[-1\]"):
+    with pytest.raises(ValueError, match=r"labels\[0\] = -1"):
         sk.softmax_cross_entropy(x, jnp.array([-1, 0]))
     with pytest.raises(ValueError, match=r"shape \(2,\)"):
         sk.softmax_cross_entropy(x, jnp.array([0, 1, 2]))
@@ -544,3 +551,253 @@ def test_property_finite_at_finfo_max(dtype_, data):
         assert np.all(np.isfinite(np.asarray(sk.logsumexp(x), np.float64)))
         p = np.asarray(sk.softmax(x), np.float64)
         assert np.all(np.isfinite(p)) and abs(p.sum() - 1) <= n * eps(dtype_)
+
+
+# ------------------------------------------------------------- issue 11: regression tests
+
+
+def _spacing(value, dtype):
+    return float(np.spacing(np.abs(np.asarray(value, np.float64).astype(np_dtype(dtype)))))
+
+
+def test_dominant_entry_log_softmax_is_minus_log1p_of_the_rest():
+    """log_softmax([1.5, -27.25]) in bfloat16 was [0, -28.75]; exact first entry: -3.27e-13."""
+    out = np.asarray(sk.log_softmax(jnp.array([1.5, -27.25], jnp.bfloat16)), np.float64)
+    exact = -np.log1p(np.exp(-28.75))
+    assert abs(out[0] - exact) <= _spacing(exact, "bfloat16"), out
+    assert out[1] == -28.75
+
+
+def test_logsumexp_keeps_tiny_terms():
+    """logsumexp([0, -18.25]) in float32 was 0.0 (exact 1.19e-8)."""
+    out = float(sk.logsumexp(jnp.array([0.0, -18.25])))
+    exact = np.log1p(np.exp(-18.25))
+    assert abs(out - exact) <= 2 * _spacing(exact, "float32"), out
+
+
+def test_cross_entropy_is_never_negative_zero():
+    """softmax_cross_entropy([10, -10], 0) was -0.0 (exact 2.06e-9)."""
+    out = float(sk.softmax_cross_entropy(jnp.array([10.0, -10.0]), 0))
+    exact = np.log1p(np.exp(-20.0))
+    assert abs(out - exact) <= 2 * _spacing(exact, "float32"), out
+    zero = sk.softmax_cross_entropy(jnp.array([0.0, -jnp.inf]), 0)
+    assert float(zero) == 0 and not np.signbit(np.asarray(zero))
+    soft = sk.softmax_cross_entropy(jnp.array([0.0, -jnp.inf]), jnp.array([1.0, 0.0]))
+    assert float(soft) == 0 and not np.signbit(np.asarray(soft))
+
+
+def test_many_tiny_terms_are_not_absorbed_float16():
+    """One 0 and 1,000 entries -16.75 in float16: logsumexp was 34 ulp off."""
+    x = jnp.concatenate([jnp.zeros(1), jnp.full(1000, -16.75)]).astype(jnp.float16)
+    with mpmath.workprec(200):
+        exact = float(mpmath.log1p(1000 * mpmath.exp(mpmath.mpf(-16.75))))
+    assert abs(float(sk.logsumexp(x)) - exact) <= _spacing(exact, "float16")
+    logp0 = float(sk.log_softmax(x)[0])
+    assert abs(logp0 + exact) <= _spacing(exact, "float16")
+    # float32 too (3.8% relative before)
+    out32 = float(sk.logsumexp(x.astype(jnp.float32)))
+    assert abs(out32 - exact) <= 2 * _spacing(exact, "float32")
+
+
+def test_long_row_float32_closed_form():
+    """100,000 entries, k copies of -3 and one 0: logsumexp = log(1 + k e^-3) to 2 ulp."""
+    k = 99_999
+    x = np.full(k + 1, -3.0, np.float32)
+    x[np.random.default_rng(7).integers(0, k + 1)] = 0.0
+    with mpmath.workprec(200):
+        exact = float(mpmath.log(1 + k * mpmath.exp(mpmath.mpf(-3))))
+        p0 = float(1 / (1 + k * mpmath.exp(mpmath.mpf(-3))))
+    xj = jnp.asarray(x)
+    assert abs(float(sk.logsumexp(xj)) - exact) <= 2 * _spacing(exact, "float32")
+    p = np.asarray(sk.softmax(xj), np.float64)
+    assert abs(p.max() - p0) <= 2 * _spacing(p0, "float32")
+
+
+def test_probability_cross_entropy_near_overflow_is_finite():
+    """x = [3e38, -3e38], y = [0.75, 0.25]: the loss is 1.5e38 with gradient [0.25, -0.25]."""
+    x, y = jnp.array([3e38, -3e38]), jnp.array([0.75, 0.25])
+    loss, g = jax.value_and_grad(sk.softmax_cross_entropy)(x, y)
+    assert float(loss) == pytest.approx(1.5e38, rel=1e-6)
+    np.testing.assert_array_equal(np.asarray(g), [0.25, -0.25])
+    # the gradient with respect to the labels is -log p = [0, 6e38 -> inf]
+    gy = np.asarray(jax.grad(sk.softmax_cross_entropy, argnums=1)(x, y))
+    assert gy[0] == 0 and gy[1] == np.inf
+
+
+def test_integer_cross_entropy_overflowing_loss_keeps_its_gradient():
+    """The loss 6e38 overflows float32 to inf (its correct rounding); the gradient is [1, -1]."""
+    loss, g = jax.value_and_grad(sk.softmax_cross_entropy)(jnp.array([3e38, -3e38]), 1)
+    assert float(loss) == np.inf
+    np.testing.assert_array_equal(np.asarray(g), [1.0, -1.0])
+    # a dominant target's gradient is -(the others' mass), not 0 by cancellation
+    g = jax.grad(sk.softmax_cross_entropy)(jnp.array([1.5, -27.25], jnp.bfloat16), 0)
+    exact = np.exp(-28.75) / (1 + np.exp(-28.75))
+    assert abs(float(g[0]) + exact) <= _spacing(exact, "bfloat16")
+
+
+def test_empty_axis():
+    for dtype in (jnp.float32, jnp.float16):
+        x = jnp.zeros((2, 0), dtype)
+        lse = sk.logsumexp(x)
+        assert lse.shape == (2,) and lse.dtype == dtype and np.all(np.isneginf(np.asarray(lse)))
+        assert sk.logsumexp(x, keepdims=True).shape == (2, 1)
+        assert sk.logsumexp(jnp.zeros((0, 3)), axis=0).shape == (3,)
+        for fn in ("softmax", "log_softmax"):
+            out = getattr(sk, fn)(x)
+            assert out.shape == (2, 0) and out.dtype == dtype
+        assert np.all(np.asarray(jax.grad(lambda x: sk.logsumexp(x).sum())(x)) == 0)
+    soft = sk.softmax_cross_entropy(jnp.zeros((2, 0)), jnp.zeros((2, 0)))
+    assert soft.shape == (2,) and np.all(np.asarray(soft) == 0)
+    with pytest.raises(ValueError, match="labels"):
+        sk.softmax_cross_entropy(jnp.zeros((2, 0)), jnp.array([0, 0]))
+
+
+def test_keepdims_must_be_a_bool():
+    with pytest.raises(TypeError, match="keepdims"):
+        sk.logsumexp(jnp.zeros(3), keepdims="no")
+    with pytest.raises(TypeError, match="keepdims"):
+        sk.logsumexp(jnp.zeros(3), keepdims=1)
+    assert sk.logsumexp(jnp.zeros((2, 3)), keepdims=np.bool_(True)).shape == (2, 1)
+
+
+def test_probability_labels_are_checked():
+    x = jnp.zeros((2, 3))
+    with pytest.raises(ValueError, match=r"labels\[1, 2\] = -0.5"):
+        sk.softmax_cross_entropy(x, jnp.array([[0.5, 0.5, 0.0], [0.5, 1.0, -0.5]]))
+    with pytest.raises(ValueError, match="labels"):
+        sk.softmax_cross_entropy(x, np.array([[-np.inf, 1, 0], [0, 1, 0]], np.float32))
+    # labels need not sum to 1: -sum(y log p) for any y >= 0
+    out = sk.softmax_cross_entropy(jnp.zeros(2), jnp.array([1.0, 1.0]))
+    assert float(out) == pytest.approx(2 * np.log(2), rel=1e-6)
+    # a NaN label is data: a NaN loss, not an error
+    assert np.isnan(float(sk.softmax_cross_entropy(jnp.zeros(2), jnp.array([np.nan, 1.0]))))
+    # under jit the values cannot be checked: a row with a negative label gets a NaN loss and
+    # NaN gradients, the other rows are untouched
+    f = jax.jit(jax.value_and_grad(lambda x, y: sk.softmax_cross_entropy(x, y).sum()))
+    y = jnp.array([[0.5, 0.5, 0.0], [1.5, -0.5, 0.0]])
+    _, g = f(x, y)
+    loss = jax.jit(sk.softmax_cross_entropy)(x, y)
+    assert np.isfinite(float(loss[0])) and np.isnan(float(loss[1]))
+    assert np.all(np.isnan(np.asarray(g[1])))
+    g0 = jax.grad(lambda x: sk.softmax_cross_entropy(x, y[:1]).sum())(x[:1])
+    np.testing.assert_allclose(np.asarray(g[0]), np.asarray(g0[0]), rtol=1e-6)
+
+
+def test_integer_labels_are_checked_before_any_wrap():
+    x = jnp.zeros((2, 3))
+    # int64 2**40 would wrap to class 0 in int32: it is out of range, and said so
+    with pytest.raises(ValueError, match=r"labels\[0\] = 1099511627776"):
+        sk.softmax_cross_entropy(x, np.array([2**40, 0], np.int64))
+    with pytest.raises(ValueError, match=r"labels\[\] = 3"):
+        sk.softmax_cross_entropy(jnp.zeros(3), np.int64(3))
+    assert np.isfinite(float(sk.softmax_cross_entropy(jnp.zeros(3), np.int64(2))))
+    # traced: NaN loss and NaN gradient for that row
+    g = jax.jit(jax.grad(lambda x, y: sk.softmax_cross_entropy(x, y).sum()))(x, jnp.array([0, 3]))
+    assert np.all(np.isfinite(np.asarray(g[0]))) and np.all(np.isnan(np.asarray(g[1])))
+
+
+def test_unsupported_formats_are_refused_by_name():
+    for name in ("float8_e8m0fnu", "float4_e2m1fn"):
+        x = jnp.zeros(3, getattr(jnp, name))
+        for fn in FUNCS:
+            with pytest.raises(TypeError, match=f"x has dtype {name}"):
+                getattr(sk, fn)(x)
+        with pytest.raises(TypeError, match=f"logits has dtype {name}"):
+            sk.softmax_cross_entropy(x, 0)
+
+
+def test_float8_formats():
+    """float8 results are within 1 ulp; e4m3fn has no inf, so -inf results are its NaN."""
+    x = jnp.array([1.5, -3.0, 0.25], jnp.float8_e5m2)
+    lse = float(sk.logsumexp(x))
+    exact = np.log(np.exp([1.5, -3.0, 0.25]).sum())
+    assert abs(lse - exact) <= _spacing(exact, "float8_e5m2")
+    out = sk.log_softmax(jnp.array([1.0, 2.0], jnp.float8_e4m3fn), where=jnp.array([True, False]))
+    assert float(out[0]) == 0 and np.isnan(float(out[1]))
+
+
+@given(data=st.data())
+def test_property_bad_arguments_raise_value_or_type_error(data):
+    """Random bad arguments: ValueError or TypeError naming the argument, nothing else."""
+    fn = data.draw(st.sampled_from((*FUNCS, "softmax_cross_entropy")))
+    ce = fn == "softmax_cross_entropy"
+    first = "logits" if ce else "x"
+    good_x = jnp.zeros((2, 3))
+    bad = data.draw(
+        st.sampled_from(
+            ["x", "axis", "where", "keepdims", "labels"]
+            if ce or fn == "logsumexp"
+            else ["x", "axis", "where"]
+        )
+    )
+    if bad == "keepdims" and ce:
+        bad = "labels"
+    if bad == "labels" and not ce:
+        bad = "keepdims"
+    kwargs = {}
+    args = [good_x]
+    if ce:
+        args.append(jnp.array([0, 1]))
+    if bad == "x":
+        args[0] = data.draw(
+            st.sampled_from(
+                [
+                    jnp.arange(3),
+                    np.arange(3, dtype=np.int64),
+                    True,
+                    "abc",
+                    None,
+                    [["a"]],
+                    jnp.zeros(3, bool),
+                    {"a": 1},
+                    jnp.zeros(2, jnp.complex64),
+                ]
+            )
+        )
+        if ce:
+            args[1] = jnp.array(0)
+    elif bad == "axis":
+        kwargs["axis"] = data.draw(
+            st.one_of(
+                st.integers(2, 10**6),
+                st.integers(-(10**6), -3),
+                st.sampled_from(
+                    [1.5, "0", None, True, np.float32(1.0)] + ([] if ce else [(0, 0), ()])
+                ),
+            )
+        )
+    elif bad == "where":
+        kwargs["where"] = data.draw(
+            st.sampled_from(
+                [
+                    jnp.ones(4, bool),
+                    jnp.ones((2, 3)),
+                    "yes",
+                    jnp.ones((3, 3), bool),
+                    np.ones((2, 3), np.int8),
+                ]
+            )
+        )
+    elif bad == "keepdims":
+        kwargs["keepdims"] = data.draw(st.sampled_from(["no", 0, 1, None, 1.0, "True"]))
+    elif bad == "labels":
+        args[1] = data.draw(
+            st.sampled_from(
+                [
+                    jnp.array([0, 3]),
+                    jnp.array([-1, 0]),
+                    np.array([2**40, 0]),
+                    jnp.array([0]),
+                    jnp.array([True, False]),
+                    "a",
+                    jnp.ones((2, 4)),
+                    -jnp.ones((2, 3)),
+                    np.array([[0.5, -1e-30, 0], [1, 0, 0]]),
+                    None,
+                ]
+            )
+        )
+    name = {"x": first}.get(bad, bad)
+    with pytest.raises((ValueError, TypeError)) as info:
+        getattr(sk, fn)(*args, **kwargs)
+    assert name in str(info.value), (fn, bad, str(info.value))
