@@ -212,3 +212,14 @@ def check_elementwise(fn: Any, name: str, dtype: Any, derivatives: int = 0) -> N
                 f"{name} {fn!r} must keep the input's dtype: on a {dtype} array {what} returned "
                 f"dtype {out.dtype}"
             )
+
+
+def real_number(value: Any, name: str, *, positive: bool = False, nonzero: bool = False) -> float:
+    """:func:`finite_float`, refusing strings: ``float("2")`` would otherwise accept ``"2"``.
+
+    Python and NumPy real scalars and 0-d arrays are accepted; ``str``/``bytes`` raise the same
+    ``TypeError`` ("must be a real number") as any other non-number.
+    """
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    return finite_float(value, name, positive=positive, nonzero=nonzero)

@@ -18,11 +18,16 @@ Names (:func:`activation_names`): ``linear``, ``relu``, ``leaky_relu`` (slope 0.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
+
+from stabkit._checks import floating_array
 
 __all__ = [
     "activation_names",
@@ -45,6 +50,11 @@ def _leaky_relu(z: ArrayLike) -> jax.Array:
 
 
 def _gelu(z: ArrayLike) -> jax.Array:
+    z = jnp.asarray(z)
+    if z.dtype.itemsize == 1:
+        # XLA:CPU cannot lower erfc in the float8 formats ("failed to legalize chlo.erfc"), so a
+        # float8 gelu is computed in float32 and rounded once (the derivative likewise).
+        return jax.nn.gelu(z.astype(jnp.float32), approximate=False).astype(z.dtype)
     return jax.nn.gelu(z, approximate=False)
 
 
@@ -66,6 +76,11 @@ _REGISTRY: dict[str, Activation] = {
     "silu": jax.nn.silu,
     "erf": jax.scipy.special.erf,
 }
+
+
+def is_registered(fn: object) -> bool:
+    """True if ``fn`` is one of the registered activation functions (not a user callable)."""
+    return any(fn is f for f in _REGISTRY.values())
 
 
 def activation_names() -> tuple[str, ...]:
@@ -140,7 +155,9 @@ def value_and_derivative(activation: str | Activation) -> Callable[[ArrayLike], 
     fn = get_activation(activation)
 
     def value_and_grad_fn(z: ArrayLike) -> tuple[jax.Array, jax.Array]:
-        z = jnp.asarray(z)
+        # A derivative needs a floating z: an int32 z would fail inside jax.jvp (its tangent must
+        # be float0), naming neither z nor its dtype. Python numbers become floats, as in jnp.
+        z = floating_array(z, "z")
         return jax.jvp(fn, (z,), (jnp.ones_like(z),))
 
     return value_and_grad_fn
@@ -172,7 +189,9 @@ def select_activation(choices: Sequence[str | Activation], index: ArrayLike) -> 
 
     This lets one compiled function serve several activations (a sweep ``vmap`` s over ``index``):
     the choice is a ``lax.switch``, so under ``vmap`` every branch is evaluated and selected, which
-    is cheap next to the matrix products. An out-of-range index is clamped (``lax.switch``'s rule).
+    is cheap next to the matrix products. A concrete ``index`` (a Python or NumPy int, or a
+    concrete array) is checked on the host; a *traced* index cannot be, and one out of range is
+    clamped to ``0..len(choices) - 1`` (``lax.switch``'s rule).
 
     Args:
         choices: names or callables (see :func:`get_activation`); at least one.
@@ -182,7 +201,10 @@ def select_activation(choices: Sequence[str | Activation], index: ArrayLike) -> 
         An elementwise callable ``z -> choices[index](z)``, differentiable like its branches.
 
     Raises:
-        ValueError: if ``choices`` is empty or holds an unknown name.
+        ValueError: ``choices`` is empty or holds an unknown name; a concrete ``index`` outside
+            ``0..len(choices) - 1``.
+        TypeError: ``choices`` is not a sequence (a single name is not: pass ``[name]``), holds a
+            non-callable, or ``index`` is not an integer scalar.
 
     Examples:
         >>> phi = select_activation(["relu", "tanh"], 1)
@@ -191,16 +213,42 @@ def select_activation(choices: Sequence[str | Activation], index: ArrayLike) -> 
         >>> jax.vmap(lambda i: select_activation(["relu", "linear"], i)(-2.0))(jnp.arange(2))
         Array([ 0., -2.], dtype=float32, weak_type=True)
     """
-    if isinstance(choices, str) or not isinstance(choices, Sequence) or len(choices) == 0:
+    if isinstance(choices, str) or not isinstance(choices, Sequence):
+        raise TypeError(
+            f"choices must be a non-empty sequence of activations (a list of names or callables), "
+            f"got {type(choices).__name__} {choices!r}"
+        )
+    if len(choices) == 0:
         raise ValueError(f"choices must be a non-empty sequence of activations, got {choices!r}")
     fns = tuple(get_activation(c) for c in choices)
+    index = _check_index(index, len(fns))
     if len(fns) == 1:
         return fns[0]
-    index = jnp.asarray(index)
-    if not jnp.issubdtype(index.dtype, jnp.integer) or index.ndim != 0:
-        raise TypeError(f"index must be an integer scalar, got {index.dtype}{list(index.shape)}")
 
     def selected(z: ArrayLike) -> jax.Array:
         return jax.lax.switch(index, fns, jnp.asarray(z))
 
     return selected
+
+
+def _check_index(index: Any, n: int) -> jax.Array | int:
+    """``index`` as an int32 scalar; a concrete one must lie in ``0..n-1`` (no silent clamp)."""
+    if isinstance(index, jax.core.Tracer):
+        if index.ndim != 0 or not jnp.issubdtype(index.dtype, jnp.integer):
+            raise TypeError(
+                f"index must be an integer scalar, got {index.dtype}{list(index.shape)}"
+            )
+        return index
+    if isinstance(index, (bool, np.bool_)):
+        raise TypeError(f"index must be an integer scalar, got the bool {index!r}")
+    try:
+        value = operator.index(index)
+    except TypeError:
+        arr = np.asarray(index) if isinstance(index, (np.ndarray, jax.Array)) else None
+        if arr is None or arr.ndim != 0 or not np.issubdtype(arr.dtype, np.integer):
+            described = f"{arr.dtype}{list(arr.shape)}" if arr is not None else type(index).__name__
+            raise TypeError(f"index must be an integer scalar, got {described} {index!r}") from None
+        value = int(arr)
+    if not 0 <= value < n:
+        raise ValueError(f"index={value} is out of range for {n} choices (valid: 0..{n - 1})")
+    return jnp.asarray(value, jnp.int32)

@@ -53,9 +53,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import DTypeLike
 
-from stabkit._checks import finite_float, is_floating_dtype
+from stabkit._checks import check_memory, is_floating_dtype, real_number
+from stabkit.precision import SUPPORTED_DTYPES
 
 __all__ = [
     "InitRule",
@@ -86,35 +88,103 @@ def _multiplier(value: Any, name: str, *, nonnegative: bool) -> Any:
     """A finite float, or a traced scalar passed through unchecked (a sweep's data)."""
     if isinstance(value, jax.core.Tracer):
         return value
-    out = finite_float(value, name)
+    out = real_number(value, name)
     if nonnegative and out < 0:
         raise ValueError(f"{name} must be >= 0, got {out}")
     return out
 
 
-def _dtype(dtype: DTypeLike) -> jnp.dtype:
+def x64_enabled() -> bool:
+    """Whether JAX makes float64 arrays here (``jax_enable_x64``, or inside ``enable_x64``)."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64) == jnp.float64
+
+
+def _dtype(dtype: Any, name: str = "dtype") -> jnp.dtype:
+    """``dtype`` as a JAX dtype a network can hold: one of :data:`stabkit.SUPPORTED_DTYPES`.
+
+    float64 needs x64: without it JAX silently makes float32 arrays, so a float64 request would
+    come back as float32 (or fail later, blaming whatever first noticed). It is refused here with
+    the reason instead; stabkit never flips the global flag itself.
+    """
+    valid = ", ".join(SUPPORTED_DTYPES)
+    if dtype is None:  # jnp.dtype(None) is the default float: a missing dtype is not a dtype
+        raise TypeError(f"{name} must be a floating-point dtype, got None; valid: {valid}")
     if not is_floating_dtype(dtype):
-        raise TypeError(f"dtype must be a floating-point dtype, got {dtype!r}")
-    return jnp.dtype(dtype)
+        raise TypeError(f"{name} must be a floating-point dtype, got {dtype!r}; valid: {valid}")
+    out = jnp.dtype(dtype)
+    if out.name not in SUPPORTED_DTYPES:
+        raise ValueError(f"{name}={out.name} is not supported; valid: {valid}")
+    if out == jnp.float64 and not x64_enabled():
+        raise ValueError(
+            f"{name}=float64 needs x64: run inside `with jax.enable_x64(True):` or set "
+            "jax_enable_x64 (without it JAX makes float32 arrays)"
+        )
+    return out
 
 
-def _matrix_shape(shape: Sequence[int]) -> tuple[int, int]:
-    try:
-        dims = tuple(operator.index(s) for s in shape)
-    except TypeError:
-        dims = ()
+def check_key(key: Any, name: str = "key") -> None:
+    """Raise ``TypeError`` unless ``key`` is one PRNG key (typed, or legacy ``uint32[2]``)."""
+    if isinstance(key, jax.Array) and (
+        (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 0)
+        or (key.dtype == jnp.uint32 and key.shape == (2,))
+    ):
+        return
+    shape = getattr(key, "shape", None)
+    raise TypeError(
+        f"{name} must be a JAX PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)), got "
+        f"{type(key).__name__}{'' if shape is None else f' of shape {tuple(shape)}'} {key!r}"
+    )
+
+
+def _dims(shape: Any, what: str) -> tuple[int, ...]:
+    """``shape`` as a tuple of Python ints (NumPy integers accepted); TypeError otherwise."""
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
+        raise TypeError(
+            f"shape must be a tuple of ints for {what}, got {type(shape).__name__} {shape!r}"
+        )
+    dims = []
+    for s in shape:
+        if isinstance(s, (bool, np.bool_)):
+            raise TypeError(f"shape must hold ints, got the bool {s!r} in {tuple(shape)!r}")
+        try:
+            dims.append(operator.index(s))
+        except TypeError:
+            raise TypeError(
+                f"shape must hold ints for {what}, got {type(s).__name__} {s!r} in {tuple(shape)!r}"
+            ) from None
+    return tuple(dims)
+
+
+def _check_size(dims: tuple[int, ...], dtype: jnp.dtype) -> None:
+    """Bound the memory a draw of ``dims`` takes: the sample, its scaled copy and the result."""
+    per_entry = 2 * _sample_dtype(dtype).itemsize + dtype.itemsize
+    check_memory(math.prod(dims) * per_entry, "shape", dims, f"a {dtype.name} draw")
+
+
+def _matrix_shape(shape: Sequence[int], dtype: jnp.dtype) -> tuple[int, int]:
+    dims = _dims(shape, "a weight matrix")
     if len(dims) != 2 or min(dims) < 1:
         raise ValueError(
             f"a weight initializer needs a 2-D shape (fan_in, fan_out) of positive ints, got "
-            f"{tuple(shape)!r}"
+            f"{dims!r}"
         )
+    _check_size(dims, dtype)
+    return dims
+
+
+def _bias_shape(shape: Any, dtype: jnp.dtype) -> tuple[int, ...]:
+    dims = _dims(shape, "a bias")
+    if any(d < 0 for d in dims):
+        raise ValueError(f"shape must hold non-negative ints, got {dims!r}")
+    _check_size(dims, dtype)
     return dims
 
 
 def _sample_dtype(dtype: jnp.dtype) -> jnp.dtype:
     # Draw in float32 (float64 for float64) and round once: sampling directly in float16 would
-    # quantize the uniform bits and the normal's tails before scaling.
-    return jnp.promote_types(dtype, jnp.float32)
+    # quantize the uniform bits and the normal's tails before scaling. (Not promote_types: the
+    # float8 formats promote with nothing, so they too are drawn in float32 and cast once.)
+    return jnp.dtype(jnp.float64) if jnp.dtype(dtype).itemsize == 8 else jnp.dtype(jnp.float32)
 
 
 def _normal(key, shape, dtype, std):
@@ -133,8 +203,9 @@ def _fan_init(param: str, value: Any, name: str):
     kind, variance = _RULES[name]
 
     def init(key, shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
-        n, m = _matrix_shape(shape)
         dtype = _dtype(dtype)
+        n, m = _matrix_shape(shape, dtype)
+        check_key(key)
         std = mult * math.sqrt(variance(n, m))
         if kind == "normal":
             return _normal(key, (n, m), dtype, std)
@@ -219,8 +290,8 @@ def scaled_identity(a: float = 1.0) -> Initializer:
 
     def init(key, shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
         del key  # deterministic
-        n, m = _matrix_shape(shape)
         dtype = _dtype(dtype)
+        n, m = _matrix_shape(shape, dtype)
         return (a * jnp.eye(n, m, dtype=_sample_dtype(dtype))).astype(dtype)
 
     return init
@@ -255,8 +326,9 @@ def orthogonal(gain: float = 1.0) -> Initializer:
     gain = _multiplier(gain, "gain", nonnegative=True)
 
     def init(key, shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
-        n, m = _matrix_shape(shape)
         dtype = _dtype(dtype)
+        n, m = _matrix_shape(shape, dtype)
+        check_key(key)
         tall = (max(n, m), min(n, m))
         a = jax.random.normal(key, tall, _sample_dtype(dtype))
         q, r = jnp.linalg.qr(a)
@@ -325,7 +397,8 @@ def zeros() -> Initializer:
 
     def init(key, shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
         del key
-        return jnp.zeros(shape, _dtype(dtype))
+        dtype = _dtype(dtype)
+        return jnp.zeros(_bias_shape(shape, dtype), dtype)
 
     return init
 
@@ -351,7 +424,10 @@ def _bias_normal_cached(sigma_b: float) -> Initializer:
 
 def _bias_normal(sigma_b: Any) -> Initializer:
     def init(key, shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
-        return _normal(key, tuple(shape), _dtype(dtype), sigma_b)
+        dtype = _dtype(dtype)
+        shape = _bias_shape(shape, dtype)
+        check_key(key)
+        return _normal(key, shape, dtype, sigma_b)
 
     return init
 
@@ -420,7 +496,7 @@ def get_initializer(init: str | Initializer, scale: float | None = None) -> Init
     """
     if isinstance(init, str):
         try:
-            factory, _ = _REGISTRY[init]
+            factory, param = _REGISTRY[init]
         except KeyError:
             raise ValueError(
                 f"unknown initializer {init!r}; valid names: {', '.join(initializer_names())} "
@@ -428,7 +504,14 @@ def get_initializer(init: str | Initializer, scale: float | None = None) -> Init
             ) from None
         if isinstance(scale, jax.core.Tracer):
             return factory(scale)
-        return _cached(factory, None if scale is None else finite_float(scale, "scale"))
+        if scale is not None:
+            scale = real_number(scale, "scale")
+            if scale < 0 and param != "a":
+                raise ValueError(
+                    f"scale={scale} is the {param} of {init!r} and must be >= 0 (only "
+                    "scaled_identity takes a negative multiplier)"
+                )
+        return _cached(factory, scale)
     if callable(init):
         if scale is not None:
             raise ValueError(

@@ -39,9 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
-from stabkit._checks import floating_array, is_floating_dtype, positive_int
-from stabkit.activations import Activation, get_activation
-from stabkit.init import Initializer, bias_normal, get_initializer
+from stabkit._checks import check_memory, floating_array, is_floating_dtype, positive_int
+from stabkit.activations import Activation, get_activation, is_registered
+from stabkit.init import Initializer, _dtype, _sample_dtype, bias_normal, check_key, get_initializer
 
 __all__ = ["MLPParams", "mlp_apply", "mlp_init"]
 
@@ -89,20 +89,13 @@ class MLPParams(NamedTuple):
         return self.w_in.dtype
 
 
-def _check_key(key: Any) -> None:
-    if isinstance(key, jax.Array) and (
-        jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-        or (key.dtype == jnp.uint32 and key.shape[-1:] == (2,))
-    ):
-        return
-    raise TypeError(
-        f"key must be a JAX PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)), got "
-        f"{type(key).__name__} {key!r}"
-    )
-
-
 def _draw(init: Initializer, key, shape: tuple[int, ...], dtype: jnp.dtype, what: str):
     w = init(key, shape, dtype)
+    if not (hasattr(w, "shape") and hasattr(w, "dtype")):
+        raise TypeError(
+            f"the {what} initializer {init!r} must return an array of shape {shape} and dtype "
+            f"{dtype}, got {type(w).__name__} {w!r}"
+        )
     if tuple(w.shape) != shape or w.dtype != dtype:
         raise ValueError(
             f"the {what} initializer returned shape {tuple(w.shape)} dtype {w.dtype}, expected "
@@ -159,17 +152,52 @@ def mlp_init(
         >>> mlp_apply(p, jnp.array([1.0, 2.0]), activation="linear")  # 1.5**4 * x
         Array([ 5.0625, 10.125 ], dtype=float32)
     """
-    _check_key(key)
+    check_key(key)
     depth = positive_int(depth, "depth")
     width = positive_int(width, "width")
     in_dim = width if in_dim is None else positive_int(in_dim, "in_dim")
     out_dim = width if out_dim is None else positive_int(out_dim, "out_dim")
-    if not is_floating_dtype(dtype):
-        raise TypeError(f"dtype must be a floating-point dtype, got {dtype!r}")
-    dtype = jnp.dtype(dtype)
+    dtype = _dtype(dtype)
+    # The parameters, and the float32 (float64) draws they are rounded from, before jit
+    # allocates them: depth=10**9 would otherwise return at once and fail later, out of memory.
+    entries = (in_dim + 1 + (depth - 1) * (width + 1)) * width + (width + 1) * out_dim
+    per_entry = dtype.itemsize + 2 * _sample_dtype(dtype).itemsize
+    check_memory(
+        entries * per_entry + 16 * (depth + 1),
+        "depth",
+        depth,
+        f"the parameters at width={width}, in_dim={in_dim}, out_dim={out_dim} ({entries:.3g} "
+        f"{dtype.name} entries)",
+    )
     w_init = get_initializer(init, scale)
     b_init = bias_normal(bias_std)
+    if not isinstance(init, str):  # a user's callable: check what it returns before jit
+        for shape in {(in_dim, width), (width, width), (width, out_dim)}:
+            _check_initializer(w_init, key, shape, dtype)
     return _init_jit(key, w_init, b_init, depth, width, in_dim, out_dim, dtype)
+
+
+def _check_initializer(init: Initializer, key: jax.Array, shape: tuple[int, int], dtype) -> None:
+    """Trace ``init(key, shape, dtype)`` abstractly: a callable that fails or returns the wrong
+    thing is named here, not deep inside the vmapped draw."""
+    try:
+        out = jax.eval_shape(lambda k: init(k, shape, dtype), key)
+    except Exception as err:  # whatever the user's callable raises while traced
+        raise TypeError(
+            f"init {init!r} failed on init(key, {shape}, {dtype.name}): {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''} (it must be an init(key, shape, "
+            "dtype) callable like jax.nn.initializers')"
+        ) from err
+    if not isinstance(out, jax.ShapeDtypeStruct):
+        raise TypeError(
+            f"init {init!r} must return an array; init(key, {shape}, {dtype.name}) returned "
+            f"{type(out).__name__}"
+        )
+    if tuple(out.shape) != shape or out.dtype != dtype:
+        raise ValueError(
+            f"the weight initializer returned shape {tuple(out.shape)} dtype {out.dtype}, "
+            f"expected {shape} {dtype.name}"
+        )
 
 
 # One compiled kernel per (initializers, sizes, dtype); named initializers are cached objects, so
@@ -209,6 +237,7 @@ def _check_params(params: Any) -> MLPParams:
     dtypes = {f: jnp.asarray(a).dtype for f, a in params._asdict().items()}
     if len(set(dtypes.values())) != 1 or not is_floating_dtype(params.dtype):
         raise TypeError(f"params must share one floating dtype, got {dtypes}")
+    _dtype(params.dtype, "params.dtype")  # a supported format; float64 only with x64
     if len(shapes["w_in"]) != 2 or len(shapes["w_hidden"]) != 3 or len(shapes["w_out"]) != 2:
         raise ValueError(f"params have the wrong ranks: {shapes}")
     n_in, w = shapes["w_in"]
@@ -234,6 +263,44 @@ def _check_x(x: Any, params: MLPParams) -> tuple[jax.Array, bool]:
             f"x must have shape (batch, {params.in_dim}) or ({params.in_dim},), got {x.shape}"
         )
     return jnp.atleast_2d(x).astype(params.dtype), x.ndim == 1
+
+
+def _check_elementwise(fn: Any, name: str, shape: tuple[int, ...], dtype, derivative: bool):
+    """Trace ``fn`` (and its ``jvp`` if ``derivative``) on a ``shape`` ``dtype`` array.
+
+    ``jax.eval_shape`` only: nothing is compiled or run. An activation that returns a scalar,
+    another shape or another dtype would otherwise fail in ``dot_general`` or ``scan`` without
+    naming ``activation``, or, worse, run: an int32 result was silently read as zeros, a float16
+    one ran a float32 net in float16. Registered activations are known to pass and are skipped.
+    """
+    if is_registered(fn):
+        return
+    arg = jax.ShapeDtypeStruct(shape, dtype)
+    try:
+        out = jax.eval_shape(lambda z: fn(z), arg)  # a lambda: eval_shape keeps weak references
+        if derivative and isinstance(out, jax.ShapeDtypeStruct):
+            jax.eval_shape(lambda z: jax.jvp(fn, (z,), (jnp.ones_like(z),)), arg)
+    except Exception as err:  # whatever the user's callable raises while traced
+        raise TypeError(
+            f"{name} {fn!r} failed on the layer's pre-activations (shape {shape}, {dtype}): "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} (it must be a "
+            "JAX-traceable elementwise function)"
+        ) from err
+    if not isinstance(out, jax.ShapeDtypeStruct):
+        raise TypeError(
+            f"{name} {fn!r} must return an array shaped like its input; on the layer's "
+            f"pre-activations (shape {shape}, {dtype}) it returned {type(out).__name__}"
+        )
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(
+            f"{name} {fn!r} must act elementwise: on the layer's pre-activations of shape "
+            f"{shape} ({dtype}) it returned shape {tuple(out.shape)}"
+        )
+    if out.dtype != dtype:
+        raise TypeError(
+            f"{name} {fn!r} must keep the parameters' dtype: on {dtype} pre-activations of shape "
+            f"{shape} it returned dtype {out.dtype}"
+        )
 
 
 def _check_depth(depth: Any, max_depth: int) -> jax.Array:
@@ -361,5 +428,10 @@ def mlp_apply(
     phi = get_activation(activation)
     x2, was_1d = _check_x(x, params)
     depth = _check_depth(depth, params.max_depth)
+    batch, width = x2.shape[0], params.width
+    _check_elementwise(phi, "activation", (batch, width), params.dtype, derivative=False)
+    # x cast to the dtype, the scan's carry and layer, the output: no per-layer buffers.
+    nbytes = batch * (params.in_dim + 3 * width + params.out_dim) * params.dtype.itemsize
+    check_memory(nbytes, "x.shape", tuple(jnp.shape(x)), f"mlp_apply at width={width}")
     out = _apply_jit(params, x2, depth, phi)
     return out[0] if was_1d else out

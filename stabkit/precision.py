@@ -44,11 +44,14 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from stabkit._checks import (
-    finite_float,
+    bounded_int,
+    check_memory,
     floating_array,
+    format_bytes,
     is_floating_dtype,
+    memory_limit,
     normalize_axis,
-    positive_int,
+    real_number,
 )
 
 __all__ = [
@@ -115,12 +118,18 @@ _UINT = {8: np.uint8, 16: np.uint16, 32: np.uint32, 64: np.uint64}
 
 def _format(dtype: Any, name: str = "dtype") -> _Format:
     """The format of ``dtype`` (a dtype object, scalar type or name); raises naming it otherwise."""
+    if dtype is None:  # np.dtype(None) is float64: a missing dtype must not pass as one
+        raise TypeError(
+            f"{name} must be a dtype, got None; supported: {', '.join(SUPPORTED_DTYPES)}"
+        )
     if isinstance(dtype, str) and hasattr(ml_dtypes, dtype):  # NumPy does not know "bfloat16"
         dtype = getattr(ml_dtypes, dtype)
     try:
         dt = np.dtype(dtype)
-    except TypeError:
-        raise ValueError(
+    except (TypeError, ValueError):
+        # A string that names no dtype is a bad value; any other object is the wrong type.
+        error = ValueError if isinstance(dtype, str) else TypeError
+        raise error(
             f"{name}={dtype!r} is not a dtype; supported: {', '.join(SUPPORTED_DTYPES)}"
         ) from None
     if not is_floating_dtype(dt):
@@ -527,7 +536,7 @@ def _chain_args(scale: Any, x0: Any, fmt: _Format) -> tuple[float, float]:
     dt = _np_dtype(fmt)
     out = []
     for value, name in ((scale, "scale"), (x0, "x0")):
-        v = finite_float(value, name, nonzero=True)
+        v = real_number(value, name, nonzero=True)
         with np.errstate(over="ignore"):
             r = float(np.asarray(v).astype(dt).astype(np.float64))
         if r == 0 or not math.isfinite(r):
@@ -538,12 +547,29 @@ def _chain_args(scale: Any, x0: Any, fmt: _Format) -> tuple[float, float]:
     return out[0], out[1]
 
 
+def _check_flush(flush: Any) -> bool | None:
+    if flush is None or isinstance(flush, (bool, np.bool_)):
+        return None if flush is None else bool(flush)
+    raise TypeError(f"flush must be True, False or None, got {type(flush).__name__} {flush!r}")
+
+
 def _resolve_flush(flush: bool | None, fmt: _Format) -> bool:
-    if flush is None:
-        return probe()[fmt.name].flushes
-    if not isinstance(flush, (bool, np.bool_)):
-        raise TypeError(f"flush must be True, False or None, got {flush!r}")
-    return bool(flush)
+    flush = _check_flush(flush)
+    return probe()[fmt.name].flushes if flush is None else flush
+
+
+#: The most steps :func:`overflow_depth` / :func:`underflow_depth` simulate on the host (one Python
+#: multiply and rounding a step, about 0.3 to 3 microseconds: minutes at this bound).
+_MAX_SIMULATED_STEPS = 10**8
+
+#: The most steps :func:`chain` runs: ``lax.scan``'s step counter is an int32. A derived step
+#: count beyond it (``1 + 2**-52`` in float64 needs about 3.2e18 steps) would otherwise reach XLA,
+#: which aborts the interpreter ("overflow in static extent product").
+_MAX_CHAIN_STEPS = 2**31 - 2
+
+# Bytes per step of chain(): the scan's stacked output, the concatenated trajectory and the copy
+# to the host, each one value of the dtype per step.
+_CHAIN_COPIES = 3
 
 
 def _simulate(
@@ -609,7 +635,7 @@ def _first_step_beyond(x0: float, scale: float, threshold: float, grow: bool) ->
 def _depth(kind, scale, dtype, x0, flush, max_steps) -> Depth:
     fmt = _format(dtype)
     s, x = _chain_args(scale, x0, fmt)
-    scale = finite_float(scale, "scale")
+    scale = real_number(scale, "scale")
     overflow = kind == "overflow"
     if overflow and not abs(scale) > 1:
         raise ValueError(
@@ -623,9 +649,34 @@ def _depth(kind, scale, dtype, x0, flush, max_steps) -> Depth:
         )
     if abs(s) == 1:
         raise ValueError(f"scale={scale} rounds to {s} in {fmt.name}, so the chain never moves")
-    max_steps = positive_int(max_steps, "max_steps")
-    flush = _resolve_flush(flush, fmt)
+    max_steps = bounded_int(
+        max_steps,
+        "max_steps",
+        1,
+        _MAX_SIMULATED_STEPS,
+        "the host simulation runs about a million steps a second; beyond that, use the closed "
+        "form k = log(threshold / |x0|) / log|scale|",
+    )
+    _check_flush(flush)
     lim = _limits(fmt.name)
+    if abs(x) >= lim.tiny:
+        # Decide before simulating whether the chain can end within max_steps. From a normal x0
+        # no rounded step is a fixed point before the value leaves the normal range (overflow:
+        # each step grows by at least one ulp; underflow: shrinks by at least half an ulp, which
+        # rounds to one), and the rounded chain takes between about 0.7 and 1.2 times the closed
+        # form's steps (the tests measure the worst case, scale one ulp from 1): beyond twice
+        # max_steps the simulation could only give up, after running max_steps steps for nothing.
+        # A scale next to 1 (1 + 2**-52 in float64: about 3.2e18 steps) is refused at once.
+        needed, k = _first_step_beyond(x, s, lim.max if overflow else lim.tiny, grow=overflow)
+        if needed > 2 * max_steps + 64:
+            raise ValueError(
+                f"the {fmt.name} chain x0={x}, scale={scale} needs about {k:.4g} steps to "
+                f"{'overflow' if overflow else 'leave the normal range'} (the closed form "
+                f"k = log(threshold / |x0|) / log|scale|), far more than max_steps={max_steps}; "
+                f"the simulation could not finish. Use that closed form, or pass a larger "
+                f"max_steps (at most {_MAX_SIMULATED_STEPS})"
+            )
+    flush = _resolve_flush(flush, fmt)
     threshold = lim.max if overflow else (lim.tiny if flush else lim.smallest_subnormal)
     predicted, k = _first_step_beyond(x, s, threshold, grow=overflow)
     step, value = _simulate(x, s, fmt, flush, overflow, max_steps)
@@ -783,14 +834,31 @@ def chain(
     """
     fmt = _format(dtype)
     s, x = _chain_args(scale, x0, fmt)
+    itemsize = _np_dtype(fmt).itemsize
+    # Every step count is bounded here, before it becomes a static scan length: XLA aborts the
+    # interpreter on a length whose buffer size overflows, and allocates late on a merely huge one.
+    memory = memory_limit()
+    limit = min(_MAX_CHAIN_STEPS, memory // (_CHAIN_COPIES * itemsize) - 1)
     if steps is None:
         if abs(s) == 1:
             raise ValueError(f"scale={scale} is {s} in {fmt.name}: pass steps explicitly")
         lim = _limits(fmt.name)
         grow = abs(s) > 1
         threshold = lim.max if grow else lim.smallest_subnormal
-        steps = _first_step_beyond(x, s, threshold, grow)[0] + 4
-    steps = positive_int(steps, "steps")
+        needed, k = _first_step_beyond(x, s, threshold, grow)
+        if needed + 4 > limit:
+            raise ValueError(
+                f"scale={scale} needs {needed} steps to {'overflow' if grow else 'underflow'} "
+                f"from x0={x} in {fmt.name} (the closed form k = log(threshold / |x0|) / "
+                f"log|scale| = {k:.6g}), more than the {limit} steps chain can run (lax.scan "
+                f"counts in int32; {format_bytes(_CHAIN_COPIES * itemsize)} a step of the "
+                f"{format_bytes(memory)} available); that closed form is the answer "
+                "(overflow_depth / underflow_depth refuse such chains too), or pass steps=N to "
+                "run the first N steps"
+            )
+        steps = needed + 4
+    steps = bounded_int(steps, "steps", 1, _MAX_CHAIN_STEPS, "lax.scan counts steps in int32")
+    check_memory(_CHAIN_COPIES * (steps + 1) * itemsize, "steps", steps, f"a {fmt.name} chain")
     if device is None:
         device = jax.devices()[0]
     if not isinstance(device, jax.Device):

@@ -52,9 +52,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from stabkit._checks import finite_float, positive_int
+from stabkit._checks import check_memory, positive_int, real_number
 from stabkit.activations import Activation, get_activation
-from stabkit.nets import MLPParams, _check_depth, _check_params, _check_x, _forward
+from stabkit.nets import (
+    MLPParams,
+    _check_depth,
+    _check_elementwise,
+    _check_params,
+    _check_x,
+    _forward,
+)
 from stabkit.precision import Census, census
 
 __all__ = [
@@ -158,6 +165,7 @@ class Trace(NamedTuple):
 
     def summary(self, max_rows: int = 40) -> str:
         """A text table of one network's trace (the middle rows elided beyond ``max_rows``)."""
+        max_rows = positive_int(max_rows, "max_rows")
         if np.ndim(self.depth) != 0:
             raise ValueError(
                 "summary() describes one network; index a batched trace first, e.g. "
@@ -208,7 +216,8 @@ def _summary(t: Trace, max_rows: int) -> str:
 
 
 def _stat_dtype(dtype: Any) -> jnp.dtype:
-    return jnp.promote_types(dtype, jnp.float32)
+    # float32, float64 for float64 (not promote_types: the float8 formats promote with nothing).
+    return jnp.dtype(jnp.float64) if jnp.dtype(dtype).itemsize == 8 else jnp.dtype(jnp.float32)
 
 
 def _mse(y: jax.Array) -> jax.Array:
@@ -444,13 +453,58 @@ def trace(
     x2, _ = _check_x(x, params)
     depth = _check_depth(depth, params.max_depth)
     if isinstance(saturation_threshold, jax.core.Tracer):
+        if saturation_threshold.ndim != 0:
+            raise TypeError(
+                f"saturation_threshold must be a scalar, got shape {saturation_threshold.shape}"
+            )
         threshold = saturation_threshold
     else:
-        threshold = finite_float(saturation_threshold, "saturation_threshold")
+        threshold = real_number(saturation_threshold, "saturation_threshold")
         if threshold < 0:
             raise ValueError(f"saturation_threshold must be >= 0, got {threshold}")
     threshold = jnp.asarray(threshold, _stat_dtype(params.dtype))
+    batch, width, d_max = x2.shape[0], params.width, params.max_depth
+    # What the user's callables return is checked on the layer's and the output's shapes before
+    # anything is traced for real (jax.eval_shape: nothing compiled, nothing run).
+    _check_elementwise(phi, "activation", (batch, width), params.dtype, derivative=True)
+    if not isinstance(loss, str):
+        _check_loss(loss_fn, (batch, params.out_dim), params.dtype)
+    # The per-layer buffers: the zero perturbations of z and h, the forward residuals the
+    # backward pass keeps, their gradients (in the dtype) and the gradients' float32 copies.
+    itemsize = params.dtype.itemsize
+    nbytes = d_max * batch * width * (6 * itemsize + 2 * _stat_dtype(params.dtype).itemsize)
+    check_memory(
+        nbytes,
+        "x.shape",
+        tuple(jnp.shape(x)),
+        f"trace's per-layer buffers (max_depth {d_max} x batch {batch} x width {width}, "
+        f"{params.dtype.name})",
+    )
     return _trace_jit(params, x2, depth, threshold, phi, loss_fn)
+
+
+def _check_loss(loss_fn: Callable, shape: tuple[int, int], dtype: Any) -> None:
+    """A loss callable must map the ``(batch, out_dim)`` output to a real floating scalar."""
+    arg = jax.ShapeDtypeStruct(shape, dtype)
+    try:
+        out = jax.eval_shape(lambda y: loss_fn(y), arg)  # a lambda: eval_shape keeps weak refs
+    except Exception as err:  # whatever the user's callable raises while traced
+        raise TypeError(
+            f"loss {loss_fn!r} failed on the network's output (shape {shape}, {dtype}): "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} (it must be a "
+            "JAX-traceable loss(y) -> scalar)"
+        ) from err
+    if not isinstance(out, jax.ShapeDtypeStruct):
+        raise TypeError(
+            f"loss {loss_fn!r} must return a scalar array; on the output (shape {shape}, "
+            f"{dtype}) it returned {type(out).__name__}"
+        )
+    if out.shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
+        raise (ValueError if out.shape != () else TypeError)(
+            f"loss {loss_fn!r} must return a real floating-point scalar (shape ()), the value "
+            f"jax.grad differentiates; on the output (shape {shape}, {dtype}) it returned shape "
+            f"{tuple(out.shape)} dtype {out.dtype}"
+        )
 
 
 # ------------------------------------------------------------------------------------ closed forms
@@ -475,8 +529,13 @@ def deep_linear_gain(a: float, layers: ArrayLike) -> np.ndarray:
         >>> deep_linear_gain(1.5, [0, 1, 27, 28])
         array([1.00000000e+00, 1.50000000e+00, 5.68151287e+04, 8.52226930e+04])
     """
-    a = finite_float(a, "a")
-    n = np.asarray(layers)
+    a = real_number(a, "a")
+    if isinstance(layers, (bool, np.bool_, str, bytes)):
+        raise TypeError(f"layers must be integers, got {type(layers).__name__} {layers!r}")
+    try:
+        n = np.asarray(layers)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"layers must be integers, got {layers!r}: {err}") from None
     if n.dtype.kind not in "iu" and not (n.dtype.kind == "f" and np.all(n == np.round(n))):
         raise TypeError(f"layers must be integers, got {layers!r}")
     if np.any(n < 0):
@@ -533,11 +592,20 @@ def deep_linear_theory(
         >>> th.post_rms, th.grad_post_rms
         (array([1.   , 0.5  , 0.25 , 0.125]), array([0.125, 0.25 , 0.5  , 1.   ]))
     """
-    a = finite_float(a, "a")
+    a = real_number(a, "a")
     depth = positive_int(depth, "depth")
+    # Five float64 arrays of depth + 2 entries.
+    check_memory(5 * 8 * (depth + 2), "depth", depth, "the per-layer closed forms")
+    if not isinstance(loss, str):
+        raise TypeError(f"loss must be 'mse' or 'sum', got {type(loss).__name__} {loss!r}")
     if loss not in _LOSSES:
         raise ValueError(f"unknown loss {loss!r}; valid names: {', '.join(loss_names())}")
-    x = np.asarray(x, dtype=np.float64)
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"x must be a real array, got {type(x).__name__} {x!r}")
+    try:
+        x = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"x must be a real array, got {type(x).__name__}: {err}") from None
     if x.ndim not in (1, 2) or x.size == 0:
         raise ValueError(f"x must have shape (batch, n) or (n,), got {x.shape}")
     x2 = np.atleast_2d(x)
