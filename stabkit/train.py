@@ -1299,6 +1299,9 @@ class Diagnosis(NamedTuple):
 
     def explain(self, i: int) -> str:
         """One line: run ``i``'s verdict and the evidence that decided it."""
+        i = positive_int(i, "i", minimum=0)
+        if i >= len(self.verdict):
+            raise ValueError(f"i={i} is out of range for {len(self.verdict)} runs")
         v = self.verdict[i]
         parts = [f"run {i}: {v}"]
         if self.first_nonfinite[i] >= 0:

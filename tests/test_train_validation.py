@@ -342,6 +342,38 @@ def test_float64_loss_scale_is_float64():
     assert not jax.config.jax_enable_x64
 
 
+def test_explain_index_is_checked():
+    t = 3
+    one = np.ones((1, t))
+    h = History(
+        np.arange(t),
+        one,
+        one,
+        one,
+        np.ones((1, t, 2)),
+        np.zeros((1, t, 5)),
+        one,
+        0 * one,
+        0 * one,
+        np.full(1, -1),
+        np.ones(1),
+        np.full(1, np.nan),
+        runs=None,
+    )
+    d = diagnose(h)
+    assert d.explain(np.int64(0)).startswith("run 0: ")
+    with pytest.raises(ValueError, match="i=1 is out of range for 1 runs"):
+        d.explain(1)
+    with pytest.raises(ValueError, match="i must be >= 0, got -1"):
+        d.explain(-1)
+    with pytest.raises(TypeError, match="i must be an int"):
+        d.explain(0.0)
+    with pytest.raises(ValueError, match=r"first_nonfinite must be >= -1"):
+        diagnose(h._replace(first_nonfinite=np.full(1, -2)))
+    with pytest.raises(TypeError, match=r"history\.loss must hold real numbers"):
+        diagnose(h._replace(loss=np.full((1, t), "a")))
+
+
 # ---------------------------------------------------------------------------- property tests
 
 JUNK = st.one_of(
