@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import pathlib
@@ -139,7 +140,7 @@ class _WriterLock:
     """One writer per store: a lock file created with O_CREAT|O_EXCL, naming its holder.
 
     A lock whose holder died on this host is taken over. Two processes may both find the same
-    stale lock; each must first create ``<lock>.break-<token>`` (O_EXCL) for that lock's token,
+    stale lock; each must first create ``<lock>.break-<tag>`` (O_EXCL, tagged by that lock's token),
     and removes the lock only if it still holds that token, so at most one of them breaks it,
     and the new lock is then won by exactly one O_EXCL create.
     """
@@ -197,7 +198,8 @@ class _WriterLock:
 
     def _break(self, stale: dict[str, Any]) -> None:
         token = stale.get("token")
-        breaker = self.file.with_name(f"{_LOCK}.break-{token}")
+        tag = hashlib.sha256(repr(token).encode()).hexdigest()[:16]  # a file name, whatever it is
+        breaker = self.file.with_name(f"{_LOCK}.break-{tag}")
         if not _create_exclusive(breaker, {"pid": os.getpid(), "host": socket.gethostname()}):
             try:
                 age = time.time() - breaker.stat().st_mtime

@@ -22,7 +22,7 @@ time; ``sweep(..., resume=True)`` checks them too and recomputes exactly the con
 chunks that are missing or fail, so a repaired store is bit-identical to one never interrupted.
 
 Nothing outside these names is ever written, and nothing is deleted but stabkit's own temporary
-files, lock (and ``<lock>.break-<token>`` while a stale lock is taken over), records, and, before
+files, lock (and ``<lock>.break-<tag>`` while a stale lock is taken over), records, and, before
 the first record exists, a zarr metadata file a crash left torn: a directory that is not empty
 and holds no marker is refused before anything is touched. Nothing is pickled. The lock and the
 atomic files: :mod:`stabkit._sweep_files`.
