@@ -17,6 +17,7 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import xarray as xr
@@ -106,7 +107,7 @@ def test_spec_is_frozen_canonical_and_round_trips():
     assert sk.SweepSpec.from_dict(json.loads(json.dumps(s.to_dict()))) == s
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.depth = (1,)
-    custom = sk.SweepSpec(depth=1, activation=[np.sin, "relu"])
+    custom = sk.SweepSpec(depth=1, activation=[jnp.sin, "relu"])
     assert custom.coords()["activation"] == ["sin", "relu"]
 
 
