@@ -313,6 +313,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     )
     _check_budget(spec, args.chunk_size, args.memory_budget)
     start = time.perf_counter()
+    # With --out the sweep streams to disk and need never fit in memory; the summary reads the
+    # store back only where it does.
     ds = sk.sweep(
         spec,
         out=args.out,
@@ -320,11 +322,18 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         memory_budget=args.memory_budget,
         progress=not args.quiet,
+        load_result=False,
     )
     seconds = time.perf_counter() - start
     if not args.quiet:
         where = f", written to {args.out}" if args.out else ""
         print(f"{spec.n_configs} configs in {seconds:.1f} s{where}")
+        if args.out is not None:
+            try:
+                ds = sk.load(args.out)
+            except ValueError as err:  # larger than memory: the store is complete all the same
+                print(f"(no summary: {err})")
+                return 0
         nonfinite = int((ds.first_nonfinite_forward >= 0).sum())
         vanished = int((ds.first_zero_backward >= 0).sum())
         print(f"{nonfinite} with an inf/NaN signal, {vanished} with a gradient that became 0")
