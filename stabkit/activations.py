@@ -13,7 +13,9 @@ elementwise function is the diagonal of the Jacobian), so it holds for any user 
 
 Names (:func:`activation_names`): ``linear``, ``relu``, ``leaky_relu`` (slope 0.01), ``elu``,
 ``selu``, ``gelu`` (the exact erf form), ``gelu_tanh`` (the tanh approximation), ``tanh``,
-``sigmoid``, ``softplus``, ``silu``, ``erf``.
+``sigmoid``, ``softplus``, ``silu``, ``erf``. One exception to "its own dtype": ``gelu`` of a
+float8 input is computed in float32 and rounded once, because XLA:CPU cannot lower ``erfc`` in
+the float8 formats.
 """
 
 from __future__ import annotations
@@ -170,7 +172,9 @@ def derivative(activation: str | Activation) -> Callable[[ArrayLike], jax.Array]
         activation: a name or an elementwise callable (see :func:`get_activation`).
 
     Returns:
-        A function of a floating array returning an array of the same shape and dtype.
+        A function of a floating array ``z`` returning an array of the same shape and dtype;
+        an integer or bool ``z`` raises ``TypeError`` naming ``z`` and its dtype (Python numbers
+        and lists of floats become float32, as in ``jnp``).
 
     Examples:
         The sigmoid's derivative peaks at 1/4, at z = 0 (the note's bound):

@@ -11,8 +11,11 @@ equal to the gain).
 Every factory takes one multiplier (``a``, ``sigma_w`` or ``gain``) and returns
 ``init(key, shape, dtype)``. A weight matrix has shape ``(fan_in, fan_out)`` (a layer computes
 ``h @ W``); bias initializers accept any shape. Samples are drawn in float32 (float64 for float64),
-scaled, and rounded once to ``dtype``. The multiplier may be a traced scalar (under ``jit`` or
-``vmap``), in which case it is not validated; the result is then ``multiplier * unit draw``.
+scaled, and rounded once to ``dtype`` (the float8 formats included). ``dtype`` is one of
+:data:`stabkit.SUPPORTED_DTYPES`; float64 needs x64 (``with jax.enable_x64(True):``) and is refused
+without it, since JAX would silently make float32. Shapes are bounded by memory before drawing.
+The multiplier may be a traced scalar (under ``jit`` or ``vmap``), in which case it is not
+validated; the result is then ``multiplier * unit draw``.
 
 Unlike ``jax.nn.initializers.he_normal`` and friends (a truncated normal rescaled to the same
 variance), the ``*_normal`` initializers here draw a plain normal, so the variances below hold

@@ -134,14 +134,19 @@ def mlp_init(
             callable (``jax.nn.initializers`` included).
         scale: the named initializer's multiplier (``a``, ``sigma_w`` or ``gain``); default 1.
         bias_std: standard deviation of the biases; 0 (default) gives zeros.
-        dtype: the parameters' floating dtype.
+        dtype: the parameters' floating dtype, one of :data:`stabkit.SUPPORTED_DTYPES`. float64
+            needs x64 (``with jax.enable_x64(True):``); the float8 formats are drawn in float32
+            and rounded once, and XLA:CPU runs their networks (matrix products included).
 
     Returns:
         An :class:`MLPParams`.
 
     Raises:
-        ValueError: a size < 1, an unknown initializer name, a bad multiplier.
-        TypeError: a non-floating dtype or a bad key.
+        ValueError: a size < 1, an unknown initializer name, a bad multiplier; parameters (and
+            the float32 draws they are rounded from) that would not fit in memory, naming
+            ``depth`` and ``width`` and the bytes; float64 without x64; an unsupported dtype.
+        TypeError: a non-floating dtype or a bad key; an ``init`` callable that fails or does not
+            return an array (checked with ``jax.eval_shape`` before anything is compiled).
 
     Examples:
         The note's network: width 2, :math:`W = 1.5 I`, zero biases.
@@ -172,7 +177,9 @@ def mlp_init(
     w_init = get_initializer(init, scale)
     b_init = bias_normal(bias_std)
     if not isinstance(init, str):  # a user's callable: check what it returns before jit
-        for shape in {(in_dim, width), (width, width), (width, out_dim)}:
+        for shape in {(in_dim, width), (width, out_dim)} | (
+            {(width, width)} if depth > 1 else set()
+        ):
             _check_initializer(w_init, key, shape, dtype)
     return _init_jit(key, w_init, b_init, depth, width, in_dim, out_dim, dtype)
 
@@ -215,7 +222,10 @@ def _init_jit(key, w_init, b_init, depth, width, in_dim, out_dim, dtype) -> MLPP
         w = _draw(w_init, kw, (width, width), dtype, "weight")
         return w, _draw(b_init, kb, (width,), dtype, "bias")
 
-    w_hidden, b_hidden = jax.vmap(hidden)(keys[0, 2:], keys[1, 2:])
+    if depth > 1:
+        w_hidden, b_hidden = jax.vmap(hidden)(keys[0, 2:], keys[1, 2:])
+    else:  # no hidden-to-hidden layer: nothing to draw (and no width x width draw to bound)
+        w_hidden, b_hidden = jnp.zeros((0, width, width), dtype), jnp.zeros((0, width), dtype)
     return MLPParams(
         w_in=_draw(w_init, keys[0, 1], (in_dim, width), dtype, "weight"),
         b_in=_draw(b_init, keys[1, 1], (width,), dtype, "bias"),
@@ -415,8 +425,12 @@ def mlp_apply(
         ``(batch, out_dim)``, or ``(out_dim,)`` for a 1-D ``x``, in the parameters' dtype.
 
     Raises:
-        ValueError: ``x`` has the wrong shape, ``depth`` is out of range, an unknown activation.
-        TypeError: non-floating ``x``, parameters that are not an :class:`MLPParams`.
+        ValueError: ``x`` has the wrong shape, a concrete ``depth`` is out of range, an unknown
+            activation, an activation callable that changes the shape, buffers (``batch x
+            width``) beyond memory.
+        TypeError: non-floating ``x``, parameters that are not an :class:`MLPParams` (or float64
+            ones outside x64), an activation callable that fails, changes the dtype or returns
+            no array (checked with ``jax.eval_shape`` on the layer's shape before compiling).
 
     Examples:
         >>> p = mlp_init(jax.random.key(0), depth=8, width=2, init="scaled_identity", scale=0.5)

@@ -714,7 +714,10 @@ def overflow_depth(
     Raises:
         ValueError: unknown dtype; ``scale`` or ``x0`` zero, non-finite, or rounding to 0 or inf
             in ``dtype``; ``|scale| <= 1`` (including ``scale == 1``, which never overflows) or a
-            scale that rounds to ±1 in ``dtype``; the chain is longer than ``max_steps``.
+            scale that rounds to ±1 in ``dtype``; the chain is longer than ``max_steps``;
+            ``max_steps`` above 10**8 (the simulation runs about a million steps a second). From
+            a normal ``x0``, a chain whose closed form needs more than twice ``max_steps`` steps is
+            refused at once, before simulating (``1 + 2**-52`` in float64: about 3.2e18 steps).
         TypeError: an integer dtype, or a non-numeric argument.
 
     Examples:
@@ -821,7 +824,11 @@ def chain(
 
     Raises:
         ValueError: unknown dtype; a bad ``scale`` or ``x0`` (as in :func:`overflow_depth`);
-            ``steps < 1``; ``steps=None`` with ``|scale|`` rounding to 1.
+            ``steps < 1``; ``steps=None`` with ``|scale|`` rounding to 1; a number of steps,
+            given or derived, beyond ``2**31 - 2`` (lax.scan counts in int32) or beyond memory
+            (three values of the dtype a step). A derived count is refused naming ``scale`` and
+            the closed-form step: ``1 + 2**-52`` in float64 needs about 3.2e18 steps, which used to
+            reach XLA and abort the interpreter.
         TypeError: an integer dtype, or ``device`` that is not a ``jax.Device``.
 
     Examples:

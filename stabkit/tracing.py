@@ -420,9 +420,14 @@ def trace(
         A :class:`Trace`.
 
     Raises:
-        ValueError: bad shapes, ``depth`` out of range, an unknown activation or loss name, a
-            negative threshold.
-        TypeError: non-floating ``x``, parameters that are not :class:`stabkit.MLPParams`.
+        ValueError: bad shapes, a concrete ``depth`` out of range, an unknown activation or loss
+            name, a negative threshold; an activation that changes the shape or a loss that does
+            not return a scalar; per-layer buffers (``max_depth x batch x width``) beyond memory.
+        TypeError: non-floating ``x``, parameters that are not :class:`stabkit.MLPParams`; an
+            activation or loss callable that fails, returns no array, or the wrong dtype (the
+            activation must keep the parameters' dtype, the loss return a real float). Both are
+            checked with ``jax.eval_shape`` on the layer's and the output's shapes before
+            anything is compiled.
 
     Examples:
         The note's example: width 2, :math:`W = 1.5 I`, zero biases, linear activation, float16.
