@@ -18,7 +18,11 @@ allowances (reported apart, in the ``cond`` column): a ``logsumexp`` whose value
 cancellation (``m < 0 < log(sum)``) may be off by 2 ulp of ``|m|`` in the compute dtype; the
 gradient of probability-label cross-entropy, ``Y p - y``, by 4 ulp of ``max(Y p, y)``; and where
 the backend flushes subnormals, every output may be off by ``n`` times the compute dtype's
-smallest normal (the terms ``e^(x - m)`` below it are flushed before they are summed).
+smallest normal (the terms ``e^(x - m)`` below it are flushed before they are summed); and the
+rounding of ``x_j - m`` to the compute dtype may cost ``eps * sum_j p_j |x_j - m|`` (absolute in
+log space, relative in probability space): the problem's conditioning with respect to a rounding
+of its inputs, 0 wherever ``x_j - m`` is exact (always, in practice, for the half formats computed
+in float32; softmax puts it back into its numerator, not into its denominator's sum).
 Besides the ulp count, a case fails if the output is NaN or inf where the reference is finite, or
 if a loss is ``-0.0``.
 
@@ -290,6 +294,7 @@ def reference(case: Case) -> dict[str, np.ndarray]:
         out["ce_prob"] = np.array(0.0 if mass == 0 else np.inf)
         out["grad_ce_prob"] = np.zeros(k)
         out["m"] = np.array(-np.inf)
+        out["spread"] = np.array(0.0)
     else:
         xs = [mpmath.mpf(float(v)) for v in vals]
         m = max(xs[i] for i in range(k) if valid[i])
@@ -307,6 +312,16 @@ def reference(case: Case) -> dict[str, np.ndarray]:
         p = np.array([float(mpmath.exp(v)) if v is not None else 0.0 for v in logp_mp])
         out["logsumexp"] = np.array(float(lse))
         out["m"] = np.array(float(m))
+        # sum_j p_j |x_j - m|: the error that rounding each x_j - m to the compute dtype causes
+        out["spread"] = np.array(
+            float(
+                mpmath.fsum(
+                    int(counts[i]) * mpmath.exp(logp_mp[i]) * abs(xs[i] - m)
+                    for i in range(k)
+                    if valid[i]
+                )
+            )
+        )
         out["ce_index"] = np.array(float(-logp_mp[label_group]) if valid[label_group] else np.inf)
         ymp = [mpmath.mpf(float(v)) for v in y]
         if any(y[i] > 0 and not valid[i] for i in range(k)):
@@ -461,6 +476,17 @@ def check_dtype(
             flush_allowance = case.n * float(ml_dtypes.finfo(cdt).smallest_normal) if flush else 0.0
             for f in FUNCS:
                 allowance = flush_allowance
+                # the rounding of x_j - m: eps/2 * sum_j p_j |x_j - m| in log space, relative in
+                # probability space (exactly 0 when every x_j - m is exact)
+                shift = float(ml_dtypes.finfo(cdt).eps) * float(ref["spread"])
+                if f in ("softmax", "grad_logsumexp", "grad_ce_index"):
+                    allowance = allowance + shift * np.abs(ref["softmax"])
+                elif f == "grad_ce_prob":
+                    allowance = allowance + shift * np.abs(ref["grad_scale"])
+                elif f == "ce_prob":
+                    allowance = allowance + shift * float((case.y * case.counts).sum())
+                else:
+                    allowance = allowance + shift
                 if f == "logsumexp" and np.isfinite(m) and m < 0:
                     with np.errstate(over="ignore"):
                         allowance += 2 * float(np.spacing(cdt.type(abs(m))))

@@ -14,17 +14,44 @@ this module also gets right what :mod:`jax.nn` and :mod:`optax` get wrong:
   gradients, ``jax.nn.log_softmax`` NaN values).
 * **NaN** anywhere in a row makes that row's outputs NaN: a NaN is a result to report, not to hide.
 * **+inf**: ``logsumexp = +inf`` (its true value); ``softmax`` and ``log_softmax`` of that row are
-  NaN, as ``inf / inf`` is: an infinite logit means an overflow already happened upstream, and a NaN
-  reports it where a guessed limit would hide it.
+  NaN, as ``inf / inf`` is, and so are the gradients of all four functions on that row (the
+  gradient of logsumexp *is* the softmax): an infinite logit means an overflow already happened
+  upstream, and a NaN reports it where a zero gradient would let training carry on silently. As
+  in jax.nn, reverse mode multiplies that row's NaN by its cotangent, so a +inf (or NaN) row
+  gives NaN gradients even where the loss does not use it: mask or slice it off first.
 * **Half precision** (float16, bfloat16 and the float8 formats) is computed in float32 and rounded
-  once to the input dtype, so a sum of tens of thousands of terms cannot overflow and the result is
-  within one ulp of the correctly rounded value.
+  once to the input dtype, so a sum of tens of thousands of terms cannot overflow.
+
+Accuracy, against the exact value on the same (rounded) inputs:
+
+* ``logsumexp = m + log1p(t)`` with ``t`` the sum of ``e^(x_i - m)`` over the entries below the
+  max plus the ties at the max less one, so tiny terms are not absorbed into a leading 1
+  (Blanchard, Higham & Higham); ``log_softmax = (x_i - m) - log1p(t)`` (two terms <= 0, no
+  cancellation); cross-entropy as sums of non-negative terms (never -0.0, finite wherever its
+  exact value is).
+* float16, bfloat16, float8: within 1 ulp of the correctly rounded value.
+* float32, float64: within 2 ulp, plus what the problem's conditioning allows: the rounding of
+  ``x_i - m`` costs up to ``eps/2 * sum_j p_j |x_j - m|`` (absolute in log space, relative for
+  probabilities; 0 where ``x_i - m`` is exact); a ``logsumexp`` that is small by cancellation
+  (``m < 0 < log1p(t)``) is within about 2 ulp of ``|m|``; softmax puts the rounding of
+  ``x_i - m`` back into its numerator (TwoSum), so far tails keep their relative accuracy.
+  Long rows add XLA's summation error: on XLA:CPU a row of about 1,000 equal terms loses up to
+  ~12 * 2^-24 relative in the sum (rows beyond ~8,192 are split into a tree by XLA and lose
+  ~1 * 2^-24); a pairwise or compensated sum costs 5-8x the sum pass on XLA:CPU and is not used.
+* Where the backend flushes subnormal results (XLA:CPU: float32, float64 and, through float32,
+  bfloat16), results and the terms ``e^(x_i - m)`` below the smallest normal are flushed.
+* float8_e4m3fn and the other ``fn``/``fnuz`` formats have no inf: a ``-inf`` result (a masked
+  entry's log-probability, an empty row's logsumexp) is their NaN. float8_e8m0fnu and
+  float4_e2m1fn cannot hold these results and are refused.
+
+``benchmarks/fuzz_softmax.py`` checks all of this against a 60-digit mpmath reference.
 
 Derivatives come from ``custom_jvp`` rules (exact on valid entries, exactly 0 on -inf or masked
 ones, no ``0 * inf`` on empty rows) written with differentiable operations, so ``jit``, ``vmap``,
 ``grad``, ``jvp`` and higher derivatives all work, and reverse mode keeps only the output as a
 residual. The forward pass is the same max / sum-exp / output sweep as :mod:`jax.nn`'s, with the
-special cases repaired per row (see ``benchmarks/bench_softmax.py``).
+special cases repaired per row, plus the sum below the max (see ``benchmarks/bench_softmax.py``:
+XLA:CPU fuses ``exp`` into a sum but not a compare, so that sum costs a pass over memory there).
 
 References:
     Blanchard, Higham & Higham, "Accurately computing the log-sum-exp and softmax functions",
@@ -137,47 +164,53 @@ def _log1p(t):
     return jnp.where(t < _LOG1P_SWITCH, jnp.log1p(t), jnp.log(u) + c / u)
 
 
-def _stats(x, axes, compensate):
+def _stats(x, axes):
     """The shared forward sweep over a masked ``x`` (-inf at excluded entries), keepdims.
 
     Returns ``(m, finite, d, e, t, k)``:
 
-    * ``m`` the row max and ``finite = isfinite(m)``; rows with a non-finite max are shifted by 0
-      and repaired per row afterwards (an empty row has ``m = -inf``, a row with ``+inf`` has
-      ``m = inf``, a NaN row ``m = NaN``: XLA's max propagates NaN);
-    * ``d = x - m`` and ``e = exp(x - m)`` per entry. In float32/float64 (``compensate``) the
-      rounding error of the subtraction is carried (Knuth's TwoSum) and put back into ``e``, so
-      ``e`` has the accuracy of ``exp`` however far ``x`` lies below ``m``: without it, the
-      relative error of ``e`` is ``|x - m| * eps / 2`` (64 ulp at ``x - m = -128``);
-    * ``t = sum(e) - 1`` computed as the sum over the entries below the max plus the number of
-      ties at the max less one, so that ``log1p(t)`` keeps the tiny terms that a sum starting at
-      1 absorbs one by one (Blanchard, Higham & Higham, Algorithm 2), and ``k = 1 + t`` (one
-      rounding, the softmax denominator).
+    * ``m`` the row max and ``finite = isfinite(m)``; rows with a non-finite max are repaired by
+      the callers (an empty row has ``m = -inf``, a row with ``+inf`` has ``m = inf``, a NaN row
+      ``m = NaN``: XLA's max propagates NaN);
+    * ``d = x - m`` and ``e = exp(d)`` per entry;
+    * ``t = sum(e) - 1``, the sum over the entries below the max plus the number of ties at the
+      max less one, so that ``log1p(t)`` keeps the tiny terms that a sum starting at 1 absorbs
+      one by one (Blanchard, Higham & Higham, Algorithm 2), and ``k = 1 + t`` (the softmax
+      denominator).
+
+    The number of ties is ``round(a - u)`` with ``a = sum(e)`` and ``u`` the sum below the max:
+    XLA:CPU fuses ``exp`` into a sum but not a compare, so a second fused sum costs less than a
+    count. It is exact while ``u <= 1`` (then ``a - u`` is the count to within ``n * eps * a``,
+    far below 1/2 for any row that fits in memory); where ``u > 1`` nothing is absorbed and
+    ``t = a - 1`` is used as it is.
     """
     m = jnp.max(x, axis=axes, keepdims=True)
     finite = jnp.isfinite(m)
-    d, delta = _shift(x, jnp.where(finite, m, 0), compensate)
-    e = _exp(d, delta)
-    top = d == 0
-    u = _sum(jnp.where(top, 0, e), axes)
-    ties = _sum(top.astype(x.dtype), axes)
-    return m, finite, d, delta, e, u + (ties - 1), u + ties
+    # x - m as jax.nn has it, which XLA:CPU fuses into the max; the NaN that an empty row gets
+    # (-inf - -inf) stays in the rows that the callers repair.
+    d = x - m
+    e = jnp.exp(d)
+    u = _sum(jnp.where(d == 0, 0, e), axes)
+    a = _sum(e, axes)
+    t = jnp.where(u > 1, a - 1, u + (jnp.round(a - u) - 1))
+    return m, finite, d, e, t, jnp.where(u > 1, a, t + 1)
 
 
-def _shift(x, m0, compensate):
-    """``(d, delta)`` with ``d = fl(x - m0)`` and, when ``compensate``, ``d + delta == x - m0``."""
+def _compensated_exp(x, m0):
+    """``exp(x - m0)`` with the rounding error of the subtraction put back (Knuth's TwoSum).
+
+    ``fl(x - m0)`` is off by up to half an ulp of ``x - m0``, so ``exp`` of it by a relative
+    ``|x - m0| * eps / 2`` (64 ulp at ``x - m0 = -128``): the softmax of a far tail would lose
+    its relative accuracy in float32/float64. With ``d + delta == x - m0`` exactly,
+    ``exp(d) * (1 + delta)`` is as accurate as ``exp`` itself.
+    """
     d = x - m0
-    if not compensate:
-        return d, None
     b = d - x
     delta = (x - (d - b)) + (-m0 - b)
     # -inf (excluded) entries and an overflowing x - m0 give inf - inf: no correction there.
-    return d, jnp.where(jnp.isfinite(d), delta, 0)
-
-
-def _exp(d, delta):
+    delta = jnp.where(jnp.isfinite(d), delta, 0)
     e = jnp.exp(d)
-    return e if delta is None else e + e * delta
+    return e + e * delta
 
 
 def _log_norm(m, finite, t):
@@ -196,23 +229,26 @@ def _log_norm(m, finite, t):
 
 @partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _lse(x, mask, axes, compensate):
-    m, finite, _, _, _, t, _ = _stats(_masked(x, mask), axes, compensate)
+    m, finite, _, _, t, _ = _stats(_masked(x, mask), axes)
     # -inf for an empty row, +inf for a row with +inf, NaN for a NaN row: m itself.
     return jnp.where(finite, m + _log1p(t), m)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _softmax(x, mask, axes, compensate):
-    m, finite, _, _, e, _, k = _stats(_masked(x, mask), axes, compensate)
-    # An empty row has e = 0 everywhere: 0 / 1. A +inf or NaN row: NaN.
-    return e / jnp.where(finite, k, jnp.where(m == -jnp.inf, 1, jnp.nan))
+    xm = _masked(x, mask)
+    m, _, _, e, _, k = _stats(xm, axes)
+    if compensate:  # float32/float64: the tails keep their relative accuracy
+        e = _compensated_exp(xm, m)
+    # An empty row: 0 everywhere. A +inf or NaN row: NaN (k is NaN there).
+    return jnp.where(m == -jnp.inf, 0, e / k)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _log_softmax(x, mask, axes, compensate):
-    m, finite, d, delta, _, t, _ = _stats(_masked(x, mask), axes, compensate)
-    out = d - _log_norm(m, finite, t)
-    return out if delta is None else out + delta
+    del compensate  # fl(x - m) is within half an ulp of the result already
+    m, finite, d, _, t, _ = _stats(_masked(x, mask), axes)
+    return jnp.where(m == -jnp.inf, -jnp.inf, d - _log_norm(m, finite, t))
 
 
 @_lse.defjvp
@@ -259,7 +295,7 @@ def _log_softmax_jvp(axes, compensate, primals, tangents):
 def _ce_index(x, mask, y, ax, compensate):
     """``-log softmax(x)[y] = (m - x_y) + log1p(t)``; ``y`` integer, keepdims along ``ax``."""
     xm = _masked(x, mask)
-    m, finite, _, _, _, t, _ = _stats(xm, (ax,), compensate)
+    m, finite, _, _, t, _ = _stats(xm, (ax,))
     in_range = (y >= 0) & (y < x.shape[ax])
     x_y = jnp.take_along_axis(xm, jnp.clip(y, 0, x.shape[ax] - 1), axis=ax)
     # A target with mass: (m - x_y) + L, two non-negative terms. A target without (-inf or
@@ -281,7 +317,7 @@ def _ce_index_jvp(ax, compensate, primals, tangents):
     # At the target, p_y - 1 = -(sum of the other e_i) / k = -(t - expm1(x_y - m)) / k: two
     # non-negative terms, where p_y - 1 would cancel to 0 for a dominant target (-3e-13 in
     # bfloat16 is 0 in float32's p_y - 1).
-    m, finite, _, _, _, t, k = _stats(xm, (ax,), compensate)
+    m, finite, _, _, t, k = _stats(xm, (ax,))
     x_y = jnp.take_along_axis(xm, jnp.clip(y, 0, x.shape[ax] - 1), axis=ax)
     g_y = -(t - jnp.expm1(x_y - jnp.where(finite, m, 0))) / k
     g = jnp.where(hit, g_y, p)
@@ -298,7 +334,7 @@ def _ce_prob(x, mask, y, ax, compensate):
     subnormal, an error far below the ``Y * log(2)`` that such a term comes with.
     """
     xm = _masked(x, mask)
-    m, finite, _, _, _, t, _ = _stats(xm, (ax,), compensate)
+    m, finite, _, _, t, _ = _stats(xm, (ax,))
     # A negative label (possible only under jit, where labels cannot be checked) makes Y NaN.
     y_ok = jnp.where(y >= 0, y, jnp.nan)
     total = _sum(y_ok, (ax,))
@@ -316,7 +352,7 @@ def _ce_prob_jvp(ax, compensate, primals, tangents):
     loss = _ce_prob(x, mask, y, ax, compensate)
     xm = _masked(x, mask)
     valid = xm > -jnp.inf
-    m, finite, _, _, _, t, _ = _stats(xm, (ax,), compensate)
+    m, finite, _, _, t, _ = _stats(xm, (ax,))
     p = _softmax(x, mask, (ax,), compensate)
     y_ok = jnp.where(y >= 0, y, jnp.nan)
     # d loss / dx = Y p - y, d loss / dy = -log p = 2h + L, on valid entries; excluded entries
@@ -338,9 +374,9 @@ def logsumexp(
     ``c + log n`` rounded in the dtype for every finite ``c``.
 
     Accuracy (against the exact value on the same inputs): within 1 ulp in float16, bfloat16 and
-    float8; within 2 ulp in float32/float64, except where the result is small by cancellation
-    (``m < 0 < log1p(t)``, for example ``c + log n`` near 0 with ``c ~ -log n``): there the error
-    is at most about 2 ulp of ``|m|``, as the problem's conditioning allows.
+    float8; within 2 ulp in float32/float64 plus the conditioning terms of the module docstring
+    (the rounding of ``x_i - m``; about 2 ulp of ``|m|`` where the result is small by
+    cancellation, ``m < 0 < log1p(t)``, for example ``c + log n`` near 0 with ``c ~ -log n``).
 
     Args:
         x: floating-point array, any dtype; float16/bfloat16/float8 are computed in float32.
@@ -386,7 +422,8 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None
 
     ``m`` and ``t`` as in :func:`logsumexp`: the entry at the max of ``[1.5, -27.25]`` is
     ``-log1p(e^{-28.75}) = -3.3e-13``, not 0. Both terms are <= 0, so there is no cancellation:
-    within 1 ulp in float16, bfloat16 and float8, 2 ulp in float32/float64.
+    within 1 ulp in float16, bfloat16 and float8, 2 ulp in float32/float64 (plus the conditioning
+    terms of the module docstring).
 
     Args:
         x: floating-point array, any dtype; float16/bfloat16/float8 are computed in float32.
@@ -419,8 +456,9 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None
 def softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None) -> jax.Array:
     r"""Stable :math:`\operatorname{softmax}(x)_i = e^{x_i - m} / \sum_j e^{x_j - m}`, m = max x.
 
-    Within 1 ulp in float16, bfloat16 and float8, 2 ulp in float32/float64 (the rounding error of
-    ``x_i - m`` is carried into ``e^{x_i - m}``, so far tails keep their relative accuracy).
+    Within 1 ulp in float16, bfloat16 and float8, 2 ulp in float32/float64 plus the conditioning
+    terms of the module docstring (the rounding error of ``x_i - m`` is carried into the numerator
+    ``e^{x_i - m}``, so far tails keep their relative accuracy).
 
     Args:
         x: floating-point array, any dtype; float16/bfloat16/float8 are computed in float32.
