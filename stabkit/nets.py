@@ -41,7 +41,15 @@ from jax.typing import ArrayLike, DTypeLike
 
 from stabkit._checks import check_memory, floating_array, is_floating_dtype, positive_int
 from stabkit.activations import Activation, get_activation, is_registered
-from stabkit.init import Initializer, _dtype, _sample_dtype, bias_normal, check_key, get_initializer
+from stabkit.init import (
+    Initializer,
+    _dtype,
+    _multiplier,
+    _sample_dtype,
+    bias_normal,
+    check_key,
+    get_initializer,
+)
 
 __all__ = ["MLPParams", "mlp_apply", "mlp_init"]
 
@@ -175,7 +183,7 @@ def mlp_init(
         f"{dtype.name} entries)",
     )
     w_init = get_initializer(init, scale)
-    b_init = bias_normal(bias_std)
+    b_init = bias_normal(_multiplier(bias_std, "bias_std", nonnegative=True))
     if not isinstance(init, str):  # a user's callable: check what it returns before jit
         for shape in {(in_dim, width), (width, out_dim)} | (
             {(width, width)} if depth > 1 else set()
