@@ -403,7 +403,7 @@ def logsumexp(
         >>> float(logsumexp(jnp.array([1.0, 5.0]), where=jnp.array([True, False])))
         1.0
         >>> float(logsumexp(jnp.array([0.0, -18.25])))  # log(1 + e^-18.25); jax.nn: 0.0
-        1.19...e-08
+        1.186...e-08
     """
     keepdims = strict_bool(keepdims, "keepdims")
     x, axes, mask = _prepare(x, axis, where)
