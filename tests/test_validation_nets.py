@@ -148,7 +148,9 @@ def test_mlp_init_bounds_the_parameters_memory():
 
 
 def test_mlp_apply_and_trace_bound_their_buffers(memory):
+    # depth 1: no width x width stack is drawn, so a wide shallow net is not refused for one
     wide = mlp_init(KEY, depth=1, width=4096, in_dim=1, out_dim=1)
+    assert wide.w_hidden.shape == (0, 4096, 4096)
     x = jnp.ones((4096, 1))  # 16 KiB of input; 4096 x 4096 x 3 float32 in the layers: 192 MiB
     with pytest.raises(ValueError, match=r"x\.shape=\(4096, 1\) needs about .* MiB for mlp_apply"):
         mlp_apply(wide, x, activation="relu")
@@ -180,6 +182,8 @@ def test_float64_needs_x64_and_says_so():
 def test_mlp_init_refuses_none_and_unsupported_dtypes():
     with pytest.raises(TypeError, match="dtype must be a floating-point dtype, got None"):
         mlp_init(KEY, depth=2, width=2, dtype=None)
+    with pytest.raises(ValueError, match=r"bias_std must be >= 0, got -1\.0"):
+        mlp_init(KEY, depth=2, width=2, bias_std=-1.0)  # before: named bias_normal's sigma_b
     with pytest.raises(ValueError, match="dtype=float4_e2m1fn is not supported; valid: float16"):
         mlp_init(KEY, depth=2, width=2, dtype=ml_dtypes.float4_e2m1fn)
 
