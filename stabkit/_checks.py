@@ -17,7 +17,12 @@ import numpy as np
 
 
 def is_floating_dtype(dtype: Any) -> bool:
-    """True for every inexact real dtype JAX knows, the ml_dtypes float8 formats included."""
+    """True for every inexact real dtype JAX knows, the ml_dtypes float8 formats included.
+
+    ``None`` is not a dtype here (NumPy reads it as float64).
+    """
+    if dtype is None:
+        return False
     try:
         return bool(jnp.issubdtype(dtype, jnp.floating))
     except TypeError:
@@ -32,6 +37,8 @@ def floating_array(x: Any, name: str = "x") -> jax.Array:
     """
     if isinstance(x, (bool, np.bool_)):
         raise TypeError(f"{name} must be a floating-point array, got the bool {x!r}")
+    if isinstance(x, (complex, np.complexfloating, str, bytes)):  # before jnp.asarray casts it
+        raise TypeError(f"{name} must be a floating-point array, got {type(x).__name__} {x!r}")
     if isinstance(x, (int, float)):
         x = float(x)
     try:
@@ -80,9 +87,15 @@ def positive_int(value: Any, name: str, minimum: int = 1) -> int:
 
 
 def finite_float(value: Any, name: str, *, positive: bool = False, nonzero: bool = False) -> float:
-    """``value`` as a finite Python float (optionally > 0 or != 0); raises naming it otherwise."""
+    """``value`` as a finite Python float (optionally > 0 or != 0); raises naming it otherwise.
+
+    Python and NumPy real scalars and 0-d arrays are accepted; bools and strings are not
+    (``float("2")`` would otherwise take ``"2"`` for a number).
+    """
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a real number, got the bool {value!r}")
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
     try:
         out = float(value)
     except (TypeError, ValueError):
@@ -212,14 +225,3 @@ def check_elementwise(fn: Any, name: str, dtype: Any, derivatives: int = 0) -> N
                 f"{name} {fn!r} must keep the input's dtype: on a {dtype} array {what} returned "
                 f"dtype {out.dtype}"
             )
-
-
-def real_number(value: Any, name: str, *, positive: bool = False, nonzero: bool = False) -> float:
-    """:func:`finite_float`, refusing strings: ``float("2")`` would otherwise accept ``"2"``.
-
-    Python and NumPy real scalars and 0-d arrays are accepted; ``str``/``bytes`` raise the same
-    ``TypeError`` ("must be a real number") as any other non-number.
-    """
-    if isinstance(value, (str, bytes)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    return finite_float(value, name, positive=positive, nonzero=nonzero)

@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import DTypeLike
 
-from stabkit._checks import check_memory, is_floating_dtype, real_number
+from stabkit._checks import check_memory, finite_float, is_floating_dtype
 from stabkit.precision import SUPPORTED_DTYPES
 
 __all__ = [
@@ -91,7 +91,7 @@ def _multiplier(value: Any, name: str, *, nonnegative: bool) -> Any:
     """A finite float, or a traced scalar passed through unchecked (a sweep's data)."""
     if isinstance(value, jax.core.Tracer):
         return value
-    out = real_number(value, name)
+    out = finite_float(value, name)
     if nonnegative and out < 0:
         raise ValueError(f"{name} must be >= 0, got {out}")
     return out
@@ -508,7 +508,7 @@ def get_initializer(init: str | Initializer, scale: float | None = None) -> Init
         if isinstance(scale, jax.core.Tracer):
             return factory(scale)
         if scale is not None:
-            scale = real_number(scale, "scale")
+            scale = finite_float(scale, "scale")
             if scale < 0 and param != "a":
                 raise ValueError(
                     f"scale={scale} is the {param} of {init!r} and must be >= 0 (only "

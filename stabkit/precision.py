@@ -46,12 +46,12 @@ from jax.typing import ArrayLike
 from stabkit._checks import (
     bounded_int,
     check_memory,
+    finite_float,
     floating_array,
     format_bytes,
     is_floating_dtype,
     memory_limit,
     normalize_axis,
-    real_number,
 )
 
 __all__ = [
@@ -536,7 +536,7 @@ def _chain_args(scale: Any, x0: Any, fmt: _Format) -> tuple[float, float]:
     dt = _np_dtype(fmt)
     out = []
     for value, name in ((scale, "scale"), (x0, "x0")):
-        v = real_number(value, name, nonzero=True)
+        v = finite_float(value, name, nonzero=True)
         with np.errstate(over="ignore"):
             r = float(np.asarray(v).astype(dt).astype(np.float64))
         if r == 0 or not math.isfinite(r):
@@ -635,7 +635,7 @@ def _first_step_beyond(x0: float, scale: float, threshold: float, grow: bool) ->
 def _depth(kind, scale, dtype, x0, flush, max_steps) -> Depth:
     fmt = _format(dtype)
     s, x = _chain_args(scale, x0, fmt)
-    scale = real_number(scale, "scale")
+    scale = finite_float(scale, "scale")
     overflow = kind == "overflow"
     if overflow and not abs(scale) > 1:
         raise ValueError(

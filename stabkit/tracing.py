@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from stabkit._checks import check_memory, positive_int, real_number
+from stabkit._checks import check_memory, finite_float, positive_int
 from stabkit.activations import Activation, get_activation
 from stabkit.nets import (
     MLPParams,
@@ -464,7 +464,7 @@ def trace(
             )
         threshold = saturation_threshold
     else:
-        threshold = real_number(saturation_threshold, "saturation_threshold")
+        threshold = finite_float(saturation_threshold, "saturation_threshold")
         if threshold < 0:
             raise ValueError(f"saturation_threshold must be >= 0, got {threshold}")
     threshold = jnp.asarray(threshold, _stat_dtype(params.dtype))
@@ -534,7 +534,7 @@ def deep_linear_gain(a: float, layers: ArrayLike) -> np.ndarray:
         >>> deep_linear_gain(1.5, [0, 1, 27, 28])
         array([1.00000000e+00, 1.50000000e+00, 5.68151287e+04, 8.52226930e+04])
     """
-    a = real_number(a, "a")
+    a = finite_float(a, "a")
     if isinstance(layers, (bool, np.bool_, str, bytes)):
         raise TypeError(f"layers must be integers, got {type(layers).__name__} {layers!r}")
     try:
@@ -597,7 +597,7 @@ def deep_linear_theory(
         >>> th.post_rms, th.grad_post_rms
         (array([1.   , 0.5  , 0.25 , 0.125]), array([0.125, 0.25 , 0.5  , 1.   ]))
     """
-    a = real_number(a, "a")
+    a = finite_float(a, "a")
     depth = positive_int(depth, "depth")
     # Five float64 arrays of depth + 2 entries.
     check_memory(5 * 8 * (depth + 2), "depth", depth, "the per-layer closed forms")
