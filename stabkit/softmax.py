@@ -50,8 +50,10 @@ Derivatives come from ``custom_jvp`` rules (exact on valid entries, exactly 0 on
 ones, no ``0 * inf`` on empty rows) written with differentiable operations, so ``jit``, ``vmap``,
 ``grad``, ``jvp`` and higher derivatives all work, and reverse mode keeps only the output as a
 residual. The forward pass is the same max / sum-exp / output sweep as :mod:`jax.nn`'s, with the
-special cases repaired per row, plus the sum below the max (see ``benchmarks/bench_softmax.py``:
-XLA:CPU fuses ``exp`` into a sum but not a compare, so that sum costs a pass over memory there).
+special cases repaired per row, plus the sum below the max where some row needs it (a row whose
+sum is below 2, that is dominated by its max): XLA:CPU fuses ``exp`` into a sum but not a compare,
+so that sum costs a pass over memory there, and a ``lax.cond`` skips it for arrays that do not
+need it (under ``vmap`` both branches run; see ``benchmarks/bench_softmax.py``).
 
 References:
     Blanchard, Higham & Higham, "Accurately computing the log-sum-exp and softmax functions",
@@ -190,10 +192,21 @@ def _stats(x, axes):
     # (-inf - -inf) stays in the rows that the callers repair.
     d = x - m
     e = jnp.exp(d)
-    u = _sum(jnp.where(d == 0, 0, e), axes)
     a = _sum(e, axes)
-    t = jnp.where(u > 1, a - 1, u + (jnp.round(a - u) - 1))
-    return m, finite, d, e, t, jnp.where(u > 1, a, t + 1)
+
+    def below_max(x, m, a):
+        # Only a row with a < 2 can have absorbed anything: where a >= 2, t = a - 1 >= 1 and the
+        # tiny terms are below its rounding already.
+        d = x - m
+        u = _sum(jnp.where(d == 0, 0, jnp.exp(d)), axes)
+        t = jnp.where(u > 1, a - 1, u + (jnp.round(a - u) - 1))
+        return t, jnp.where(u > 1, a, t + 1)
+
+    # The sum below the max costs a pass over memory that XLA:CPU does not fuse with the sum of
+    # all terms (it fuses exp into a sum, not a compare): run it only when a row needs it. Under
+    # vmap the cond becomes a select and both run (the result is the same).
+    t, k = lax.cond(jnp.any(a < 2), below_max, lambda x, m, a: (a - 1, a), x, m, a)
+    return m, finite, d, e, t, k
 
 
 def _compensated_exp(x, m0):
