@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import operator
 import os
+import warnings
 from typing import Any
 
 import jax
@@ -42,7 +43,9 @@ def floating_array(x: Any, name: str = "x") -> jax.Array:
     if isinstance(x, (int, float)):
         x = float(x)
     try:
-        arr = jnp.asarray(x)
+        with warnings.catch_warnings():  # NumPy's deprecation of the 'a' alias for [["a"]]
+            warnings.simplefilter("ignore", DeprecationWarning)
+            arr = jnp.asarray(x)
     except (TypeError, ValueError) as err:
         raise TypeError(
             f"{name} must be a floating-point array, got {type(x).__name__}: {err}"
