@@ -420,6 +420,15 @@ def logsumexp(
     """
     keepdims = strict_bool(keepdims, "keepdims")
     x, axes, mask = _prepare(x, axis, where)
+    return _logsumexp_jit(x, mask, axes, keepdims)
+
+
+# The public functions validate on the host, then run one jitted core (as jax.nn's do): an eager
+# call is one dispatch, not one per operation, and compiles once per shape and dtype.
+
+
+@partial(jax.jit, static_argnames=("axes", "keepdims"))
+def _logsumexp_jit(x, mask, axes, keepdims):
     if _empty(x.shape, axes):
         out = jnp.full(tuple(1 if a in axes else s for a, s in enumerate(x.shape)), -jnp.inf)
     else:
@@ -460,10 +469,17 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None
         Array([-0.6931472, -0.6931472,       -inf], dtype=float32)
     """
     x, axes, mask = _prepare(x, axis, where)
+    return _normalized_jit(x, mask, axes, log=True)
+
+
+@partial(jax.jit, static_argnames=("axes", "log"))
+def _normalized_jit(x, mask, axes, log):
+    """softmax (``log=False``) or log_softmax of a validated ``x``."""
     if _empty(x.shape, axes):
         return jnp.zeros(x.shape, x.dtype)
     c = _compute_dtype(x.dtype)
-    return _log_softmax(x.astype(c), mask, axes, c == x.dtype).astype(x.dtype)
+    f = _log_softmax if log else _softmax
+    return f(x.astype(c), mask, axes, c == x.dtype).astype(x.dtype)
 
 
 def softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None) -> jax.Array:
@@ -493,10 +509,7 @@ def softmax(x: ArrayLike, axis: Axis = -1, *, where: ArrayLike | None = None) ->
         Array([0.25, 0.25, 0.25, 0.25], dtype=float16)
     """
     x, axes, mask = _prepare(x, axis, where)
-    if _empty(x.shape, axes):
-        return jnp.zeros(x.shape, x.dtype)
-    c = _compute_dtype(x.dtype)
-    return _softmax(x.astype(c), mask, axes, c == x.dtype).astype(x.dtype)
+    return _normalized_jit(x, mask, axes, log=False)
 
 
 def _check_labels(labels: ArrayLike, logits_shape: tuple[int, ...], ax: int):
@@ -604,6 +617,11 @@ def softmax_cross_entropy(
     ax = normalize_axis(axis, logits.ndim)
     mask = _mask(where, logits.shape)
     y, probabilities = _check_labels(labels, logits.shape, ax)
+    return _cross_entropy_jit(logits, mask, y, ax, probabilities)
+
+
+@partial(jax.jit, static_argnames=("ax", "probabilities"))
+def _cross_entropy_jit(logits, mask, y, ax, probabilities):
     c = _compute_dtype(logits.dtype)
     batch = logits.shape[:ax] + logits.shape[ax + 1 :]
     if logits.shape[ax] == 0:  # no class: an empty sum, or no valid label (NaN under jit)
