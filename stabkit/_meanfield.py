@@ -145,6 +145,13 @@ def _check_grid(value: Any, name: str, *, lo: float, closed: bool = True, hi=Non
         else:
             rng = f" and >= {lo:g}" if closed else f" and > {lo:g}"
         raise ValueError(f"{name} must be finite{rng}, got {_describe(first)}{where}")
+    subnormal = (arr != 0) & (np.abs(arr) < _TINY)
+    if subnormal.any():  # XLA:CPU reads subnormal float64 inputs as 0: a silently wrong answer
+        first = float(arr.flat[int(np.flatnonzero(subnormal.ravel())[0])])
+        raise ValueError(
+            f"{name} must be 0 or at least {_TINY:.4g} in magnitude (the smallest normal "
+            f"float64; XLA:CPU reads subnormal inputs as 0), got {first!r}"
+        )
     return arr
 
 
