@@ -950,8 +950,8 @@ def test_property_bad_arguments_raise_type_or_value_error(data):
 def test_subnormal_parameters_are_refused():
     # XLA:CPU reads a subnormal float64 input as 0: q* of tanh with sigma_b^2 = 2.2e-313 came back
     # 0 (found by hypothesis), where the exact value is about sqrt(sigma_b^2 / 2) = 3e-157.
-    with pytest.raises(ValueError, match="sigma_b2.*smallest normal"):
+    with pytest.raises(ValueError, match=r"sigma_b2.*smallest normal"):
         th.mean_field("tanh", 1.0, 2.2250738585e-313)
-    with pytest.raises(ValueError, match="sigma_w2.*smallest normal"):
+    with pytest.raises(ValueError, match=r"sigma_w2.*smallest normal"):
         th.q_map("tanh", 1.0, 5e-324, 0.0)
     assert th.q_star("tanh", 1.0, 0.0) == 0  # an exact 0 stays allowed
