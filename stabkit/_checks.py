@@ -177,14 +177,29 @@ def check_memory(nbytes: float, name: str, value: Any, what: str = "", limit: in
         )
 
 
-def check_elementwise(fn: Any, name: str, dtype: Any, derivatives: int = 0) -> None:
+def _first_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
+def check_elementwise(
+    fn: Any,
+    name: str,
+    dtype: Any,
+    derivatives: int = 0,
+    *,
+    shape: tuple[int, ...] = (2, 3),
+    on: str | None = None,
+    keep: str = "the input's",
+) -> None:
     """Raise unless ``fn`` maps a ``dtype`` array to one of the same shape and dtype.
 
-    The probe is ``jax.eval_shape`` on a ``(2, 3)`` array (traced, never compiled or run), of
-    ``fn`` and of its first ``derivatives`` forward-mode derivatives (``jax.jvp`` with a tangent
-    of ones, as :func:`stabkit.derivative` takes them): a callable that returns a scalar or
-    another shape, changes the dtype, cannot be traced or differentiated would otherwise fail
-    deep inside jax (``dot_general``, ``scan``) without naming ``name``. Call it inside
+    The probe is ``jax.eval_shape`` on a ``shape`` array (traced, never compiled or run), of
+    ``fn`` and then of its first ``derivatives`` forward-mode derivatives (``jax.jvp`` with a
+    tangent of ones, as :func:`stabkit.derivative` takes them): a callable that returns a scalar
+    or another shape, changes the dtype, cannot be traced or differentiated would otherwise fail
+    deep inside jax (``dot_general``, ``scan``) without naming ``name``, or worse, run (an int32
+    activation was read as zeros). ``on`` says what the probe stands for in the messages (for
+    example the layer's pre-activations), ``keep`` whose dtype must be kept. Call it inside
     ``jax.enable_x64`` for float64. Elementwise-ness itself is not checked (that needs values).
 
     Raises:
@@ -192,39 +207,63 @@ def check_elementwise(fn: Any, name: str, dtype: Any, derivatives: int = 0) -> N
         TypeError: the output's dtype differs, is not an array, or tracing ``fn`` raised.
     """
     dtype = jnp.dtype(dtype)
-    probe = jax.ShapeDtypeStruct((2, 3), dtype)
-
-    def outputs(z):
-        out, f = [], lambda v: fn(v)  # a lambda: eval_shape needs a weak reference (ufuncs)
-        out.append(f(z))
-        for _ in range(derivatives):
-            f = (lambda g: lambda v: jax.jvp(g, (v,), (jnp.ones_like(v),))[1])(f)
-            out.append(f(z))
-        return out
-
-    try:
-        results = jax.eval_shape(outputs, probe)
-    except Exception as err:  # whatever the user's callable raises while traced
-        raise TypeError(
-            f"{name} {fn!r} failed on a {dtype} array of shape (2, 3)"
-            f"{' or in its forward-mode derivative' if derivatives else ''}: "
-            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} (it must be a "
-            "JAX-traceable elementwise function)"
-        ) from err
-    for order, out in enumerate(results):
+    shape = tuple(shape)
+    probe = jax.ShapeDtypeStruct(shape, dtype)
+    on = f"a {dtype} array of shape {shape}" if on is None else on
+    f = lambda v: fn(v)  # a lambda: eval_shape needs a weak reference (ufuncs)
+    for order in range(derivatives + 1):
         what = "it" if order == 0 else f"its derivative of order {order}"
+        try:
+            out = jax.eval_shape(f, probe)
+        except Exception as err:  # whatever the user's callable raises while traced
+            raise TypeError(
+                f"{name} {fn!r} failed on {on}"
+                f"{' in its forward-mode derivative' if order else ''}: {_first_line(err)} (it "
+                "must be a JAX-traceable elementwise function)"
+            ) from err
         if not isinstance(out, jax.ShapeDtypeStruct):
             raise TypeError(
-                f"{name} {fn!r} must return an array; on a {dtype} array of shape (2, 3) {what} "
+                f"{name} {fn!r} must return an array shaped like its input; on {on} {what} "
                 f"returned {type(out).__name__}"
             )
-        if out.shape != probe.shape:
+        if out.shape != shape:
             raise ValueError(
-                f"{name} {fn!r} must act elementwise (the output shaped like the input): on a "
-                f"{dtype} array of shape (2, 3) {what} returned shape {tuple(out.shape)}"
+                f"{name} {fn!r} must act elementwise (the output shaped like the input): on "
+                f"{on} {what} returned shape {tuple(out.shape)}"
             )
         if out.dtype != dtype:
             raise TypeError(
-                f"{name} {fn!r} must keep the input's dtype: on a {dtype} array {what} returned "
+                f"{name} {fn!r} must keep {keep} dtype: on a {dtype} array {what} returned "
                 f"dtype {out.dtype}"
             )
+        f = (lambda g: lambda v: jax.jvp(g, (v,), (jnp.ones_like(v),))[1])(f)
+
+
+def check_initializer(init: Any, name: str, key: Any, shape: tuple[int, ...], dtype: Any) -> None:
+    """Raise unless ``init(key, shape, dtype)`` gives an array of that shape and dtype.
+
+    Traced with ``jax.eval_shape`` (nothing compiled or run), so a wrong initializer callable is
+    named here, not deep inside a vmapped draw.
+
+    Raises:
+        TypeError: calling it raised, or it returned something that is not an array.
+        ValueError: it returned another shape or dtype.
+    """
+    dtype, shape = jnp.dtype(dtype), tuple(shape)
+    call = f"init(key, {shape}, {dtype.name})"
+    try:
+        out = jax.eval_shape(lambda k: init(k, shape, dtype), key)
+    except Exception as err:  # whatever the user's callable raises while traced
+        raise TypeError(
+            f"{name} {init!r} failed on {call}: {_first_line(err)} (it must be an init(key, "
+            "shape, dtype) callable like jax.nn.initializers')"
+        ) from err
+    if not isinstance(out, jax.ShapeDtypeStruct):
+        raise TypeError(
+            f"{name} {init!r} must return an array; {call} returned {type(out).__name__}"
+        )
+    if tuple(out.shape) != shape or out.dtype != dtype:
+        raise ValueError(
+            f"{name}: the initializer returned shape {tuple(out.shape)} dtype {out.dtype}, "
+            f"expected {shape} {dtype.name} ({call})"
+        )

@@ -39,7 +39,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
-from stabkit._checks import check_memory, floating_array, is_floating_dtype, positive_int
+from stabkit._checks import (
+    check_elementwise,
+    check_initializer,
+    check_memory,
+    floating_array,
+    is_floating_dtype,
+    positive_int,
+)
 from stabkit.activations import Activation, get_activation, is_registered
 from stabkit.init import (
     Initializer,
@@ -188,31 +195,8 @@ def mlp_init(
         for shape in {(in_dim, width), (width, out_dim)} | (
             {(width, width)} if depth > 1 else set()
         ):
-            _check_initializer(w_init, key, shape, dtype)
+            check_initializer(w_init, "init", key, shape, dtype)
     return _init_jit(key, w_init, b_init, depth, width, in_dim, out_dim, dtype)
-
-
-def _check_initializer(init: Initializer, key: jax.Array, shape: tuple[int, int], dtype) -> None:
-    """Trace ``init(key, shape, dtype)`` abstractly: a callable that fails or returns the wrong
-    thing is named here, not deep inside the vmapped draw."""
-    try:
-        out = jax.eval_shape(lambda k: init(k, shape, dtype), key)
-    except Exception as err:  # whatever the user's callable raises while traced
-        raise TypeError(
-            f"init {init!r} failed on init(key, {shape}, {dtype.name}): {type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''} (it must be an init(key, shape, "
-            "dtype) callable like jax.nn.initializers')"
-        ) from err
-    if not isinstance(out, jax.ShapeDtypeStruct):
-        raise TypeError(
-            f"init {init!r} must return an array; init(key, {shape}, {dtype.name}) returned "
-            f"{type(out).__name__}"
-        )
-    if tuple(out.shape) != shape or out.dtype != dtype:
-        raise ValueError(
-            f"the weight initializer returned shape {tuple(out.shape)} dtype {out.dtype}, "
-            f"expected {shape} {dtype.name}"
-        )
 
 
 # One compiled kernel per (initializers, sizes, dtype); named initializers are cached objects, so
@@ -284,40 +268,18 @@ def _check_x(x: Any, params: MLPParams) -> tuple[jax.Array, bool]:
 
 
 def _check_elementwise(fn: Any, name: str, shape: tuple[int, ...], dtype, derivative: bool):
-    """Trace ``fn`` (and its ``jvp`` if ``derivative``) on a ``shape`` ``dtype`` array.
-
-    ``jax.eval_shape`` only: nothing is compiled or run. An activation that returns a scalar,
-    another shape or another dtype would otherwise fail in ``dot_general`` or ``scan`` without
-    naming ``activation``, or, worse, run: an int32 result was silently read as zeros, a float16
-    one ran a float32 net in float16. Registered activations are known to pass and are skipped.
-    """
-    if is_registered(fn):
-        return
-    arg = jax.ShapeDtypeStruct(shape, dtype)
-    try:
-        out = jax.eval_shape(lambda z: fn(z), arg)  # a lambda: eval_shape keeps weak references
-        if derivative and isinstance(out, jax.ShapeDtypeStruct):
-            jax.eval_shape(lambda z: jax.jvp(fn, (z,), (jnp.ones_like(z),)), arg)
-    except Exception as err:  # whatever the user's callable raises while traced
-        raise TypeError(
-            f"{name} {fn!r} failed on the layer's pre-activations (shape {shape}, {dtype}): "
-            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} (it must be a "
-            "JAX-traceable elementwise function)"
-        ) from err
-    if not isinstance(out, jax.ShapeDtypeStruct):
-        raise TypeError(
-            f"{name} {fn!r} must return an array shaped like its input; on the layer's "
-            f"pre-activations (shape {shape}, {dtype}) it returned {type(out).__name__}"
-        )
-    if tuple(out.shape) != tuple(shape):
-        raise ValueError(
-            f"{name} {fn!r} must act elementwise: on the layer's pre-activations of shape "
-            f"{shape} ({dtype}) it returned shape {tuple(out.shape)}"
-        )
-    if out.dtype != dtype:
-        raise TypeError(
-            f"{name} {fn!r} must keep the parameters' dtype: on {dtype} pre-activations of shape "
-            f"{shape} it returned dtype {out.dtype}"
+    """:func:`stabkit._checks.check_elementwise` on the layer's own shape and dtype (an int32
+    result was silently read as zeros, a float16 one ran a float32 net in float16); registered
+    activations are known to pass and are skipped."""
+    if not is_registered(fn):
+        check_elementwise(
+            fn,
+            name,
+            dtype,
+            int(derivative),
+            shape=shape,
+            on=f"the layer's pre-activations (shape {tuple(shape)}, {jnp.dtype(dtype)})",
+            keep="the parameters'",
         )
 
 

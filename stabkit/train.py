@@ -64,6 +64,8 @@ from jax.typing import DTypeLike
 
 from stabkit._checks import (
     bounded_int,
+    check_elementwise,
+    check_initializer,
     check_memory,
     finite_float,
     format_bytes,
@@ -374,45 +376,6 @@ def _names(value: Any, what: str, check: Callable[[Any], Any]) -> tuple:
     return items
 
 
-def _probe_activation(phi: Callable, index: int, dtype: jnp.dtype) -> None:
-    """A callable activation must map an array to one of the same shape and dtype.
-
-    Traced with :func:`jax.eval_shape` (nothing is compiled), so a wrong callable is named here
-    rather than failing deep inside the training kernel's ``dot_general`` or ``grad``.
-    """
-    z = jax.ShapeDtypeStruct((2, 3), dtype)
-    try:
-        out = jax.eval_shape(phi, z)
-    except Exception as err:  # the user's callable: anything it raises is reported as theirs
-        raise TypeError(
-            f"activations[{index}] ({phi!r}) failed on a {dtype.name} array of shape (2, 3): "
-            f"{type(err).__name__}: {err}"
-        ) from err
-    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != z.shape or out.dtype != dtype:
-        got = f"{out.dtype.name}{list(out.shape)}" if hasattr(out, "shape") else repr(out)
-        raise TypeError(
-            f"activations[{index}] must act elementwise and keep shape and dtype: "
-            f"{dtype.name}[2, 3] gave {got}"
-        )
-
-
-def _probe_init(init: Callable, index: int) -> None:
-    """A callable initializer must give a float32 array of the shape asked for (traced only)."""
-    try:
-        out = jax.eval_shape(lambda k: init(k, (3, 4), jnp.float32), jax.random.key(0))
-    except Exception as err:  # the user's callable
-        raise TypeError(
-            f"inits[{index}] ({init!r}) failed as init(key, (3, 4), float32): "
-            f"{type(err).__name__}: {err}"
-        ) from err
-    if not isinstance(out, jax.ShapeDtypeStruct) or (out.shape, out.dtype) != ((3, 4), "float32"):
-        got = f"{out.dtype.name}{list(out.shape)}" if hasattr(out, "shape") else repr(out)
-        raise TypeError(
-            f"inits[{index}] must be init(key, shape, dtype) -> array of that shape and dtype: "
-            f"init(key, (3, 4), float32) gave {got}"
-        )
-
-
 def _probe_optimizer(make: Callable, store: jnp.dtype) -> None:
     """``optimizer`` must map a traced learning rate to a working GradientTransformation.
 
@@ -575,7 +538,7 @@ class TrainSpec:
         set_("inits", _names(self.inits, "inits", get_initializer))
         for i, init in enumerate(self.inits):
             if not isinstance(init, str):
-                _probe_init(init, i)
+                check_initializer(init, f"inits[{i}]", jax.random.key(0), (3, 4), jnp.float32)
         if isinstance(self.optimizer, str):
             if self.optimizer not in _OPTIMIZERS:
                 raise ValueError(
@@ -628,7 +591,7 @@ class TrainSpec:
         with _x64(self):
             for i, phi in enumerate(self.activations):
                 if not isinstance(phi, str):
-                    _probe_activation(phi, i, self.dtype)
+                    check_elementwise(phi, f"activations[{i}]", self.dtype)
             if not isinstance(self.optimizer, str):
                 _probe_optimizer(self.optimizer, self.master_dtype or self.dtype)
 
