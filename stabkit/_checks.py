@@ -22,7 +22,7 @@ def is_floating_dtype(dtype: Any) -> bool:
 
     ``None`` is not a dtype here (NumPy reads it as float64).
     """
-    if dtype is None:
+    if dtype is None or isinstance(dtype, (np.ndarray, jax.Array)):  # an array is not a dtype
         return False
     try:
         return bool(jnp.issubdtype(dtype, jnp.floating))

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from stabkit._checks import check_elementwise, check_memory, strict_bool
+from stabkit._checks import check_elementwise, check_memory, floating_array, strict_bool
 from stabkit._meanfield import (
     _POINT_BYTES,
     DEFAULT_ORDER,
@@ -27,7 +27,7 @@ from stabkit._meanfield import (
     iterate_maps,
     q_star,
 )
-from stabkit.activations import activation_names, get_activation
+from stabkit.activations import get_activation, is_registered
 from stabkit.nets import MLPParams, mlp_apply
 
 # ------------------------------------------------------------------------------ Jacobian spectra
@@ -90,19 +90,10 @@ def jacobian_singular_values(
         raise TypeError(f"params must be an MLPParams (from mlp_init), got {type(params).__name__}")
     readout = strict_bool(readout, "readout")
     phi = get_activation(activation)
-    if phi not in {get_activation(n) for n in activation_names()}:
+    if not is_registered(phi):
         with jax.enable_x64(params.dtype == jnp.float64):
             check_elementwise(phi, "activation", params.dtype, derivatives=1)
-    if isinstance(x, (bool, np.bool_, str, bytes, dict, set, frozenset)) or x is None:
-        raise TypeError(f"x must be a floating-point array, got {type(x).__name__} {_short(x)}")
-    try:
-        arr = jnp.asarray(x)
-    except (TypeError, ValueError) as err:
-        raise TypeError(
-            f"x must be a floating-point array, got {type(x).__name__}: {err}"
-        ) from None
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
-        raise TypeError(f"x must be a floating-point array, got dtype {arr.dtype}")
+    arr = floating_array(x, "x")
     if arr.ndim not in (1, 2) or arr.shape[-1] != params.in_dim or arr.size == 0:
         raise ValueError(
             f"x must have shape (batch, {params.in_dim}) or ({params.in_dim},), got {arr.shape}"

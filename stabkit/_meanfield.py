@@ -24,7 +24,7 @@ from stabkit._checks import (
     is_floating_dtype,
     memory_limit,
 )
-from stabkit.activations import activation_names, get_activation
+from stabkit.activations import get_activation, is_registered
 
 DEFAULT_ORDER = 128
 #: Phase codes returned by :func:`phase` and :attr:`MeanField.phase`.
@@ -327,11 +327,6 @@ def _kernel_cached(phi: Callable, kind: str, order: int) -> _Kernel:
     return _Kernel(phi, kind, order)
 
 
-@functools.lru_cache(maxsize=1)
-def _registered() -> frozenset:
-    return frozenset(get_activation(n) for n in activation_names())
-
-
 @functools.lru_cache(maxsize=256)
 def _check_phi(phi: Callable) -> None:
     """A user callable must map float64 arrays elementwise, twice differentiable by jvp (the
@@ -349,7 +344,7 @@ def _kernel(activation: Any, order: Any, method: Any) -> _Kernel:
         raise TypeError(
             f"activation {_short(activation)} must be hashable (it keys the compiled kernels)"
         ) from None
-    if phi not in _registered():
+    if not is_registered(phi):
         _check_phi(phi)
     name = None
     if isinstance(activation, str):

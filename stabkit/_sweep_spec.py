@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stabkit._checks import check_elementwise, format_bytes, is_floating_dtype, memory_limit
-from stabkit.activations import activation_names, get_activation
+from stabkit.activations import get_activation, is_registered
 from stabkit.init import initializer_names
 from stabkit.tracing import loss_names
 
@@ -391,9 +391,8 @@ class SweepSpec:
 
     def _check_callables(self) -> None:
         """Activation callables are traced (never compiled) in every dtype of the sweep."""
-        registered = {get_activation(n) for n in activation_names()}
         for fn in self.activation:
-            if isinstance(fn, str) or fn in registered:
+            if isinstance(fn, str) or is_registered(fn):
                 continue
             for dtype in self.dtype:
                 x64 = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()

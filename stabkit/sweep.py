@@ -76,7 +76,15 @@ import numpy as np
 
 from stabkit._checks import check_memory, strict_bool
 from stabkit._sweep_kernel import _INIT_KIND, _KINDS, _kernel, _multiplier, _Static, sweep_input
-from stabkit._sweep_spec import _AXES, _INT_VARS, CONFIG_VARS, LAYER_VARS, SweepSpec, _int
+from stabkit._sweep_spec import (
+    _AXES,
+    _INT_VARS,
+    CONFIG_VARS,
+    LAYER_VARS,
+    SweepSpec,
+    _int,
+    config_bytes,
+)
 from stabkit._sweep_store import (
     _check_disk,
     _config_bytes,
@@ -102,11 +110,7 @@ _REEXPORTED = (_AXES, _INIT_KIND, _KINDS, _multiplier)
 
 def _bytes_per_config(spec: SweepSpec, dtype: str, width: int) -> int:
     """Device memory one config of the chunk needs: its loop buffers, temporaries and stats."""
-    item = jnp.dtype(dtype).itemsize
-    act = spec.batch * width
-    buffers = max(spec.depth) * 2 * act * item  # h and phi'(z) of every layer
-    temporaries = 16 * act * 4  # z, h, phi', gradients and their float32 statistics copies
-    return buffers + temporaries + 2 * 8 * spec.n_layers * len(LAYER_VARS)
+    return config_bytes(max(spec.depth), spec.batch, width, jnp.dtype(dtype).itemsize)
 
 
 #: Host bytes of results buffered before a write to the store (and a zarr chunk's size).
