@@ -50,10 +50,8 @@ Derivatives come from ``custom_jvp`` rules (exact on valid entries, exactly 0 on
 ones, no ``0 * inf`` on empty rows) written with differentiable operations, so ``jit``, ``vmap``,
 ``grad``, ``jvp`` and higher derivatives all work, and reverse mode keeps only the output as a
 residual. The forward pass is the same max / sum-exp / output sweep as :mod:`jax.nn`'s, with the
-special cases repaired per row, plus the sum below the max where some row needs it (a row whose
-sum is below 2, that is dominated by its max): XLA:CPU fuses ``exp`` into a sum but not a compare,
-so that sum costs a pass over memory there, and a ``lax.cond`` skips it for arrays that do not
-need it (under ``vmap`` both branches run; see ``benchmarks/bench_softmax.py``).
+special cases repaired per row: the sum below the max and the number of ties at the max are two
+sums in the one fused loop after the max (see ``_stats`` and ``benchmarks/bench_softmax.py``).
 
 References:
     Blanchard, Higham & Higham, "Accurately computing the log-sum-exp and softmax functions",
@@ -62,6 +60,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import partial
 
@@ -93,6 +92,9 @@ _REFUSED = {
 # log1p(t) uses XLA's log1p below this and log(u) + c/u above: XLA:CPU's float32 log1p is up to
 # 2.4 ulp off for t in [0.37, 1], log(1 + t) with the rounding of 1 + t put back is 1.4.
 _LOG1P_SWITCH = 0.375
+
+# Rows up to this many entries take the fused sums of ``_stats``; longer ones XLA's own reduction.
+_FUSED_ROWS = 8192
 
 
 def _compute_dtype(dtype) -> jnp.dtype:
@@ -159,11 +161,28 @@ def _sum(a, axes):
 
 
 def _log1p(t):
-    """``log(1 + t)`` for ``t >= 0`` to about 1.4 ulp (see ``_LOG1P_SWITCH``)."""
-    # The barrier keeps XLA from simplifying (1 + t) - 1 to t, which would lose c.
-    u = lax.optimization_barrier(1 + t)
-    c = jnp.where(t <= 1, t - (u - 1), 1 - (u - t))  # Fast2Sum: 1 + t == u + c exactly
+    """``log(1 + t)`` for ``t >= 0`` to about 1.4 ulp (see ``_LOG1P_SWITCH``); NaN stays NaN."""
+    u = 1 + t
+    # Fast2Sum: 1 + t == u + c exactly. Written (1 - u) + t, not t - (u - 1), which XLA
+    # simplifies to t - t = 0.
+    c = jnp.where(t <= 1, (1 - u) + t, 1 - (u - t))
     return jnp.where(t < _LOG1P_SWITCH, jnp.log1p(t), jnp.log(u) + c / u)
+
+
+def _positive(v):
+    """For ``v >= 0``: 0 where ``v == 0``, 1 where ``v > 0`` is normal (``v * 2^emax >= 2``)."""
+    return jnp.minimum(v * _pow2_emax(v.dtype), 1)
+
+
+def _pow2_emax(dtype) -> float:
+    """The largest power of two of ``dtype``: 2^127 for float32, 2^1023 for float64."""
+    return 2.0 ** (int(jnp.finfo(dtype).maxexp) - 1)
+
+
+def _live(x):
+    """1 where ``x > -inf``, 0 where ``x == -inf``, NaN where ``x`` is NaN or ``+inf``: the weight
+    of an entry's derivative, from max, subtract and exp only (see ``_log_softmax_jvp``)."""
+    return jnp.exp(x - jnp.maximum(x, jnp.finfo(x.dtype).min))
 
 
 def _stats(x, axes):
@@ -180,33 +199,34 @@ def _stats(x, axes):
       one by one (Blanchard, Higham & Higham, Algorithm 2), and ``k = 1 + t`` (the softmax
       denominator).
 
-    The number of ties is ``round(a - u)`` with ``a = sum(e)`` and ``u`` the sum below the max:
-    XLA:CPU fuses ``exp`` into a sum but not a compare, so a second fused sum costs less than a
-    count. It is exact while ``u <= 1`` (then ``a - u`` is the count to within ``n * eps * a``,
-    far below 1/2 for any row that fits in memory); where ``u > 1`` nothing is absorbed and
-    ``t = a - 1`` is used as it is.
+    One pass after the max, as in :mod:`jax.nn`: ``below = min(-d * 2^emax, 1)`` is exactly 0
+    at the max (``d = 0``) and 1 below it (``-d >=`` the smallest normal, so ``-d * 2^emax >=
+    2``; -inf entries give ``min(inf, 1) = 1``), and ``u = sum(e * below)`` and the tie count
+    ``c = sum(1 - below)`` are two sums over ``d``. No compare or select: XLA:CPU does not fuse
+    those into its reductions (a ``where(d == 0, 0, e)`` sum, or a ``lax.cond`` that skips it,
+    cost 1.4-1.9x jax.nn's forward time on the benchmark; this costs 1.2x, most of it the two
+    sums sharing one loop). Where ``d`` is subnormal (rows of numbers below ~2^-100, and only
+    where the backend keeps subnormals) an entry is split between the two sums, ``e * below +
+    (1 - below)``, which is ``e`` to within rounding: ``t`` is the same.
     """
     m = jnp.max(x, axis=axes, keepdims=True)
     finite = jnp.isfinite(m)
-    # x - m as jax.nn has it, which XLA:CPU fuses into the max; the NaN that an empty row gets
-    # (-inf - -inf) stays in the rows that the callers repair.
-    d = x - m
+    # x - m as jax.nn has it, with the max of an empty row taken as the most negative finite
+    # number: its d is -inf, not NaN (-inf - -inf), its t = -1 and k = 0 (see _log_norm).
+    d = x - jnp.maximum(m, jnp.finfo(x.dtype).min)
     e = jnp.exp(d)
-    a = _sum(e, axes)
-
-    def below_max(x, m, a):
-        # Only a row with a < 2 can have absorbed anything: where a >= 2, t = a - 1 >= 1 and the
-        # tiny terms are below its rounding already.
-        d = x - m
-        u = _sum(jnp.where(d == 0, 0, jnp.exp(d)), axes)
-        t = jnp.where(u > 1, a - 1, u + (jnp.round(a - u) - 1))
-        return t, jnp.where(u > 1, a, t + 1)
-
-    # The sum below the max costs a pass over memory that XLA:CPU does not fuse with the sum of
-    # all terms (it fuses exp into a sum, not a compare): run it only when a row needs it. Under
-    # vmap the cond becomes a select and both run (the result is the same).
-    t, k = lax.cond(jnp.any(a < 2), below_max, lambda x, m, a: (a - 1, a), x, m, a)
-    return m, finite, d, e, t, k
+    # A 0/1 weight: constant under differentiation (the JVP rules differentiate t and k for
+    # higher derivatives; the slope -2^emax at d = 0 would meet the tie tangents there).
+    if math.prod(x.shape[a] for a in axes) > _FUSED_ROWS:
+        # Long rows: XLA:CPU's fused loop adds a row's terms one after another (2836 ulp in
+        # float32 on 100,000 terms of 8e-9), its own reduction splits the row into a tree.
+        u = _sum(jnp.where(d == 0, 0, e), axes)
+        c = _sum(jnp.where(d == 0, 1, 0).astype(d.dtype), axes)
+    else:
+        below = lax.stop_gradient(_positive(-d))
+        u = _sum(e * below, axes)
+        c = _sum(1 - below, axes)
+    return m, finite, d, e, u + (c - 1), u + c
 
 
 def _compensated_exp(x, m0):
@@ -226,10 +246,10 @@ def _compensated_exp(x, m0):
     return e + e * delta
 
 
-def _log_norm(m, finite, t):
-    """``log(sum(exp(x - m)))`` per row; 0 for an empty row (its log-probabilities are -inf
-    already), NaN for a row holding +inf or NaN."""
-    return jnp.where(finite, _log1p(t), jnp.where(m == -jnp.inf, 0, jnp.nan))
+def _log_norm(t):
+    """``log(sum(exp(x - m)))`` per row from ``_stats``'s ``t``; 0 for an empty row (``t = -1``:
+    its log-probabilities are -inf already), NaN for a row holding +inf or NaN (``t`` is NaN)."""
+    return _log1p(jnp.maximum(t, 0))
 
 
 # Three custom_jvp primitives of (x, mask) in the compute dtype, keepdims along ``axes``. Their
@@ -252,16 +272,18 @@ def _softmax(x, mask, axes, compensate):
     xm = _masked(x, mask)
     m, _, _, e, _, k = _stats(xm, axes)
     if compensate:  # float32/float64: the tails keep their relative accuracy
-        e = _compensated_exp(xm, m)
-    # An empty row: 0 everywhere. A +inf or NaN row: NaN (k is NaN there).
-    return jnp.where(m == -jnp.inf, 0, e / k)
+        e = _compensated_exp(xm, jnp.maximum(m, jnp.finfo(m.dtype).min))
+    # An empty row: e = 0 and k = 0, so 0 everywhere. A +inf or NaN row: NaN (k is NaN there).
+    return e / jnp.maximum(k, 1)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _log_softmax(x, mask, axes, compensate):
     del compensate  # fl(x - m) is within half an ulp of the result already
-    m, finite, d, _, t, _ = _stats(_masked(x, mask), axes)
-    return jnp.where(m == -jnp.inf, -jnp.inf, d - _log_norm(m, finite, t))
+    # d is -inf on an empty row and the norm 0; NaN on +inf and NaN rows: no select, so that
+    # XLA:CPU fuses the output into the sums (one loop over memory, as in jax.nn).
+    _, _, d, _, t, _ = _stats(_masked(x, mask), axes)
+    return d - _log_norm(t)
 
 
 @_lse.defjvp
@@ -290,12 +312,13 @@ def _log_softmax_jvp(axes, compensate, primals, tangents):
     t, _ = tangents
     logp = _log_softmax(x, mask, axes, compensate)
     p = jnp.exp(logp)
-    # -inf outputs are constants: tangent 0. NaN counts as live, so NaN rows have NaN derivatives.
-    # A tangent at a -inf or masked input meets p = 0 there and drops out of the sum. (Masking t
-    # itself too would only matter for a non-finite tangent and costs a pass over memory in
-    # reverse mode; the transposed where already zeroes the cotangent of the -inf outputs.)
-    live = logp != -jnp.inf
-    return logp, jnp.where(live, t - _sum(p * t, axes), 0)
+    # Outputs at -inf or masked inputs are constants (-inf): tangent 0. NaN counts as live, so
+    # NaN rows have NaN derivatives. A tangent at such an input meets p = 0 there and drops out
+    # of the sum. The 0/1 weight is read off the input, not off logp (a finite input whose logp
+    # overflows to -inf, x = -3e38 beside 3e38, keeps its exact derivative 1 - p = 1), and is a
+    # product, not a select, so that reverse mode is one fused loop (a select on the cotangent
+    # costs a pass over memory on XLA:CPU).
+    return logp, _live(_masked(x, mask)) * (t - _sum(p * t, axes))
 
 
 # Cross-entropy, as two custom_jvp primitives in the compute dtype, keepdims along ``ax``. Both
@@ -313,7 +336,7 @@ def _ce_index(x, mask, y, ax, compensate):
     x_y = jnp.take_along_axis(xm, jnp.clip(y, 0, x.shape[ax] - 1), axis=ax)
     # A target with mass: (m - x_y) + L, two non-negative terms. A target without (-inf or
     # masked) or an empty row: +inf. A row with +inf or NaN, or a label out of range: NaN.
-    loss = jnp.where(x_y > -jnp.inf, (m - x_y) + _log_norm(m, finite, t), jnp.inf)
+    loss = jnp.where(x_y > -jnp.inf, (m - x_y) + _log_norm(t), jnp.inf)
     return jnp.where(in_range & (finite | (m == -jnp.inf)), loss, jnp.nan)
 
 
@@ -352,7 +375,7 @@ def _ce_prob(x, mask, y, ax, compensate):
     y_ok = jnp.where(y >= 0, y, jnp.nan)
     total = _sum(y_ok, (ax,))
     h = 0.5 * jnp.where(finite, m, 0) - 0.5 * xm
-    loss = 2 * _sum(jnp.where(y == 0, 0, y_ok * h), (ax,)) + total * _log_norm(m, finite, t)
+    loss = 2 * _sum(jnp.where(y == 0, 0, y_ok * h), (ax,)) + total * _log_norm(t)
     # An empty row: 0 if it has no label mass, +inf if it has some (on classes of probability 0).
     empty = jnp.where(total == 0, 0, jnp.where(total > 0, jnp.inf, jnp.nan))
     return jnp.where(m == -jnp.inf, empty, loss)
@@ -372,7 +395,7 @@ def _ce_prob_jvp(ax, compensate, primals, tangents):
     # (-inf or masked) are constants: 0. 2 * (h * ty) keeps a zero tangent zero where 2h = inf.
     g = jnp.where(valid, _sum(y_ok, (ax,)) * p - y_ok, 0)
     h = 0.5 * jnp.where(finite, m, 0) - 0.5 * xm
-    dy = 2 * (jnp.where(valid, h, 0) * ty) + jnp.where(valid, _log_norm(m, finite, t), 0) * ty
+    dy = 2 * (jnp.where(valid, h, 0) * ty) + jnp.where(valid, _log_norm(t), 0) * ty
     return loss, _sum(g * jnp.where(valid, tx, 0) + dy, (ax,))
 
 
