@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import stabkit as sk
-from stabkit.sweep import _plan_chunk
+from stabkit.sweeps.driver import _plan_chunk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +208,7 @@ def bench_compile(cfg: Config) -> dict:
 _MILLION = """
 import json, sys, threading, time
 import stabkit as sk
-from stabkit.sweep import _plan_chunk
+from stabkit.sweeps.driver import _plan_chunk
 
 def rss():  # current resident set, bytes (ru_maxrss would include the compiler's peak)
     with open("/proc/self/status") as f:

@@ -28,8 +28,8 @@ import ml_dtypes
 import numpy as np
 
 import stabkit as sk
-from stabkit.plot import heatmaps
 from stabkit.reproduce import run_alone
+from stabkit.sweeps.plots import heatmaps
 
 NAME = "sweep_grid"
 TITLE = "The two causes over a grid: scale x depth x dtype (linear) and activation x depth"

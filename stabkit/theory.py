@@ -113,13 +113,8 @@ from stabkit._meanfield import (
     xi_c,
     xi_q,
 )
-from stabkit._profiles import (
-    Profile,
-    compare_sweep,
-    predict_profile,
-    predict_sweep,
-    weight_variance,
-)
+from stabkit._profiles import Profile, predict_profile, weight_variance
+from stabkit.sweeps.theory_comparison import compare_sweep, predict_sweep
 
 __all__ = [
     "DEFAULT_ORDER",

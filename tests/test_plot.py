@@ -1,4 +1,5 @@
-"""Tests for stabkit.plot's mean-field overlays (the sweep plots themselves: tests/test_sweep.py).
+"""Tests for stabkit.sweeps.plots' mean-field overlays (the sweep plots themselves:
+tests/test_sweep.py).
 
 The "sweep" drawn here is a mean-field prediction (stabkit.theory.predict_sweep of a sweep-shaped
 dataset), which has every variable the plots read: no sweep kernel is compiled.
@@ -15,8 +16,8 @@ import pytest
 import xarray as xr
 
 import stabkit as sk
-from stabkit import plot
 from stabkit import theory as th
+from stabkit.sweeps import plots as plot
 
 
 def _fake(**spec):

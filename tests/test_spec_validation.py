@@ -4,7 +4,6 @@ Nothing here compiles: a spec validates itself when built (activation callables 
 ``jax.eval_shape``, never compiled), and the tests check that the sweep kernel was not traced.
 """
 
-import importlib
 import json
 
 import jax
@@ -16,9 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import stabkit as sk
-from stabkit import _sweep_spec as spec_mod
-
-kern = importlib.import_module("stabkit._sweep_kernel")
+from stabkit.sweeps import kernel as kern
+from stabkit.sweeps import spec as spec_mod
 
 TINY = dict(depth=2, width=2, batch=2)
 

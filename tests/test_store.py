@@ -1,4 +1,4 @@
-"""Tests for the sweep store (stabkit._sweep_store): nothing of the user's is touched, every chunk
+"""Tests for the sweep store (stabkit.sweeps.store): nothing of the user's is touched, every chunk
 is verified on load and repaired on resume, one writer at a time, kill -9 anywhere then resume.
 
 One tiny sweep (24 configs, zarr chunks of 5 configs: 5 chunks that line up neither with the
@@ -26,10 +26,10 @@ import pytest
 import xarray as xr
 
 import stabkit as sk
-
-sw = importlib.import_module("stabkit.sweep")
-st = importlib.import_module("stabkit._sweep_store")
-fl = importlib.import_module("stabkit._sweep_files")
+from stabkit.sweeps import driver as sw
+from stabkit.sweeps import files as fl
+from stabkit.sweeps import store as st
+from stabkit.sweeps.spec import LAYER_VARS
 
 SPEC = dict(
     depth=(2, 3), width=4, activation=("tanh", "relu"), scale=(0.5, 1.0, 1.5), seed=(0, 1), batch=2
@@ -168,7 +168,7 @@ def test_existing_store_without_resume_is_refused_untouched(store):
 
 
 def _chunk_file(path, name, c):
-    return path / name / "c" / str(c) / ("0" if name in sw.LAYER_VARS else "")
+    return path / name / "c" / str(c) / ("0" if name in LAYER_VARS else "")
 
 
 def _damage(path, how, name, c):
@@ -423,10 +423,10 @@ def test_memory_and_disk_are_checked_before_allocating(tmp_path, monkeypatch):
 # -------------------------------------------------------------------------- processes and kills
 
 _WRITER = """
-import importlib, sys, time
+import sys, time
 import stabkit as sk
-sw = importlib.import_module("stabkit.sweep")
-st = importlib.import_module("stabkit._sweep_store")
+from stabkit.sweeps import driver as sw
+from stabkit.sweeps import store as st
 sw._FLUSH_BYTES = {flush}
 write, calls = st._Store._write_chunk, [0]
 
@@ -442,11 +442,11 @@ sk.sweep(sk.SweepSpec(**{spec}), out=sys.argv[1], chunk_size={chunk}, progress=F
 """
 
 _TORN = """
-import importlib, os, signal, sys
+import os, signal, sys
 import zarr.storage._local as local
 import stabkit as sk
-sw = importlib.import_module("stabkit.sweep")
-files = importlib.import_module("stabkit._sweep_files")
+from stabkit.sweeps import driver as sw
+from stabkit.sweeps import files
 sw._FLUSH_BYTES = {flush}
 kill_at, events = int(sys.argv[2]), [0]
 put, replace = local._put, files._replace
@@ -516,8 +516,7 @@ def test_two_writers_then_kill_then_resume(tmp_path, ref, jax_cache):
 def _count_events(tmp_path, monkeypatch):
     """How many files a whole sweep writes through zarr or replaces (the kill points)."""
     local = importlib.import_module("zarr.storage._local")
-    files = importlib.import_module("stabkit._sweep_files")
-    put, replace, n = local._put, files._replace, [0]
+    put, replace, n = local._put, fl._replace, [0]
 
     def count(f):
         def counted(*args, **kw):
@@ -527,10 +526,10 @@ def _count_events(tmp_path, monkeypatch):
         return counted
 
     monkeypatch.setattr(local, "_put", count(put))
-    monkeypatch.setattr(files, "_replace", count(replace))
+    monkeypatch.setattr(fl, "_replace", count(replace))
     sk.sweep(spec(), out=tmp_path / "count", chunk_size=CHUNK, progress=False, load_result=False)
     monkeypatch.setattr(local, "_put", put)
-    monkeypatch.setattr(files, "_replace", replace)
+    monkeypatch.setattr(fl, "_replace", replace)
     return n[0]
 
 

@@ -8,7 +8,6 @@ reversed and a chunk of 3, reused by the store tests, the killed subprocess and 
 """
 
 import dataclasses
-import importlib
 import json
 import os
 import signal
@@ -23,10 +22,9 @@ import pytest
 import xarray as xr
 
 import stabkit as sk
-
-# The module, not the function stabkit.sweep that shadows it as a package attribute.
-sw = importlib.import_module("stabkit.sweep")
-kern = importlib.import_module("stabkit._sweep_kernel")
+from stabkit.sweeps import driver as sw
+from stabkit.sweeps import kernel as kern
+from stabkit.sweeps.spec import LAYER_VARS
 
 MAIN = dict(
     depth=(2, 5, 30),
@@ -132,7 +130,7 @@ def test_matches_trace_of_mlp_init(main, act, depth):
             p = sk.mlp_init(
                 jax.random.key(seed), depth=depth, width=3, init=init, scale=scale, bias_std=bias
             )
-            t = sk.trace(p, sw.sweep_input(seed, 5, 3, "float32"), activation=act)
+            t = sk.trace(p, kern.sweep_input(seed, 5, 3, "float32"), activation=act)
             c = ds.sel(init=init, scale=scale, bias_std=bias, seed=seed)
             # The forward pass agrees to rounding; the backward pass's sums cancel (a gradient is
             # a difference of products), so rounding differences grow relative to the result.
@@ -163,7 +161,7 @@ def test_layers_beyond_depth_are_missing(main):
     ds = main[0]
     for d in MAIN["depth"]:
         sub = ds.sel(depth=d)
-        for name in sw.LAYER_VARS:
+        for name in LAYER_VARS:
             assert np.isnan(sub[name].isel(layer=slice(d + 2, None))).all(), name
         assert np.isfinite(sub.post_rms.sel(dtype="float32", scale=1.0, layer=d + 1)).all()
         assert np.isfinite(sub.grad_w_rms.sel(dtype="float32", scale=1.0, layer=d + 1)).all()
@@ -178,7 +176,7 @@ def test_deep_linear_closed_form_and_float16_overflow(main):
             np.testing.assert_allclose(gain, sk.deep_linear_gain(a, d + 1), rtol=1e-5)
     # float16, a = 4: h^l = 4^l x exactly (a power of 2) until the largest |x| passes 65504.
     for seed in MAIN["seed"]:
-        xmax = float(np.abs(np.asarray(sw.sweep_input(seed, 5, 3, "float16"), np.float64)).max())
+        xmax = float(np.abs(np.asarray(kern.sweep_input(seed, 5, 3, "float16"), np.float64)).max())
         expect = next(layer for layer in range(1, 40) if xmax * 4.0**layer > 65504)
         got = ds.first_inf_forward.sel(dtype="float16", depth=30, scale=4.0, seed=seed)
         assert int(got) == expect
@@ -259,11 +257,10 @@ def test_save_load_round_trip(tmp_path, rev):
 
 
 _KILLED = """
-import importlib, os, signal, sys
+import os, signal, sys
 import stabkit as sk
-sw = importlib.import_module("stabkit.sweep")
-kern = importlib.import_module("stabkit._sweep_kernel")
-st = importlib.import_module("stabkit._sweep_store")
+from stabkit.sweeps import driver as sw
+from stabkit.sweeps import store as st
 write, calls = st._Store._write_chunk, [0]
 sw._FLUSH_BYTES = 100_000  # zarr chunks (and writes) of 44 configs: 14 of them
 

@@ -1,4 +1,5 @@
-"""Sweeps: thousands of network configurations as a few compiled kernels, as an xarray Dataset.
+"""The sweep driver, :func:`sweep`: thousands of network configurations as a few compiled
+kernels, as an xarray Dataset.
 
 A :class:`SweepSpec` names the axes (depth, width, activation, init, scale, bias_std, dtype,
 seed) and :func:`sweep` traces every configuration of their product, returning an
@@ -45,10 +46,10 @@ non-empty directory is refused untouched), one sweep writes it at a time (a lock
 pid and host), every chunk carries a crc32c checksum and a completion record with its sha256,
 and :func:`load` verifies them all (zarr arrays and JSON; no pickle). A chunk lost or damaged
 later is named by :func:`load` and recomputed, exactly, by ``resume=True``. The layout:
-:mod:`stabkit._sweep_store`.
+:mod:`stabkit.sweeps.store`.
 
-Modules: :mod:`stabkit._sweep_spec` (the spec and the variables), :mod:`stabkit._sweep_kernel`
-(the compiled chunk kernel), :mod:`stabkit._sweep_store` (dataset, zarr store, :func:`load`);
+Modules: :mod:`stabkit.sweeps.spec` (the spec and the variables), :mod:`stabkit.sweeps.kernel`
+(the compiled chunk kernel), :mod:`stabkit.sweeps.store` (dataset, zarr store, :func:`load`);
 this module plans the chunks and drives them.
 
 Devices: each chunk's config axis is split over ``jax.devices()`` (``shard_map`` over a
@@ -75,9 +76,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from stabkit._checks import check_memory, strict_bool
-from stabkit._sweep_kernel import _INIT_KIND, _KINDS, _kernel, _multiplier, _Static, sweep_input
-from stabkit._sweep_spec import (
-    _AXES,
+from stabkit.sweeps.kernel import _INIT_KIND, _kernel, _multiplier, _Static
+from stabkit.sweeps.spec import (
     _INT_VARS,
     CONFIG_VARS,
     LAYER_VARS,
@@ -85,7 +85,7 @@ from stabkit._sweep_spec import (
     _int,
     config_bytes,
 )
-from stabkit._sweep_store import (
+from stabkit.sweeps.store import (
     _check_disk,
     _config_bytes,
     _dataset,
@@ -96,16 +96,7 @@ from stabkit._sweep_store import (
     load,
 )
 
-__all__ = [
-    "CONFIG_VARS",
-    "LAYER_VARS",
-    "SweepSpec",
-    "load",
-    "sweep",
-    "sweep_input",
-]
-# Re-exported for the theory code and the tests: how each named init is drawn and scaled.
-_REEXPORTED = (_AXES, _INIT_KIND, _KINDS, _multiplier)
+__all__ = ["sweep"]
 
 
 def _bytes_per_config(spec: SweepSpec, dtype: str, width: int) -> int:

@@ -1,7 +1,7 @@
 """The sweep's specification: :class:`SweepSpec` (validated when built) and its variables.
 
 :data:`LAYER_VARS` and :data:`CONFIG_VARS` name the dataset variables :func:`stabkit.sweep`
-returns; both are re-exported by :mod:`stabkit.sweep`.
+returns; both are re-exported by :mod:`stabkit.sweeps`.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ MAX_AXIS_LENGTH = 2**14
 #: Configurations one sweep may hold: the sweep indexes them with int32 and allocates NumPy arrays
 #: of the flat config count.
 MAX_CONFIGS = 2**31 - 1
-#: The fewest configs a kernel call holds (two a device: see stabkit.sweep._plan_chunk).
+#: The fewest configs a kernel call holds (two a device: see stabkit.sweeps.driver._plan_chunk).
 _MIN_CHUNK = 2
 
 
@@ -369,7 +369,7 @@ class SweepSpec:
         range would silently become inf (and 0 * inf = NaN where a draw is exactly 0)."""
         if all(d == "float64" for d in self.dtype):
             return
-        from stabkit._sweep_kernel import _multiplier  # (it imports this module)
+        from stabkit.sweeps.kernel import _multiplier  # (it imports this module)
 
         big = float(jnp.finfo(jnp.float32).max)
         for v in (max(self.scale), min(self.scale)):

@@ -25,7 +25,7 @@ Nothing outside these names is ever written, and nothing is deleted but stabkit'
 files, lock (and ``<lock>.break-<tag>`` while a stale lock is taken over), records, and, before
 the first record exists, a zarr metadata file a crash left torn: a directory that is not empty
 and holds no marker is refused before anything is touched. Nothing is pickled. The lock and the
-atomic files: :mod:`stabkit._sweep_files`.
+atomic files: :mod:`stabkit.sweeps.files`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import jax
 import numpy as np
 
 from stabkit._checks import check_memory, format_bytes
-from stabkit._sweep_files import (
+from stabkit.sweeps.files import (
     _create_exclusive,
     _existing_ancestor,
     _out_path,
@@ -54,7 +54,7 @@ from stabkit._sweep_files import (
     _write_atomically,
     _WriterLock,
 )
-from stabkit._sweep_spec import _AXES, _INT_VARS, CONFIG_VARS, LAYER_VARS, SweepSpec
+from stabkit.sweeps.spec import _AXES, _INT_VARS, CONFIG_VARS, LAYER_VARS, SweepSpec
 
 _FORMAT = 2  # on-disk layout version (1: progress.json, no marker, no checksums)
 _MARKER = "stabkit-store.json"

@@ -2,7 +2,7 @@
 
 A chunk of configs of one activation and one init runs as a ``fori_loop`` forward and a
 hand-written backward to the chunk's deepest config, every config's unit weight draws shared by
-seed and scaled per config (see :mod:`stabkit.sweep` for the design and the guarantees).
+seed and scaled per config (see :mod:`stabkit.sweeps.driver` for the design and the guarantees).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from stabkit._sweep_spec import LAYER_VARS
 from stabkit.activations import value_and_derivative
 from stabkit.init import init_rule, initializer_names
+from stabkit.sweeps.spec import LAYER_VARS
 
 #: Counts how many times the sweep kernel has been traced (= compiled); tests read it.
 _KERNEL_TRACES = 0

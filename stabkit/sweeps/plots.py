@@ -30,7 +30,8 @@ import numpy as np
 
 from stabkit._checks import positive_int, strict_bool
 from stabkit.reproduce import _output_dir
-from stabkit.theory import critical_line, predict_sweep, weight_variance
+from stabkit.sweeps.theory_comparison import predict_sweep
+from stabkit.theory import critical_line, weight_variance
 from stabkit.tracing import deep_linear_gain
 
 __all__ = ["heatmaps", "plot", "profiles"]

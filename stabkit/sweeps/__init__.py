@@ -1,0 +1,36 @@
+"""The sweep engine: every configuration of a grid traced by a few compiled kernels.
+
+One concept per file:
+
+* ``spec.py``: :class:`SweepSpec` (the grid, validated when built), :data:`LAYER_VARS` and
+  :data:`CONFIG_VARS` (the dataset's variables), the memory estimate of a config.
+* ``kernel.py``: the compiled chunk kernel (``jit(shard_map(vmap))`` per (dtype, width)) and
+  :func:`sweep_input`, the input batch every config sees.
+* ``driver.py``: :func:`sweep`, which plans the chunks and drives them; its docstring explains
+  how the engine is fast and why its results are bit-identical whatever the chunking and devices.
+* ``store.py``: the in-memory dataset, the streamed, resumable zarr store and :func:`load`.
+* ``files.py``: the store's files: checked paths, atomic JSON, the exclusive writer lock.
+* ``theory_comparison.py``: a sweep against the mean field, :func:`predict_sweep` and
+  :func:`compare_sweep` (re-exported by :mod:`stabkit.theory`; the theory itself imports
+  nothing from here).
+* ``plots.py``: figures of a sweep (``heatmaps``, ``profiles``, ``plot``), with the theory
+  overlaid. Not imported here: ``import stabkit.sweeps.plots`` (it draws with matplotlib and
+  reads :mod:`stabkit.theory`, which imports this package).
+"""
+
+from stabkit.sweeps.driver import sweep
+from stabkit.sweeps.kernel import sweep_input
+from stabkit.sweeps.spec import CONFIG_VARS, LAYER_VARS, SweepSpec
+from stabkit.sweeps.store import load
+from stabkit.sweeps.theory_comparison import compare_sweep, predict_sweep
+
+__all__ = [
+    "CONFIG_VARS",
+    "LAYER_VARS",
+    "SweepSpec",
+    "compare_sweep",
+    "load",
+    "predict_sweep",
+    "sweep",
+    "sweep_input",
+]
