@@ -53,7 +53,7 @@ import matplotlib.pyplot as plt
 
 import stabkit as sk
 from stabkit.reproduce import run_alone
-from stabkit.train import trainability_grid  # public; re-exported as sk.trainability_grid
+from stabkit.training import trainability_grid  # public; re-exported as sk.trainability_grid
 
 NAME = "trainable_depth"
 TITLE = "Trainable depth of tanh nets over depth x sigma_w^2, against 6 xi_c"

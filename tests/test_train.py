@@ -1,7 +1,5 @@
 """Tests of vmapped training, its history, diagnose() and mixed precision with loss scaling."""
 
-import importlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,11 +8,13 @@ import pytest
 
 from stabkit.fixes import DynamicLossScale
 from stabkit.nets import mlp_apply
-from stabkit.train import (
+from stabkit.training import (
     History,
     Runs,
+    Task,
     TrainSpec,
     diagnose,
+    loop,
     make_runs,
     optimizer_names,
     teacher_classification,
@@ -22,9 +22,8 @@ from stabkit.train import (
     train,
     trainability_grid,
 )
-
-# `stabkit.train` the function shadows the module of the same name as an attribute of stabkit.
-train_mod = importlib.import_module("stabkit.train")
+from stabkit.training.loop import _init_key, _init_params
+from stabkit.training.trainability import _boundary
 
 # The note's cases, exactly as in the module docstring (so the doctest reuses the compilation).
 NOTE_TASK = dict(n=64, in_dim=16, teacher_depth=1)
@@ -80,9 +79,7 @@ def test_history_fields(note):
     n_params = sum(
         x.size
         for x in jax.tree.leaves(
-            train_mod._init_params(
-                spec, jax.random.key(0), jax.tree.map(lambda a: a[0], h.runs), jnp.float32
-            )
+            _init_params(spec, jax.random.key(0), jax.tree.map(lambda a: a[0], h.runs), jnp.float32)
         )
     )
     np.testing.assert_array_equal(h.grad_census.sum(-1), n_params)
@@ -127,13 +124,13 @@ def test_64_configurations_compile_once():
         seed=[0, 1],
     )
     assert runs.depth.shape == (64,)
-    before = train_mod._TRACE_COUNT
+    before = loop._TRACE_COUNT
     h = train(spec, runs)
-    assert h.loss.shape == (64, 4) and train_mod._TRACE_COUNT == before + 1
+    assert h.loss.shape == (64, 4) and loop._TRACE_COUNT == before + 1
     # new values of every data axis and a new data set of the same shapes: no recompilation
     runs2 = runs._replace(lr=runs.lr * 2, seed=runs.seed + 7, depth=5 - runs.depth)
     h2 = train(_small(seed=1), runs2)
-    assert train_mod._TRACE_COUNT == before + 1
+    assert loop._TRACE_COUNT == before + 1
     assert not np.allclose(h.loss, h2.loss)
 
 
@@ -151,7 +148,7 @@ def test_matches_a_hand_written_loop():
     h = train(spec, runs)
     i = 45
     run = jax.tree.map(lambda a: a[i], runs)
-    params = train_mod._init_params(spec, train_mod._init_key(int(run.seed)), run, jnp.float32)
+    params = _init_params(spec, _init_key(int(run.seed)), run, jnp.float32)
     act = spec.activations[int(run.activation)]
     x, y = spec.task.x, spec.task.y
 
@@ -350,11 +347,11 @@ def test_bad_input_is_named():
     with pytest.raises(TypeError, match="runs must be a Runs"):
         train(spec, {"lr": 0.1})
     with pytest.raises(ValueError, match="y must have shape"):
-        train_mod.Task(task.x, task.y[:, 0], "regression", 2)
+        Task(task.x, task.y[:, 0], "regression", 2)
     with pytest.raises(TypeError, match="labels y must be integers"):
-        train_mod.Task(task.x, task.y[:, 0], "classification", 2)
+        Task(task.x, task.y[:, 0], "classification", 2)
     with pytest.raises(ValueError, match="kind must be"):
-        train_mod.Task(task.x, task.y, "ranking", 2)
+        Task(task.x, task.y, "ranking", 2)
     assert "adam" in optimizer_names() and "sgd" in optimizer_names()
 
 
@@ -386,9 +383,9 @@ def _td_spec(task):
 @pytest.fixture(scope="module")
 def grid():
     task = teacher_classification(jax.random.key(0), **TD_TASK)
-    before = train_mod._TRACE_COUNT
+    before = loop._TRACE_COUNT
     g = trainability_grid(task, **TD_GRID)
-    return task, g, train_mod._TRACE_COUNT - before
+    return task, g, loop._TRACE_COUNT - before
 
 
 def test_trainability_grid_shallow_trains_past_12_xi_c_does_not(grid):
@@ -418,7 +415,7 @@ def test_trainability_grid_initialises_the_mean_field_way_and_reports_its_accura
     runs = g.history.runs
     for i in (1, 5):  # sigma_w^2 = 1.76 at depth 2, 8.0 at depth 64
         row = Runs(*(v[i] for v in runs))
-        p = train_mod._init_params(spec, train_mod._init_key(int(row.seed)), row, jnp.float32)
+        p = _init_params(spec, _init_key(int(row.seed)), row, jnp.float32)
         sw2 = float(row.scale) ** 2
         w, b = np.asarray(p.w_hidden, np.float64), np.asarray(p.b_hidden, np.float64)
         # 4 standard errors of a sample variance (2 / n relative variance)
@@ -427,12 +424,12 @@ def test_trainability_grid_initialises_the_mean_field_way_and_reports_its_accura
         assert abs(np.asarray(p.w_in).var() * task.in_dim / sw2 - 1) < 4 * np.sqrt(2 / 128)
     # a learning rate too small to move a float32 weight: final = initial parameters, and the
     # same spec and run count reuse the grid's compilation
-    before = train_mod._TRACE_COUNT
+    before = loop._TRACE_COUNT
     h = train(spec, runs._replace(lr=jnp.full_like(runs.lr, 1e-30)))
-    assert train_mod._TRACE_COUNT == before
+    assert loop._TRACE_COUNT == before
     for i in range(6):
         row = Runs(*(v[i] for v in runs))
-        p = train_mod._init_params(spec, train_mod._init_key(int(row.seed)), row, jnp.float32)
+        p = _init_params(spec, _init_key(int(row.seed)), row, jnp.float32)
         out = mlp_apply(p, task.x, activation="tanh", depth=int(row.depth))
         acc = float(jnp.mean(jnp.argmax(out, axis=1) == task.y))
         assert abs(float(h.final_accuracy[i]) - acc) <= 1 / task.n, i
@@ -447,14 +444,14 @@ def test_boundary_interpolates_in_log_depth():
             [0.8, 0.9, 0.9, 0.9],  # a pass after a failure does not extend the boundary
         ]
     )
-    b, censored = train_mod._boundary(depths, score, 0.5)
+    b, censored = _boundary(depths, score, 0.5)
     np.testing.assert_allclose(b, [64, np.exp(np.log(4) + 0.4 / 0.9 * np.log(4)), 0, 8])
     assert censored.tolist() == [True, False, False, False]
 
 
 def test_trainability_grid_bad_input(grid):
     cls = grid[0]
-    reg = train_mod.Task(np.ones((4, 2), np.float32), np.ones((4, 1), np.float32), "regression", 1)
+    reg = Task(np.ones((4, 2), np.float32), np.ones((4, 1), np.float32), "regression", 1)
     ok = dict(depth=[1, 2], sigma_w2=[1.0, 2.0])
     with pytest.raises(TypeError, match="task must be a Task"):
         trainability_grid("digits", **ok)

@@ -8,7 +8,6 @@ nothing else, and nothing is compiled on the way (validation is host-side).
 """
 
 import contextlib
-import importlib
 import math
 
 import jax
@@ -29,20 +28,20 @@ from stabkit.fixes import (
     skip_nonfinite,
 )
 from stabkit.nets import mlp_apply
-from stabkit.train import (
+from stabkit.training import (
     History,
     Runs,
     Task,
     TrainSpec,
     diagnose,
+    loop,
     make_runs,
     teacher_classification,
     teacher_student,
     train,
     trainability_grid,
 )
-
-train_mod = importlib.import_module("stabkit.train")
+from stabkit.training.loop import _init_key, _init_params
 
 # ------------------------------------------------------------------------ compilation counter
 
@@ -61,10 +60,10 @@ jax.monitoring.register_event_duration_secs_listener(_on_event)
 @contextlib.contextmanager
 def no_compilation():
     """Fails if XLA compiles anything (or the training kernel is traced) inside the block."""
-    before, traces = _COMPILES[0], train_mod._TRACE_COUNT
+    before, traces = _COMPILES[0], loop._TRACE_COUNT
     yield
     assert _COMPILES[0] == before, "validation compiled something before refusing"
-    assert train_mod._TRACE_COUNT == traces
+    assert loop._TRACE_COUNT == traces
 
 
 def refused(fn, *args, **kwargs):
@@ -323,7 +322,7 @@ def test_float64_spec_trains_in_float64_with_x64_off():
     # reference; the float32 run differs from it by float32 rounding
     with jax.enable_x64(True):
         row = jax.tree.map(lambda a: a[0], r)
-        p = train_mod._init_params(s64, train_mod._init_key(0), row, jnp.float64)
+        p = _init_params(s64, _init_key(0), row, jnp.float64)
         out = mlp_apply(p, jnp.asarray(X, jnp.float64), activation="relu", depth=2)
         ref = float(0.5 * jnp.mean(jnp.square(out - jnp.asarray(Y, jnp.float64))))
     assert abs(h64.loss[0, 0] - ref) <= 1e-15 * ref

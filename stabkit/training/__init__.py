@@ -1,0 +1,83 @@
+"""Train many MLPs at once with any optax optimizer, record the history, tell explode from vanish.
+
+The note names what a researcher sees while training: **exploding** gradients make the loss
+unstable and then NaN (overflow); **vanishing** gradients leave the loss large and nearly unchanged
+(the early layers receive almost no gradient). This package reproduces both in real training runs
+and recognises them from the run's history. Where each part lives:
+
+========================= ==================================================================
+``tasks.py``              :class:`Task` and the tasks that need no download,
+                          :func:`teacher_student` and :func:`teacher_classification`
+``optimizers.py``         the optimizer registry (:func:`optimizer_names`) and the chain of
+                          fixes a spec wraps around the optimizer
+``spec.py``               :class:`TrainSpec`, what one compilation serves
+``runs.py``               :class:`Runs` and :func:`make_runs`, the configurations trained
+``loop.py``               the training kernel :func:`train` and the :class:`History` it records
+``diagnosis.py``          :func:`diagnose` and its :class:`Diagnosis`
+``trainability.py``       the trainable-depth study :func:`trainability_grid`, :class:`Trainability`
+========================= ==================================================================
+
+* Tasks that need no download: :func:`teacher_student` (regression onto a random relu teacher) and
+  :func:`teacher_classification` (the teacher's arg-max as the label).
+* :class:`TrainSpec` fixes what one compilation serves (task, widths, the activations and
+  initializers to choose from, optimizer, steps, dtypes, fixes); :func:`make_runs` lists the
+  configurations, where **depth, weight scale, activation, initializer, learning rate and seed are
+  data**. :func:`train` runs all of them in one ``jit``: ``vmap`` over the configurations,
+  ``lax.scan`` over the steps, and returns a :class:`History` sampled every ``log_every`` steps:
+  loss, gradient and update global norms, per-layer gradient RMS, the census of gradient entries
+  (normal/subnormal/zero/inf/NaN, by bit pattern), the loss scale and non-finite events.
+* Mixed precision: ``dtype="float16"`` or ``"bfloat16"`` runs parameters and activations in that
+  format; ``master_dtype="float32"`` keeps float32 master weights (the forward pass casts them
+  down, the gradient comes back up through the cast). The loss is always computed in float32.
+  ``dtype="float64"`` (or a float64 ``master_dtype`` or loss scale) really trains in float64:
+  :func:`train` enters ``jax.enable_x64(True)`` itself, leaving the global flag as it was, and
+  the loss and the records are then float64 too.
+* The fixes of :mod:`stabkit.fixes` are switches: ``clip_norm``, ``max_consecutive_skips`` and
+  ``loss_scale``; any other optax transformation goes in through ``optimizer``.
+* :func:`diagnose` returns a verdict per run, ``"exploding"``, ``"vanishing"`` or ``"healthy"``,
+  with its evidence.
+
+Examples:
+    The note's cases in one call, 30 hidden layers each: :math:`W = 1.5 I` and :math:`W = 0.5 I`
+    deep linear nets, a Glorot sigmoid net and a He relu net.
+
+    >>> import jax
+    >>> task = teacher_student(jax.random.key(0), n=64, in_dim=16, teacher_depth=1)
+    >>> spec = TrainSpec(task, max_depth=30, width=32, steps=150, log_every=5,
+    ...                  optimizer="momentum", activations=("linear", "sigmoid", "relu"),
+    ...                  inits=("scaled_identity", "glorot_normal", "he_normal"))
+    >>> runs = make_runs(spec, scale=[1.5, 0.5, 1, 1], activation=[0, 0, 1, 2], init=[0, 0, 1, 2],
+    ...                  lr=0.005, product=False)
+    >>> history = train(spec, runs)
+    >>> history.loss.shape, history.layer_grad_rms.shape  # (runs, records[, layers])
+    ((4, 30), (4, 30, 31))
+    >>> d = diagnose(history)
+    >>> d.verdict
+    ('exploding', 'vanishing', 'vanishing', 'healthy')
+    >>> print(d.explain(0))
+    run 0: exploding; first non-finite loss/gradient at step 1; gradient non-finite; ...
+"""
+
+from stabkit.training.diagnosis import Diagnosis, diagnose
+from stabkit.training.loop import History, train
+from stabkit.training.optimizers import optimizer_names
+from stabkit.training.runs import Runs, make_runs
+from stabkit.training.spec import TrainSpec
+from stabkit.training.tasks import Task, teacher_classification, teacher_student
+from stabkit.training.trainability import Trainability, trainability_grid
+
+__all__ = [
+    "Diagnosis",
+    "History",
+    "Runs",
+    "Task",
+    "TrainSpec",
+    "Trainability",
+    "diagnose",
+    "make_runs",
+    "optimizer_names",
+    "teacher_classification",
+    "teacher_student",
+    "train",
+    "trainability_grid",
+]
