@@ -2,7 +2,7 @@
 
 Public API (each module's docstring has the details):
 
-* :mod:`stabkit.softmax`: stable ``logsumexp``, ``log_softmax``, ``softmax``,
+* :mod:`stabkit.stable_softmax`: stable ``logsumexp``, ``log_softmax``, ``softmax``,
   ``softmax_cross_entropy`` (masks included) and the textbook ``naive_*`` versions.
 * :mod:`stabkit.precision`: dtype ``limits``, the backend ``probe`` (subnormals flushed or kept,
   overflow, ``0 * inf``), exact ``overflow_depth``/``underflow_depth`` of ``x0 * scale**k`` beside
@@ -18,14 +18,15 @@ Public API (each module's docstring has the details):
   ``iterate_maps``, ``mean_field`` with ``q_star``/``c_star``/``chi_1``/``xi_q``/``xi_c``/``phase``,
   the ``critical_line``) and Jacobian spectra (``jacobian_singular_values`` of sampled nets,
   ``jacobian_spectrum_moments`` from free probability).
-* :mod:`stabkit.train`, :mod:`stabkit.fixes`: many MLPs trained at once with any optax optimizer
+* :mod:`stabkit.training`, :mod:`stabkit.fixes`: many MLPs trained at once with any optax optimizer
   (``TrainSpec``, ``make_runs``, ``train`` -> ``History``; depth, scale, activation, init, learning
   rate and seed are data; float16/bfloat16 with float32 master weights), ``diagnose`` (exploding /
   vanishing / healthy, with evidence) and the fixes as optax transformations:
   ``safe_clip_by_global_norm``, ``skip_nonfinite``, ``loss_scaling`` with a ``DynamicLossScale``.
-* :mod:`stabkit.sweep`: ``sweep`` a ``SweepSpec`` (depth x width x activation x init x scale x
+* :mod:`stabkit.sweeps`: ``sweep`` a ``SweepSpec`` (depth x width x activation x init x scale x
   bias x dtype x seed) in one compiled kernel per (dtype, width), sharded over the devices, into
-  an ``xarray.Dataset``; streamed to zarr and resumable (``out=``, ``resume=True``); ``load``.
+  an ``xarray.Dataset``; streamed to zarr and resumable (``out=``, ``resume=True``); ``load``;
+  its plots (``stabkit.sweeps.plots``) and its comparison with the theory.
 * :mod:`stabkit.reproduce`: the registry behind ``stabkit reproduce``.
 """
 
@@ -64,7 +65,7 @@ from stabkit.precision import (
     underflow_depth,
 )
 from stabkit.reproduce import Claim, save_json
-from stabkit.softmax import (
+from stabkit.stable_softmax import (
     log_softmax,
     logsumexp,
     naive_log_softmax,
@@ -72,7 +73,7 @@ from stabkit.softmax import (
     softmax,
     softmax_cross_entropy,
 )
-from stabkit.sweep import SweepSpec, load, sweep, sweep_input
+from stabkit.sweeps import SweepSpec, load, sweep, sweep_input
 from stabkit.theory import (
     PHASE_NAMES,
     JacobianMoments,
@@ -105,7 +106,7 @@ from stabkit.tracing import (
     loss_names,
     trace,
 )
-from stabkit.train import (
+from stabkit.training import (
     Diagnosis,
     History,
     Runs,

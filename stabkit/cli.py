@@ -153,7 +153,7 @@ def _valid_names(kind: str) -> tuple[str, ...]:
         from stabkit.tracing import loss_names
 
         return tuple(loss_names())
-    from stabkit import _sweep_spec
+    from stabkit.sweeps import spec as _sweep_spec
 
     return {"dtype": _sweep_spec._DTYPES, "input": _sweep_spec._INPUTS}[kind]
 
@@ -264,7 +264,7 @@ def _check_budget(spec, chunk_size: int | None, memory_budget: int) -> None:
     import jax
 
     from stabkit._checks import format_bytes
-    from stabkit.sweep import _bytes_per_config
+    from stabkit.sweeps.driver import _bytes_per_config
 
     per, dtype, width = max(
         (_bytes_per_config(spec, d, w), d, w) for d in spec.dtype for w in spec.width
@@ -342,8 +342,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     import stabkit as sk
-    from stabkit.plot import _PLOT_MARKER, _old_plots, plot
     from stabkit.reproduce import _output_dir
+    from stabkit.sweeps.plots import _PLOT_MARKER, _old_plots, plot
 
     out = args.out if args.out is not None else f"{str(args.path).rstrip('/')}-{args.kind}"
     # Checked before the store is read (a large one takes a while to open).

@@ -123,7 +123,7 @@ def _output_dir(
     stabkit never overwrites a file it did not write: ``out`` must be new, empty, or hold
     ``marker`` (left there by an earlier run), or satisfy ``legacy`` (a predicate recognising the
     output of a stabkit older than the marker). Anything else is refused untouched. The plots
-    (:mod:`stabkit.plot`) use it too.
+    (:mod:`stabkit.sweeps.plots`) use it too.
 
     Raises:
         TypeError: ``out`` is not a path.

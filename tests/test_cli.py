@@ -23,7 +23,7 @@ from stabkit.tracing import loss_names
 @pytest.fixture(autouse=True)
 def _no_compilation(monkeypatch):
     """A case that reaches the sweep kernel would compile: make that a bug (exit 1), not slow."""
-    sweep_module = importlib.import_module("stabkit.sweep")
+    sweep_module = importlib.import_module("stabkit.sweeps.driver")
 
     def kernel(*args, **kwargs):
         raise AssertionError("the sweep kernel was built: the error came too late")

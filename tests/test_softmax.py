@@ -1,4 +1,4 @@
-"""stabkit.softmax against float64 / mpmath references, in every dtype, with masks and non-finites.
+"""stabkit.stable_softmax against float64 / mpmath references, every dtype, masks, non-finites.
 
 Tolerances (stated once, used throughout):
 
@@ -595,7 +595,7 @@ def test_many_tiny_terms_are_not_absorbed_float16():
     logp0 = float(sk.log_softmax(x)[0])
     assert abs(logp0 + exact) <= _spacing(exact, "float16")
     # float32 too: 3.8% relative before. What is left is XLA:CPU's summation order over 1,000
-    # equal terms (up to ~12 * 2^-24 relative, measured), documented in stabkit.softmax.
+    # equal terms (up to ~12 * 2^-24 relative, measured), documented in stabkit.stable_softmax.
     out32 = float(sk.logsumexp(x.astype(jnp.float32)))
     assert abs(out32 - exact) <= 16 * _spacing(exact, "float32")
 

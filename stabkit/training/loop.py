@@ -20,7 +20,7 @@ from stabkit.activations import select_activation
 from stabkit.fixes import all_finite, loss_scale_of, safe_global_norm
 from stabkit.nets import MLPParams, mlp_apply, mlp_init
 from stabkit.precision import census
-from stabkit.softmax import softmax_cross_entropy
+from stabkit.stable_softmax import softmax_cross_entropy
 from stabkit.training.optimizers import _build_optimizer
 from stabkit.training.runs import _RUN_DTYPES, Runs, _check_runs
 from stabkit.training.spec import TrainSpec, _needs_x64, _wide, _x64
