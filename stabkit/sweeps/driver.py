@@ -68,12 +68,12 @@ import functools
 import math
 import os
 import sys
-import time
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from stabkit._checks import check_memory, strict_bool
 from stabkit.sweeps.kernel import _INIT_KIND, _kernel, _multiplier, _Static
@@ -161,32 +161,6 @@ def _plan_chunk(spec, dtype, width, block, ndev, chunk_size, memory_budget) -> i
         chunk = _rows_per_chunk(spec.depth, row * spec.batch * width, chunk // row) * row
     chunk = min(chunk, -(-block // ndev) * ndev)
     return max(2 * ndev, chunk // ndev * ndev)
-
-
-class _Progress:
-    """A one-line progress bar on stderr: configs done, configs/s, ETA."""
-
-    def __init__(self, total: int, enabled: bool, done: int = 0):
-        self.total, self.done, self.enabled = total, done, enabled
-        self.start, self.start_done, self.last = time.perf_counter(), done, 0.0
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if not self.enabled or (now - self.last < 0.2 and self.done < self.total):
-            return
-        self.last = now
-        rate = (self.done - self.start_done) / max(now - self.start, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        frac = self.done / self.total
-        bar = "#" * int(30 * frac)
-        sys.stderr.write(
-            f"\rsweep {100 * frac:5.1f}% |{bar:<30}| {self.done}/{self.total} configs "
-            f"{rate:8.1f} configs/s ETA {eta:6.1f}s"
-        )
-        if self.done >= self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
 
 
 def _work(spec: SweepSpec):
@@ -318,8 +292,23 @@ def sweep(
 
 def _run(spec, devices, chunk_size, memory_budget, needed, done, progress, store, flat):
     """Every kernel chunk holding a config still ``needed``; results to ``store`` or ``flat``."""
+    # tqdm.auto: a text bar on stderr, a widget in a notebook.
+    bar = tqdm(
+        total=spec.n_configs,
+        initial=done,
+        disable=not progress,
+        desc="sweep",
+        unit="config",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    with bar:
+        _run_chunks(spec, devices, chunk_size, memory_budget, needed, store, flat, bar)
+
+
+def _run_chunks(spec, devices, chunk_size, memory_budget, needed, store, flat, bar):
+    """The kernel chunks of ``_run``, one (dtype, width) block after another."""
     n_layers, ndev = spec.n_layers, len(devices)
-    bar = _Progress(spec.n_configs, progress, done)
     inner = spec.shape[4:]
     acts = tuple(spec.activation)
 
