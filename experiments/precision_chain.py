@@ -34,6 +34,13 @@ ORDER = 20
 GROW, SHRINK = 1.5, 0.5  # the note's two weight matrices, W = scale * I
 PLOTTED = ("float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2")
 EXTRA = 3  # steps run past the first non-finite / zero value
+CASES = ("overflow", "underflow", "underflow_ieee", "underflow_flushed")  # the depths simulated
+DEVICE = (  # what the device's chains give
+    "device_overflow_step",
+    "device_overflow_value",
+    "device_underflow_step",
+    "device_zero_census",
+)
 
 
 def _first(xs: np.ndarray, overflow: bool) -> int | None:
@@ -211,10 +218,12 @@ def _panel(ax, m: dict, lim: sk.Limits, flushes: bool, platform: str) -> None:
     ax.grid(True, axis="x", color="0.92", lw=0.6)
 
 
-def _figure(out: pathlib.Path, measured: dict, probe: sk.Probe) -> pathlib.Path:
+def _figure(
+    out: pathlib.Path, measured: dict, flushes: dict, platform: str, device: str
+) -> pathlib.Path:
     fig, axes = plt.subplots(2, 3, figsize=(14, 8.2), constrained_layout=True)
     for ax, name in zip(axes.flat, PLOTTED, strict=True):
-        _panel(ax, measured[name], sk.limits(name), probe[name].flushes, probe.platform)
+        _panel(ax, measured[name], sk.limits(name), flushes[name], platform)
     for ax in axes[:, 0]:
         ax.set_ylabel("|x_k|  (log scale)")
     for ax in axes[-1]:
@@ -223,7 +232,7 @@ def _figure(out: pathlib.Path, measured: dict, probe: sk.Probe) -> pathlib.Path:
     fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False, fontsize=9)
     fig.suptitle(
         f"W = {GROW} I overflows to inf (▲; ✖ NaN where the format has no inf), W = {SHRINK} I "
-        f"underflows to exactly 0 (▼) — measured on {probe.device} under jit\n"
+        f"underflows to exactly 0 (▼) — measured on {device} under jit\n"
         "predicted: closed form, first k with |x0·scale^k| > max, or < smallest subnormal "
         "(< tiny when flushed); the rounded chain can drift from it (bfloat16, e5m2)",
         fontsize=11,
@@ -234,51 +243,16 @@ def _figure(out: pathlib.Path, measured: dict, probe: sk.Probe) -> pathlib.Path:
     return path
 
 
-def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
+def measure(*, quick: bool) -> dict:
+    """The numbers of the study: per dtype the simulated depths and the device's steps.
+
+    ``numbers["trajectories"]`` holds the per-dtype records with the device chains, which the
+    figure draws (not stored in ``NAME.json``); the rest is stored there and is all that
+    :func:`claims` reads.
+    """
     del quick  # the whole study takes seconds
-    out = pathlib.Path(out)
     probe = sk.probe()
     measured = {name: _measure(name) for name in sk.SUPPORTED_DTYPES}
-    _figure(out, measured, probe)
-    with_inf = [n for n in sk.SUPPORTED_DTYPES if sk.limits(n).has_inf]
-    without_inf = [n for n in sk.SUPPORTED_DTYPES if not sk.limits(n).has_inf]
-
-    def fmt_steps(names, key):
-        return ", ".join(f"{n.replace('float8_', 'f8_')} {measured[n][key]}" for n in names)
-
-    claims = []
-    # 1. Overflow rounds to inf (or NaN where the format has no inf).
-    vals = {n: measured[n]["device_overflow_value"] for n in sk.SUPPORTED_DTYPES}
-    claims.append(
-        sk.Claim(
-            claim=f"Overflow: x·{GROW}^k rounds to +inf on the device (formats with inf)",
-            theory="first k with 1.5^k > max gives +inf",
-            measured=fmt_steps(with_inf, "device_overflow_step")
-            + f"; values: {sorted({str(vals[n]) for n in with_inf})}",
-            passed=all(vals[n] == math.inf for n in with_inf),
-        )
-    )
-    claims.append(
-        sk.Claim(
-            claim="Formats without inf (e4m3fn, fnuz) overflow to NaN, not inf",
-            theory="no inf encoding: overflow gives the NaN pattern",
-            measured=fmt_steps(without_inf, "device_overflow_step")
-            + f"; values: {sorted({str(vals[n]) for n in without_inf})}",
-            passed=all(math.isnan(vals[n]) for n in without_inf),
-        )
-    )
-    # 2. Further arithmetic turns inf into NaN.
-    arith = {n: (probe[n].inf_minus_inf, probe[n].zero_times_inf) for n in with_inf}
-    claims.append(
-        sk.Claim(
-            claim="Further arithmetic on inf gives NaN: inf - inf and 0 * inf (every format "
-            "with inf)",
-            theory="IEEE 754: invalid operations return NaN",
-            measured=f"{sum(a == ('nan', 'nan') for a in arith.values())}/{len(arith)} formats "
-            f"give NaN for both on {probe.device}",
-            passed=all(a == ("nan", "nan") for a in arith.values()),
-        )
-    )
     network = {}
     for name in ("float16", "bfloat16", "float32", "float64"):
         step = measured[name]["overflow"].step
@@ -289,7 +263,108 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
             "nan_next_layer": bool(np.isnan(acts[step]).all()),
             "finite_before": bool(np.isfinite(acts[: step - 1]).all()),
         }
-    claims.append(
+    return {
+        "device": probe.device,
+        "platform": probe.platform,
+        "probe": {n: b._asdict() for n, b in probe.dtypes.items()},
+        "flushes": {n: probe[n].flushes for n in probe.dtypes},
+        "limits": {n: sk.limits(n)._asdict() for n in sk.SUPPORTED_DTYPES},
+        "depths": {n: {k: m[k]._asdict() for k in CASES} for n, m in measured.items()},
+        "device_steps": {n: {k: m[k] for k in DEVICE} for n, m in measured.items()},
+        "w_identity_network": network,
+        "trajectories": measured,
+    }
+
+
+def _rows(numbers: dict) -> list[dict]:
+    """The closed form beside the exact chain and the device, one row per (dtype, case)."""
+    rows = []
+    for n, cases in numbers["depths"].items():
+        dev = numbers["device_steps"][n]
+        for key in CASES:
+            d = cases[key]
+            eps = numbers["limits"][n]["eps"]
+            bound = 1 + d["predicted"] * math.log1p(eps / 2) / abs(math.log(abs(d["scale"])))
+            rows.append(
+                {
+                    "dtype": n,
+                    "case": key,
+                    "scale": d["scale"],
+                    "flush": d["flush"],
+                    "simulated": d["step"],
+                    "device": (
+                        dev["device_overflow_step"]
+                        if key == "overflow"
+                        else dev["device_underflow_step"]
+                        if key == "underflow"
+                        else None
+                    ),
+                    "predicted": d["predicted"],
+                    "k_star": d["k"],
+                    "drift_bound": bound,
+                    "within_bound": d["step"] is not None
+                    and abs(d["step"] - d["predicted"]) <= bound,
+                }
+            )
+    return rows
+
+
+def _zero_ok(numbers: dict) -> dict[str, bool]:
+    """Per dtype: the device's chain is exactly 0 (bit pattern zero) at the simulated step."""
+    return {
+        n: dev["device_underflow_step"] == numbers["depths"][n]["underflow"]["step"]
+        and dev["device_zero_census"] == 1
+        for n, dev in numbers["device_steps"].items()
+    }
+
+
+def claims(numbers: dict) -> list[sk.Claim]:
+    """The study's claims, read off ``numbers`` (from :func:`measure`, or its ``NAME.json``)."""
+    limits, dev, depths = numbers["limits"], numbers["device_steps"], numbers["depths"]
+    dtypes = list(dev)
+    with_inf = [n for n in dtypes if limits[n]["has_inf"]]
+    without_inf = [n for n in dtypes if not limits[n]["has_inf"]]
+
+    def fmt_steps(names, key):
+        return ", ".join(f"{n.replace('float8_', 'f8_')} {dev[n][key]}" for n in names)
+
+    result = []
+    # 1. Overflow rounds to inf (or NaN where the format has no inf).
+    # float(): NAME.json stores inf and NaN as strings
+    vals = {n: float(dev[n]["device_overflow_value"]) for n in dtypes}
+    result.append(
+        sk.Claim(
+            claim=f"Overflow: x·{GROW}^k rounds to +inf on the device (formats with inf)",
+            theory="first k with 1.5^k > max gives +inf",
+            measured=fmt_steps(with_inf, "device_overflow_step")
+            + f"; values: {sorted({str(vals[n]) for n in with_inf})}",
+            passed=all(vals[n] == math.inf for n in with_inf),
+        )
+    )
+    result.append(
+        sk.Claim(
+            claim="Formats without inf (e4m3fn, fnuz) overflow to NaN, not inf",
+            theory="no inf encoding: overflow gives the NaN pattern",
+            measured=fmt_steps(without_inf, "device_overflow_step")
+            + f"; values: {sorted({str(vals[n]) for n in without_inf})}",
+            passed=all(math.isnan(vals[n]) for n in without_inf),
+        )
+    )
+    # 2. Further arithmetic turns inf into NaN.
+    probe = numbers["probe"]
+    arith = {n: (probe[n]["inf_minus_inf"], probe[n]["zero_times_inf"]) for n in with_inf}
+    result.append(
+        sk.Claim(
+            claim="Further arithmetic on inf gives NaN: inf - inf and 0 * inf (every format "
+            "with inf)",
+            theory="IEEE 754: invalid operations return NaN",
+            measured=f"{sum(a == ('nan', 'nan') for a in arith.values())}/{len(arith)} formats "
+            f"give NaN for both on {numbers['device']}",
+            passed=all(a == ("nan", "nan") for a in arith.values()),
+        )
+    )
+    network = numbers["w_identity_network"]
+    result.append(
         sk.Claim(
             claim="The network W = 1.5 I (2x2): activations are inf at the overflow layer and "
             "NaN one layer later",
@@ -305,13 +380,9 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
         )
     )
     # 3. Underflow rounds to exactly 0.
-    zero_ok = {
-        n: measured[n]["device_underflow_step"] == measured[n]["underflow"].step
-        and measured[n]["device_zero_census"] == 1
-        for n in sk.SUPPORTED_DTYPES
-    }
+    zero_ok = _zero_ok(numbers)
     bad = [n for n, ok in zero_ok.items() if not ok]
-    claims.append(
+    result.append(
         sk.Claim(
             claim=f"Underflow: x·{SHRINK}^k becomes exactly 0 (bit pattern zero) on the device, "
             "at the simulated step",
@@ -322,35 +393,10 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
         )
     )
     # 4. Closed form against the exact chain.
-    rows = []
-    for n in sk.SUPPORTED_DTYPES:
-        for key in ("overflow", "underflow", "underflow_ieee", "underflow_flushed"):
-            d = measured[n][key]
-            eps = sk.limits(n).eps
-            bound = 1 + d.predicted * math.log1p(eps / 2) / abs(math.log(abs(d.scale)))
-            rows.append(
-                {
-                    "dtype": n,
-                    "case": key,
-                    "scale": d.scale,
-                    "flush": d.flush,
-                    "simulated": d.step,
-                    "device": (
-                        measured[n]["device_overflow_step"]
-                        if key == "overflow"
-                        else measured[n]["device_underflow_step"]
-                        if key == "underflow"
-                        else None
-                    ),
-                    "predicted": d.predicted,
-                    "k_star": d.k,
-                    "drift_bound": bound,
-                    "within_bound": d.step is not None and abs(d.step - d.predicted) <= bound,
-                }
-            )
+    rows = _rows(numbers)
     over_rows = [r for r in rows if r["case"] == "overflow"]
     exact = [r for r in over_rows if r["simulated"] == r["predicted"]]
-    claims.append(
+    result.append(
         sk.Claim(
             claim=f"Closed form log(max)/log({GROW}) predicts the overflow step within the "
             "rounding-drift bound",
@@ -366,7 +412,7 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
         )
     )
     under_rows = [r for r in rows if r["case"] != "overflow"]
-    claims.append(
+    result.append(
         sk.Claim(
             claim=f"Closed form predicts the underflow step of x·{SHRINK}^k exactly (powers of "
             "two are exact), flushed and IEEE",
@@ -377,55 +423,73 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
         )
     )
     # 5. The issue's public examples.
-    f16 = measured["float16"]["overflow"]
-    claims.append(
+    f16 = depths["float16"]["overflow"]
+    result.append(
         sk.Claim(
             claim="float16 with scale 1.5 overflows at k = 28",
             theory="log(65504)/log(1.5) = 27.35 -> 28",
-            measured=f"simulated {f16.step}, device {measured['float16']['device_overflow_step']}",
-            passed=f16.step == 28 == measured["float16"]["device_overflow_step"],
+            measured=f"simulated {f16['step']}, device {dev['float16']['device_overflow_step']}",
+            passed=f16["step"] == 28 == dev["float16"]["device_overflow_step"],
         )
     )
-    f32 = measured["float32"]
-    claims.append(
+    f32, f32_dev = depths["float32"], dev["float32"]
+    result.append(
         sk.Claim(
             claim="float32 with scale 0.5 reaches 0 at k = 150 with subnormals, earlier when "
             "flushing",
             theory="2^-150 is half the smallest subnormal 2^-149; flushed: 2^-127 < tiny",
-            measured=f"IEEE {f32['underflow_ieee'].step}, flushed {f32['underflow_flushed'].step}"
-            f", device ({'flushes' if probe['float32'].flushes else 'keeps'}) "
-            f"{f32['device_underflow_step']}",
-            passed=f32["underflow_ieee"].step == 150
-            and f32["underflow_flushed"].step < 150
-            and f32["device_underflow_step"] == f32["underflow"].step,
+            measured=f"IEEE {f32['underflow_ieee']['step']}, flushed "
+            f"{f32['underflow_flushed']['step']}"
+            f", device ({'flushes' if numbers['flushes']['float32'] else 'keeps'}) "
+            f"{f32_dev['device_underflow_step']}",
+            passed=f32["underflow_ieee"]["step"] == 150
+            and f32["underflow_flushed"]["step"] < 150
+            and f32_dev["device_underflow_step"] == f32["underflow"]["step"],
         )
     )
-    bf = measured["bfloat16"]["overflow"]
-    claims.append(
+    bf = depths["bfloat16"]["overflow"]
+    result.append(
         sk.Claim(
             claim="After how many layers does W = 1.5 I overflow in bfloat16?",
-            theory=f"closed form: {bf.predicted} (k* = {bf.k:.2f})",
-            measured=f"{bf.step} layers (exact simulation), device "
-            f"{measured['bfloat16']['device_overflow_step']}",
-            passed=bf.step == measured["bfloat16"]["device_overflow_step"]
-            and abs(bf.step - bf.predicted) <= 1,
+            theory=f"closed form: {bf['predicted']} (k* = {bf['k']:.2f})",
+            measured=f"{bf['step']} layers (exact simulation), device "
+            f"{dev['bfloat16']['device_overflow_step']}",
+            passed=bf["step"] == dev["bfloat16"]["device_overflow_step"]
+            and abs(bf["step"] - bf["predicted"]) <= 1,
         )
     )
+    return result
 
+
+def figure(numbers: dict, out_dir: pathlib.Path) -> pathlib.Path:
+    """Draw ``out_dir/NAME.png`` from ``numbers`` (from :func:`measure`, with its trajectories)."""
+    return _figure(
+        pathlib.Path(out_dir),
+        numbers["trajectories"],
+        numbers["flushes"],
+        numbers["platform"],
+        numbers["device"],
+    )
+
+
+def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
+    out = pathlib.Path(out)
+    numbers = measure(quick=quick)
+    figure(numbers, out)
+    result = claims(numbers)
+    stored = {k: v for k, v in numbers.items() if k != "trajectories"}
     sk.save_json(
         out / f"{NAME}.json",
         {
-            "device": probe.device,
-            "platform": probe.platform,
-            "probe": {n: b._asdict() for n, b in probe.dtypes.items()},
-            "limits": {n: sk.limits(n)._asdict() for n in sk.SUPPORTED_DTYPES},
-            "predicted_vs_measured": rows,
-            "device_underflow_agrees": zero_ok,
-            "w_identity_network": network,
-            "claims": claims,
+            **{k: stored.pop(k) for k in ("device", "platform", "probe", "limits")},
+            "predicted_vs_measured": _rows(numbers),
+            "device_underflow_agrees": _zero_ok(numbers),
+            "w_identity_network": stored.pop("w_identity_network"),
+            "claims": result,
+            **stored,
         },
     )
-    return claims
+    return result
 
 
 if __name__ == "__main__":

@@ -87,14 +87,16 @@ def _first_failure(c: np.ndarray, ok: np.ndarray, direction: int) -> float | Non
     return float(c[bad[0]]) if bad.size else None
 
 
-def run(out: pathlib.Path, *, quick: bool = False) -> list[Claim]:
-    out = pathlib.Path(out)
+def measure(*, quick: bool = False) -> dict:
+    """The numbers of the study: per dtype the predicted and measured thresholds, and the peers.
+
+    ``numbers["panels"]`` holds the arrays the figure draws (not stored in ``NAME.json``).
+    """
     device = stabkit.probe()
     points = 2001 if quick else 8001
     c_plot = np.concatenate([-np.geomspace(C_MAX, 1e-3, points // 2), [0.0]])
     c_plot = np.concatenate([c_plot, -c_plot[::-1][1:]])
     numbers: dict = {"n": N, "c_range": [-C_MAX, C_MAX], "dtypes": {}}
-    claims: list[Claim] = []
     panels = {}
     for name in DTYPES:
         lim = stabkit.limits(name)
@@ -149,18 +151,6 @@ def run(out: pathlib.Path, *, quick: bool = False) -> list[Claim]:
         # XLA's exp is not correctly rounded next to the underflow threshold: measured, it still
         # returns a normal number up to ~0.004 below log(tiny) in float32/float64.
         tol["exp_underflow"] += 0.01
-        fmt = lambda v: "none" if v is None else f"{v:.6g}"
-        sum_ok = (
-            measured["sum_overflow"] is not None
-            and measured["sum_overflow"] <= predicted["sum_overflow"] + tol["sum_overflow"]
-            and always_wrong_beyond
-        )
-        nan_up_ok = measured["exp_overflow"] is not None and (
-            abs(measured["exp_overflow"] - predicted["exp_overflow"]) <= tol["exp_overflow"]
-        )
-        nan_down_ok = measured["exp_underflow"] is not None and (
-            abs(measured["exp_underflow"] - predicted["exp_underflow"]) <= tol["exp_underflow"]
-        )
         # XLA computes e / sum as e * (1/sum): the reciprocal fails before the textbook division
         # would, once it flushes (1/sum < tiny) or overflows (1/sum > max).
         reciprocal = {
@@ -178,16 +168,57 @@ def run(out: pathlib.Path, *, quick: bool = False) -> list[Claim]:
             "stable_logsumexp_max_abs_err": float(np.nanmax(lse_err)),
             "naive_nan_fraction": float(naive_nan.mean()),
             "naive_wrong_fraction": float(naive_wrong.mean()),
+            "naive_wrong_everywhere_beyond_sum_overflow": always_wrong_beyond,
+            "stable_logsumexp_within_4_eps": lse_ok,
         }
-        claims += [
+        panels[name] = {
+            "c": c_dtype,
+            "naive": res["naive_softmax"][: c_dtype.size],
+            "stable": res["softmax"][: c_dtype.size],
+            "predicted": predicted,
+            "expected": expected_p,
+            "eps": lim.eps,
+            "reciprocal": reciprocal,
+        }
+    numbers["peers"] = _peers()
+    numbers["quick"] = quick
+    numbers["panels"] = panels
+    return numbers
+
+
+def claims(numbers: dict) -> list[Claim]:
+    """The study's claims, read off ``numbers`` (from :func:`measure`, or its ``NAME.json``)."""
+    n = numbers["n"]
+    result: list[Claim] = []
+    for name, d in numbers["dtypes"].items():
+        predicted, measured, tol = d["predicted"], d["measured"], d["tolerance"]
+        first_value, reciprocal = d["naive_value_at_first_failure"], d["reciprocal_predictions"]
+        keeps = d["subnormal_results_kept"]
+        always_wrong_beyond = d["naive_wrong_everywhere_beyond_sum_overflow"]
+        stable_exact = d["stable_softmax_exact_everywhere"]
+        lse_ok = d["stable_logsumexp_within_4_eps"]
+        # float(): NAME.json stores inf and NaN as strings
+        fmt = lambda v: "none" if v is None else f"{float(v):.6g}"
+        sum_ok = (
+            measured["sum_overflow"] is not None
+            and measured["sum_overflow"] <= predicted["sum_overflow"] + tol["sum_overflow"]
+            and always_wrong_beyond
+        )
+        nan_up_ok = measured["exp_overflow"] is not None and (
+            abs(measured["exp_overflow"] - predicted["exp_overflow"]) <= tol["exp_overflow"]
+        )
+        nan_down_ok = measured["exp_underflow"] is not None and (
+            abs(measured["exp_underflow"] - predicted["exp_underflow"]) <= tol["exp_underflow"]
+        )
+        result += [
             Claim(
-                f"{name}: naive softmax of {N} equal c is 0 or NaN once the sum of e^c overflows",
-                f"wrong for every c > log(max/{N}) = {predicted['sum_overflow']:.6g}",
+                f"{name}: naive softmax of {n} equal c is 0 or NaN once the sum of e^c overflows",
+                f"wrong for every c > log(max/{n}) = {predicted['sum_overflow']:.6g}",
                 f"wrong from c = {fmt(measured['sum_overflow'])} "
                 f"(value {fmt(first_value['sum_overflow'])})"
                 + (
                     f", earlier than the sum: XLA multiplies by 1/sum, which flushes to 0 above "
-                    f"log(1/({N} tiny)) = {reciprocal['reciprocal_flushes_above']:.6g}"
+                    f"log(1/({n} tiny)) = {reciprocal['reciprocal_flushes_above']:.6g}"
                     if not keeps
                     else ""
                 )
@@ -207,29 +238,43 @@ def run(out: pathlib.Path, *, quick: bool = False) -> list[Claim]:
                 f"first NaN at c = {fmt(measured['exp_underflow'])}; first wrong value at "
                 f"c = {fmt(measured['first_inexact_below_0'])} "
                 f"(value {fmt(first_value['first_inexact_below_0'])}; 1/sum overflows below "
-                f"log(1/({N} max)) = {reciprocal['reciprocal_overflows_below']:.6g})",
+                f"log(1/({n} max)) = {reciprocal['reciprocal_overflows_below']:.6g})",
                 nan_down_ok,
             ),
             Claim(
-                f"{name}: the max shift gives exactly 1/{N}, -log {N} and c + log {N}",
+                f"{name}: the max shift gives exactly 1/{n}, -log {n} and c + log {n}",
                 "for every c in [-1e5, 1e5] within the dtype's range; at +-max, tiny, subnormal",
                 f"softmax exact: {stable_exact}; logsumexp within 4 eps: {lse_ok}",
                 stable_exact and lse_ok,
             ),
         ]
-        panels[name] = {
-            "c": c_dtype,
-            "naive": res["naive_softmax"][: c_dtype.size],
-            "stable": res["softmax"][: c_dtype.size],
-            "predicted": predicted,
-            "expected": expected_p,
-            "eps": lim.eps,
-            "reciprocal": reciprocal,
-        }
-    _figure(out / f"{NAME}.png", panels, quick)
-    claims += _peer_claims(numbers)
-    save_json(out / f"{NAME}.json", numbers)
-    return claims
+    for what, p in numbers["peers"].items():
+        result.append(
+            Claim(
+                f"stabkit is right where peers fail: {what}",
+                "-inf entries have probability 0 and gradient 0; no NaN",
+                f"stabkit {'correct' if p['stabkit_correct'] else 'WRONG'}; "
+                f"jax.nn/optax {'correct' if p['peer_correct'] else 'wrong (NaN)'}",
+                p["stabkit_correct"],
+            )
+        )
+    return result
+
+
+def figure(numbers: dict, out_dir: pathlib.Path) -> pathlib.Path:
+    """Draw ``out_dir/NAME.png`` from ``numbers["panels"]`` (from :func:`measure`)."""
+    path = pathlib.Path(out_dir) / f"{NAME}.png"
+    _figure(path, numbers["panels"], numbers["quick"])
+    return path
+
+
+def run(out: pathlib.Path, *, quick: bool = False) -> list[Claim]:
+    out = pathlib.Path(out)
+    numbers = measure(quick=quick)
+    figure(numbers, out)
+    result = claims(numbers)
+    save_json(out / f"{NAME}.json", {k: v for k, v in numbers.items() if k != "panels"})
+    return result
 
 
 # Outcome categories of a softmax value against the exact 1/n, and their colours.
@@ -330,8 +375,8 @@ def _figure(path: pathlib.Path, panels: dict, quick: bool) -> None:
     plt.close(fig)
 
 
-def _peer_claims(numbers: dict) -> list[Claim]:
-    """What the peers return on the inputs of issue 2, beside stabkit's answer."""
+def _peers() -> dict:
+    """Whether the peers and stabkit are right on the inputs of issue 2."""
     ninf = -jnp.inf
     empty = jnp.array([ninf, ninf, ninf])
     logits = jnp.array([2.0, ninf, 0.0])
@@ -367,21 +412,10 @@ def _peer_claims(numbers: dict) -> list[Claim]:
             finite,
         ),
     }
-    peers, claims = {}, []
+    peers = {}
     for what, (peer, ours, check) in rows.items():
-        peer_ok = check(peer)
-        peers[what] = {"peer_correct": peer_ok, "stabkit_correct": check(ours)}
-        claims.append(
-            Claim(
-                f"stabkit is right where peers fail: {what}",
-                "-inf entries have probability 0 and gradient 0; no NaN",
-                f"stabkit {'correct' if check(ours) else 'WRONG'}; "
-                f"jax.nn/optax {'correct' if peer_ok else 'wrong (NaN)'}",
-                check(ours),
-            )
-        )
-    numbers["peers"] = peers
-    return claims
+        peers[what] = {"peer_correct": check(peer), "stabkit_correct": check(ours)}
+    return peers
 
 
 if __name__ == "__main__":

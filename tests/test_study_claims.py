@@ -1,0 +1,321 @@
+"""Each study's ``claims(numbers)`` on small hand-made numbers: it passes on good numbers, fails on
+bad ones, and gives the same claims on numbers loaded back from the study's JSON.
+
+The studies themselves are not run (``stabkit reproduce --quick`` does that); a claim that no
+numbers can make FAIL is what these tests catch.
+"""
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+
+import stabkit
+from stabkit.reproduce import experiment_dir, find_experiments, save_json
+
+
+@pytest.fixture(scope="module")
+def studies():
+    return find_experiments(experiment_dir())
+
+
+def _verdicts(claims):
+    return [c.passed for c in claims]
+
+
+def _stored(tmp_path, numbers):
+    """``numbers`` as the study's NAME.json gives them back."""
+    return json.loads(save_json(tmp_path / "numbers.json", numbers).read_text())
+
+
+def _assert_same_after_json(study, numbers, tmp_path):
+    assert study.claims(_stored(tmp_path, numbers)) == study.claims(numbers)
+
+
+# softmax -------------------------------------------------------------------------------------
+
+
+def _softmax_dtype(name, *, keeps=True):
+    lim = stabkit.limits(name)
+    predicted = {
+        "sum_overflow": math.log(lim.max / 8),
+        "exp_overflow": lim.exp_max,
+        "exp_underflow": lim.exp_min if keeps else lim.exp_min_normal,
+    }
+    tol = {k: 1e-3 for k in predicted}
+    return {
+        "predicted": predicted,
+        "reciprocal_predictions": {
+            "reciprocal_flushes_above": None if keeps else 85.0,
+            "reciprocal_overflows_below": -90.0,
+        },
+        "measured": {**predicted, "first_inexact_below_0": -13.0},
+        "naive_value_at_first_failure": {
+            "sum_overflow": 0.0,
+            "exp_overflow": math.nan,
+            "exp_underflow": math.nan,
+            "first_inexact_below_0": math.inf,
+        },
+        "tolerance": tol,
+        "subnormal_results_kept": keeps,
+        "stable_softmax_exact_everywhere": True,
+        "naive_wrong_everywhere_beyond_sum_overflow": True,
+        "stable_logsumexp_within_4_eps": True,
+    }
+
+
+def _softmax_numbers():
+    return {
+        "n": 8,
+        "dtypes": {
+            "float16": _softmax_dtype("float16"),
+            "float32": _softmax_dtype("float32", keeps=False),
+        },
+        "peers": {
+            "log_softmax, all -inf row": {"peer_correct": False, "stabkit_correct": True},
+        },
+    }
+
+
+def test_softmax_claims_pass_on_good_numbers(studies, tmp_path):
+    study = studies["softmax"]
+    claims = study.claims(_softmax_numbers())
+    assert len(claims) == 2 * 4 + 1 and all(_verdicts(claims))
+    assert claims[0].claim.startswith("float16: naive softmax of 8 equal c is 0 or NaN")
+    assert "earlier than the sum" in claims[4].measured  # float32 flushes here
+    _assert_same_after_json(study, _softmax_numbers(), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "where, value, failing",
+    [
+        (("measured", "sum_overflow"), None, 0),
+        (("measured", "sum_overflow"), math.log(stabkit.limits("float16").max / 8) + 0.1, 0),
+        (("naive_wrong_everywhere_beyond_sum_overflow",), False, 0),
+        (("measured", "exp_overflow"), None, 1),
+        (("measured", "exp_overflow"), stabkit.limits("float16").exp_max - 0.1, 1),
+        (("measured", "exp_underflow"), stabkit.limits("float16").exp_min + 0.1, 2),
+        (("measured", "exp_underflow"), None, 2),
+        (("stable_softmax_exact_everywhere",), False, 3),
+        (("stable_logsumexp_within_4_eps",), False, 3),
+    ],
+)
+def test_softmax_claims_fail_on_bad_numbers(studies, tmp_path, where, value, failing):
+    numbers = _softmax_numbers()
+    d = numbers["dtypes"]["float16"]
+    for key in where[:-1]:
+        d = d[key]
+    d[where[-1]] = value
+    for n in (numbers, _stored(tmp_path, numbers)):
+        verdicts = _verdicts(studies["softmax"].claims(n))
+        assert verdicts == [i != failing for i in range(len(verdicts))]
+
+
+def test_softmax_peer_claim_fails_when_stabkit_is_wrong(studies):
+    numbers = _softmax_numbers()
+    numbers["peers"]["log_softmax, all -inf row"]["stabkit_correct"] = False
+    claims = studies["softmax"].claims(numbers)
+    assert not claims[-1].passed and "stabkit WRONG" in claims[-1].measured
+    assert all(_verdicts(claims[:-1]))
+
+
+# sweep_grid ----------------------------------------------------------------------------------
+
+
+def _sweep_grid_numbers():
+    scale, depth = [0.5, 1.0, 2.0], [5, 160]
+    # the exact gains a^(depth+1), two seeds; 2^161 is inf in float32 and out of the checked range
+    with np.errstate(over="ignore"):
+        gain = np.array([[[a ** (d + 1)] * 2 for d in depth] for a in scale]).astype(np.float32)
+    return {
+        "seeds": 2,
+        "deep": 50,
+        "identity_gains_float32": {
+            "scale": scale,
+            "depth": depth,
+            "output_gain": gain,
+            "grad_ratio": gain.copy(),
+        },
+        "overflow": [("float16", 0, 17, 17), ("float16", 1, 18, 18)],
+        "underflow": [("float16", 0, 26, 26, True), ("float16", 1, 26, 26, True)],
+        "grad_ratio_depth": {"sigmoid": 1e-35, "tanh": 1e-3, "relu": 0.8},
+        "first_zero_backward_float16": {
+            "sigmoid": np.array([30, 31], np.int32),
+            "relu": np.array([-1, -1], np.int32),
+        },
+    }
+
+
+def test_sweep_grid_claims_pass_on_good_numbers(studies, tmp_path):
+    study = studies["sweep_grid"]
+    numbers = _sweep_grid_numbers()
+    assert np.isinf(numbers["identity_gains_float32"]["output_gain"]).any()  # stored as "inf"
+    claims = study.claims(numbers)
+    assert _verdicts(claims) == [True] * 5
+    assert "16 (config, quantity) pairs" in claims[0].measured
+    assert "float16 seed 0: predicted 17, measured 17 (2 cases)" in claims[1].measured
+    _assert_same_after_json(study, numbers, tmp_path)
+
+
+def _bad_gain(n):
+    n["identity_gains_float32"]["grad_ratio"][1, 0, 1] *= 1.001
+
+
+def _wrong_overflow(n):
+    n["overflow"][1] = ("float16", 1, 18, 19)
+
+
+def _wrong_underflow(n):
+    n["underflow"][0] = ("float16", 0, 26, 25, True)
+
+
+def _sigmoid_kept(n):
+    n["grad_ratio_depth"]["sigmoid"] = 1e-10
+
+
+def _relu_vanished(n):
+    n["grad_ratio_depth"]["relu"] = 1e-6
+
+
+def _tanh_not_between(n):
+    n["grad_ratio_depth"]["tanh"] = 1e-40
+
+
+def _relu_zero_in_float16(n):
+    n["first_zero_backward_float16"]["relu"][0] = 40
+
+
+def _sigmoid_not_zero_in_float16(n):
+    n["first_zero_backward_float16"]["sigmoid"][1] = -1
+
+
+@pytest.mark.parametrize(
+    "spoil, failing",
+    [
+        (_bad_gain, 0),
+        (_wrong_overflow, 1),
+        (_wrong_underflow, 2),
+        (_sigmoid_kept, 3),
+        (_relu_vanished, 3),
+        (_tanh_not_between, 3),
+        (_relu_zero_in_float16, 4),
+        (_sigmoid_not_zero_in_float16, 4),
+    ],
+)
+def test_sweep_grid_claims_fail_on_bad_numbers(studies, tmp_path, spoil, failing):
+    numbers = _sweep_grid_numbers()
+    spoil(numbers)
+    for n in (numbers, _stored(tmp_path, numbers)):
+        assert _verdicts(studies["sweep_grid"].claims(n)) == [i != failing for i in range(5)]
+
+
+def test_sweep_grid_closed_form_fails_with_nothing_in_range(studies):
+    numbers = _sweep_grid_numbers()
+    gains = numbers["identity_gains_float32"]
+    gains["scale"], gains["depth"] = [2.0], [160]
+    for key in ("output_gain", "grad_ratio"):
+        gains[key] = gains[key][2:, 1:]
+    claims = studies["sweep_grid"].claims(numbers)
+    assert not claims[0].passed and "0 (config, quantity) pairs" in claims[0].measured
+
+
+def test_sweep_grid_float16_claim_only_with_float16(studies):
+    numbers = copy.deepcopy(_sweep_grid_numbers())
+    numbers["first_zero_backward_float16"] = None
+    assert len(studies["sweep_grid"].claims(numbers)) == 4
+
+
+# precision -----------------------------------------------------------------------------------
+
+PRECISION_DTYPES = ("float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2")
+
+
+def _precision_numbers():
+    """The exact host simulation as the device's numbers: an IEEE device that keeps subnormals."""
+    depths, device, limits = {}, {}, {}
+    for n in PRECISION_DTYPES:
+        lim = stabkit.limits(n)
+        ieee = stabkit.underflow_depth(0.5, n, flush=False)
+        depths[n] = {
+            "overflow": stabkit.overflow_depth(1.5, n)._asdict(),
+            "underflow": ieee._asdict(),
+            "underflow_ieee": ieee._asdict(),
+            "underflow_flushed": stabkit.underflow_depth(0.5, n, flush=True)._asdict(),
+        }
+        device[n] = {
+            "device_overflow_step": depths[n]["overflow"]["step"],
+            "device_overflow_value": math.inf if lim.has_inf else math.nan,
+            "device_underflow_step": ieee.step,
+            "device_zero_census": 1,
+        }
+        limits[n] = lim._asdict()
+    network = {
+        n: {"inf_layer": depths[n]["overflow"]["step"], "inf_at_layer": True}
+        | {"nan_next_layer": True, "finite_before": True}
+        for n in PRECISION_DTYPES[:4]
+    }
+    return {
+        "device": "test:0",
+        "probe": {n: {"inf_minus_inf": "nan", "zero_times_inf": "nan"} for n in PRECISION_DTYPES},
+        "flushes": {n: False for n in PRECISION_DTYPES},
+        "limits": limits,
+        "depths": depths,
+        "device_steps": device,
+        "w_identity_network": network,
+    }
+
+
+def test_precision_claims_pass_on_good_numbers(studies, tmp_path):
+    study = studies["precision"]
+    claims = study.claims(_precision_numbers())
+    assert _verdicts(claims) == [True] * 10
+    assert claims[0].measured.endswith("values: ['inf']")
+    assert claims[1].measured == "f8_e4m3fn 16; values: ['nan']"
+    assert claims[7].measured == "simulated 28, device 28"
+    _assert_same_after_json(study, _precision_numbers(), tmp_path)
+
+
+def _set(*path):
+    *keys, value = path
+
+    def spoil(numbers):
+        d = numbers
+        for key in keys[:-1]:
+            d = d[key]
+        d[keys[-1]] = value(d[keys[-1]]) if callable(value) else value
+
+    return spoil
+
+
+def _flushed_as_late_as_ieee(numbers):
+    numbers["depths"]["float32"]["underflow_flushed"].update(step=150, predicted=150)
+
+
+@pytest.mark.parametrize(
+    "spoil, failing",
+    [
+        (_set("device_steps", "float16", "device_overflow_value", 65504.0), 0),
+        (_set("device_steps", "float8_e4m3fn", "device_overflow_value", math.inf), 1),
+        (_set("probe", "float32", "inf_minus_inf", "inf"), 2),
+        (_set("w_identity_network", "float32", "nan_next_layer", False), 3),
+        (_set("w_identity_network", "float64", "finite_before", False), 3),
+        (_set("device_steps", "float64", "device_underflow_step", lambda k: k + 1), 4),
+        (_set("device_steps", "float16", "device_zero_census", 0), 4),
+        (_set("depths", "float32", "overflow", "step", lambda k: k + 5), 5),
+        (_set("depths", "float64", "underflow_ieee", "step", lambda k: k + 1), 6),
+        (_set("depths", "float16", "overflow", "step", 27), 7),
+        (_set("device_steps", "float16", "device_overflow_step", 29), 7),
+        (_set("depths", "float32", "underflow_ieee", "step", 149), (6, 8)),
+        (_flushed_as_late_as_ieee, 8),
+        (_set("device_steps", "float32", "device_underflow_step", 127), (4, 8)),
+        (_set("device_steps", "bfloat16", "device_overflow_step", lambda k: k + 1), 9),
+    ],
+)
+def test_precision_claims_fail_on_bad_numbers(studies, tmp_path, spoil, failing):
+    numbers = _precision_numbers()
+    spoil(numbers)
+    for n in (numbers, _stored(tmp_path, numbers)):
+        verdicts = _verdicts(studies["precision"].claims(n))
+        assert [i for i, ok in enumerate(verdicts) if not ok] == list(np.atleast_1d(failing))
