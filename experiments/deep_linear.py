@@ -319,35 +319,21 @@ def _max_rel_err(measured: np.ndarray, theory: np.ndarray) -> float:
     return float(np.max(np.abs(measured[ok] / theory[ok] - 1))) if ok.any() else 0.0
 
 
-def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
-    out = pathlib.Path(out)
+def measure(*, quick: bool) -> dict:
+    """The numbers of the study: per dtype, a and depth the output and first-layer gradient RMS,
+    the full-depth trace's first inf / NaN / 0 layers, and the rounded chains' steps.
+
+    ``numbers["traces"]`` holds the traces the figures draw (not stored in ``NAME.json``); the
+    rest is stored there and is all that :func:`claims` reads.
+    """
     dtypes = QUICK_DTYPES if quick else DTYPES
     measured = {name: _measure(name, quick) for name in dtypes}
-    _figure_depth(out, measured)
-    _figure_layers(out, measured)
-
-    claims = []
-    record = {"x": X, "loss": "sum", "max_depth": MAX_DEPTH, "dtypes": {}}
-    errors = {}
+    numbers = {"x": X, "loss": "sum", "max_depth": MAX_DEPTH, "dtypes": {}}
     for name in dtypes:
         m = measured[name]
-        ls = m["depths"] + 1
-        eps = float(ml_dtypes.finfo(np.dtype(getattr(ml_dtypes, name, name))).eps)
-        _, tiny, hi = _limits(name)
         rec = {"depths": m["depths"], "per_a": {}}
         for a in SCALES:
-            pa = m["per_a"][a]
-            out_th, grad_th = sk.deep_linear_gain(a, ls), sk.deep_linear_gain(a, ls - 1)
-            # Compare where the closed form is inside the dtype's normal range.
-            inside = (_log10(out_th) < hi) & (_log10(out_th) > tiny)
-            inside_g = (_log10(grad_th) < hi) & (_log10(grad_th) > tiny)
-            errors[name, a] = (
-                _max_rel_err(pa["output"][inside], out_th[inside]),
-                _max_rel_err(pa["grad_w1"][inside_g], grad_th[inside_g]),
-                int(ls[inside].max()) if inside.any() else 0,
-                eps,
-            )
-            deep = m["deep"][a]
+            pa, deep = m["per_a"][a], m["deep"][a]
             rec["per_a"][str(a)] = {
                 "output_rms": pa["output"],
                 "grad_w1_rms": pa["grad_w1"],
@@ -357,8 +343,47 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
                 "first_inf_backward": int(deep.first_inf_backward),
                 "first_nan_backward": int(deep.first_nan_backward),
                 "first_zero_backward": int(deep.first_zero_backward),
+                "subnormal_forward_layers": int(np.count_nonzero(deep.post_census.subnormal)),
             }
-        record["dtypes"][name] = rec
+        sim = sk.underflow_depth(0.5, name)  # flushing as the device was measured to flush
+        rec["overflow_chain_step"] = sk.overflow_depth(1.5, name).step
+        rec["underflow_chain"] = {"step": sim.step, "flush": sim.flush}
+        numbers["dtypes"][name] = rec
+    numbers["traces"] = measured
+    return numbers
+
+
+def _errors(numbers: dict) -> dict:
+    """Per (dtype, a): the largest relative errors of output and gradient against the closed
+    form where it is inside the dtype's normal range, the deepest l compared, and eps."""
+    errors = {}
+    for name, rec in numbers["dtypes"].items():
+        ls = np.asarray(rec["depths"]) + 1
+        eps = float(ml_dtypes.finfo(np.dtype(getattr(ml_dtypes, name, name))).eps)
+        _, tiny, hi = _limits(name)
+        for a in SCALES:
+            pa = rec["per_a"][str(a)]
+            # float64: NAME.json stores inf and NaN as strings
+            output = np.asarray(pa["output_rms"], np.float64)
+            grad_w1 = np.asarray(pa["grad_w1_rms"], np.float64)
+            out_th, grad_th = sk.deep_linear_gain(a, ls), sk.deep_linear_gain(a, ls - 1)
+            # Compare where the closed form is inside the dtype's normal range.
+            inside = (_log10(out_th) < hi) & (_log10(out_th) > tiny)
+            inside_g = (_log10(grad_th) < hi) & (_log10(grad_th) > tiny)
+            errors[name, a] = (
+                _max_rel_err(output[inside], out_th[inside]),
+                _max_rel_err(grad_w1[inside_g], grad_th[inside_g]),
+                int(ls[inside].max()) if inside.any() else 0,
+                eps,
+            )
+    return errors
+
+
+def claims(numbers: dict) -> list[sk.Claim]:
+    """The study's claims, read off ``numbers`` (from :func:`measure`, or its ``NAME.json``)."""
+    dtypes, recs, max_depth = list(numbers["dtypes"]), numbers["dtypes"], numbers["max_depth"]
+    errors = _errors(numbers)
+    result = []
 
     def within(a, index):  # relative error <= (l + 2) eps: one rounding per layer, plus slack
         return all(errors[n, a][index] <= (errors[n, a][2] + 2) * errors[n, a][3] for n in dtypes)
@@ -366,7 +391,7 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
     def fmt(a, index):
         return "; ".join(f"{n} {errors[n, a][index]:.1e} (l ≤ {errors[n, a][2]})" for n in dtypes)
 
-    claims.append(
+    result.append(
         sk.Claim(
             claim="W = 1.5 I explodes: the output is 1.5^l x (l weight matrices)",
             theory="ŷ = a^l x; measured within (l + 2)·eps of the closed form while 1.5^l < max",
@@ -374,7 +399,7 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
             passed=within(1.5, 0),
         )
     )
-    claims.append(
+    result.append(
         sk.Claim(
             claim="W = 1.5 I: the gradient reaching the first layer grows as 1.5^(l-1)",
             theory="∂L/∂W¹ = a^(l-1) x 1ᵀ for L = sum(ŷ)",
@@ -382,7 +407,7 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
             passed=within(1.5, 1),
         )
     )
-    claims.append(
+    result.append(
         sk.Claim(
             claim="W = 0.5 I vanishes: output 0.5^l x and first-layer gradient 0.5^(l-1)",
             theory="ŷ = 0.5^l x, ∂L/∂W¹ = 0.5^(l-1) x 1ᵀ (powers of two: the network rounds "
@@ -392,16 +417,16 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
         )
     )
     keeps = all(
-        np.all(measured[n]["per_a"][1.0]["output"] == 1)
-        and np.all(measured[n]["per_a"][1.0]["grad_w1"] == 1)
+        np.all(np.asarray(recs[n]["per_a"]["1.0"]["output_rms"], np.float64) == 1)
+        and np.all(np.asarray(recs[n]["per_a"]["1.0"]["grad_w1_rms"], np.float64) == 1)
         for n in dtypes
     )
-    claims.append(
+    result.append(
         sk.Claim(
             claim="W = I keeps the signal: output and gradient stay exactly 1 at every depth",
             theory="1^l = 1",
             measured="exactly 1 in every dtype up to l = "
-            + ", ".join(f"{MAX_DEPTH[n] + 1} ({n})" for n in dtypes)
+            + ", ".join(f"{max_depth[n] + 1} ({n})" for n in dtypes)
             if keeps
             else "not exact",
             passed=keeps,
@@ -410,18 +435,16 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
 
     over = {}
     for n in dtypes:
-        d = measured[n]["deep"][1.5]
-        k = sk.overflow_depth(1.5, n).step
-        big_l = MAX_DEPTH[n] + 1
+        d = recs[n]["per_a"]["1.5"]
         over[n] = (
-            k,
-            int(d.first_inf_forward),
-            int(d.first_nan_forward),
-            int(d.first_inf_backward),
-            int(d.first_nan_backward),
-            big_l,
+            recs[n]["overflow_chain_step"],
+            d["first_inf_forward"],
+            d["first_nan_forward"],
+            d["first_inf_backward"],
+            d["first_nan_backward"],
+            max_depth[n] + 1,
         )
-    claims.append(
+    result.append(
         sk.Claim(
             claim="Overflow: the signal rounds to inf where 1.5^l first exceeds max, and the next "
             "layer turns it into NaN (1.5·inf + 0·inf in the matrix product)",
@@ -443,15 +466,14 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
 
     under = {}
     for n in dtypes:
-        d = measured[n]["deep"][0.5]
-        sim = sk.underflow_depth(0.5, n)  # flushing as the device was measured to flush
+        d, sim = recs[n]["per_a"]["0.5"], recs[n]["underflow_chain"]
         under[n] = (
-            sim.step,
-            sim.flush,
-            int(d.first_zero_forward),
-            int(np.count_nonzero(d.post_census.subnormal)),
+            sim["step"],
+            sim["flush"],
+            d["first_zero_forward"],
+            d["subnormal_forward_layers"],
         )
-    claims.append(
+    result.append(
         sk.Claim(
             claim="Underflow: 0.5^l rounds to exactly 0 (every entry, by bit pattern) at the layer "
             "where the rounded chain does",
@@ -465,9 +487,25 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
             passed=all(v[2] == v[0] for v in under.values()),
         )
     )
-    record["errors"] = {f"{n} a={a}": v for (n, a), v in errors.items()}
+    return result
+
+
+def figure(numbers: dict, out_dir: pathlib.Path) -> None:
+    """Draw ``out_dir/NAME*.png`` from ``numbers["traces"]`` (from :func:`measure`)."""
+    out_dir = pathlib.Path(out_dir)
+    _figure_depth(out_dir, numbers["traces"])
+    _figure_layers(out_dir, numbers["traces"])
+
+
+def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
+    out = pathlib.Path(out)
+    numbers = measure(quick=quick)
+    figure(numbers, out)
+    result = claims(numbers)
+    record = {k: v for k, v in numbers.items() if k != "traces"}
+    record["errors"] = {f"{n} a={a}": v for (n, a), v in _errors(numbers).items()}
     sk.save_json(out / f"{NAME}.json", record)
-    return claims
+    return result
 
 
 if __name__ == "__main__":

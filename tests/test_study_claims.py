@@ -319,3 +319,90 @@ def test_precision_claims_fail_on_bad_numbers(studies, tmp_path, spoil, failing)
     for n in (numbers, _stored(tmp_path, numbers)):
         verdicts = _verdicts(studies["precision"].claims(n))
         assert [i for i, ok in enumerate(verdicts) if not ok] == list(np.atleast_1d(failing))
+
+
+# deep_linear ---------------------------------------------------------------------------------
+
+
+def _deep_linear_numbers():
+    """float16 at every depth to 40, the closed forms rounded to float16 as the measurements."""
+    depths = np.arange(1, 41)
+    per_a = {}
+    with np.errstate(over="ignore"):
+        for a in (0.5, 1.0, 1.5):
+            per_a[str(a)] = {
+                "output_rms": (a ** (depths + 1.0)).astype(np.float16).astype(np.float64),
+                "grad_w1_rms": (a**depths * 1.0).astype(np.float16).astype(np.float64),
+                "first_inf_forward": -1,
+                "first_nan_forward": -1,
+                "first_zero_forward": -1,
+                "first_inf_backward": -1,
+                "first_nan_backward": -1,
+                "subnormal_forward_layers": 0,
+            }
+    # float16: 1.5^28 > 65504 (inf at layer 28, NaN at 29; backward from L = 41); 0.5^25 rounds to 0
+    per_a["1.5"].update(
+        first_inf_forward=28, first_nan_forward=29, first_inf_backward=13, first_nan_backward=12
+    )
+    per_a["0.5"].update(first_zero_forward=25, subnormal_forward_layers=10)
+    rec = {
+        "depths": depths,
+        "per_a": per_a,
+        "overflow_chain_step": 28,
+        "underflow_chain": {"step": 25, "flush": False},
+    }
+    return {"max_depth": {"float16": 40}, "dtypes": {"float16": rec}}
+
+
+def test_deep_linear_claims_pass_on_good_numbers(studies, tmp_path):
+    study = studies["deep_linear"]
+    numbers = _deep_linear_numbers()
+    assert np.isinf(numbers["dtypes"]["float16"]["per_a"]["1.5"]["output_rms"]).any()
+    claims = study.claims(numbers)
+    assert _verdicts(claims) == [True] * 6
+    assert claims[3].measured == "exactly 1 in every dtype up to l = 41 (float16)"
+    assert "float16: inf 28, NaN 29 (chain 28); backward inf 13, NaN 12" == claims[4].measured
+    assert "10 subnormal layers first" in claims[5].measured
+    _assert_same_after_json(study, _deep_linear_numbers(), tmp_path)
+
+
+def _per_a(a, key, value):
+    def spoil(numbers):
+        pa = numbers["dtypes"]["float16"]["per_a"][a]
+        if callable(value):
+            value(pa[key])
+        else:
+            pa[key] = value
+
+    return spoil
+
+
+def _scale_at(i, factor):
+    def change(array):
+        array[i] *= factor
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "spoil, failing",
+    [
+        (_per_a("1.5", "output_rms", _scale_at(10, 1.1)), 0),
+        (_per_a("1.5", "grad_w1_rms", _scale_at(3, 0.9)), 1),
+        (_per_a("0.5", "output_rms", _scale_at(5, 1.1)), 2),
+        (_per_a("0.5", "grad_w1_rms", _scale_at(0, 1.1)), 2),
+        (_per_a("1.0", "output_rms", _scale_at(39, 1 + 2**-10)), 3),
+        (_per_a("1.0", "grad_w1_rms", _scale_at(0, 0.5)), 3),
+        (_per_a("1.5", "first_inf_forward", 27), 4),
+        (_per_a("1.5", "first_nan_forward", 28), 4),
+        (_per_a("1.5", "first_inf_backward", 14), 4),
+        (_per_a("1.5", "first_nan_backward", 13), 4),
+        (_per_a("0.5", "first_zero_forward", 26), 5),
+    ],
+)
+def test_deep_linear_claims_fail_on_bad_numbers(studies, tmp_path, spoil, failing):
+    numbers = _deep_linear_numbers()
+    spoil(numbers)
+    for n in (numbers, _stored(tmp_path, numbers)):
+        verdicts = _verdicts(studies["deep_linear"].claims(n))
+        assert [i for i, ok in enumerate(verdicts) if not ok] == [failing]
