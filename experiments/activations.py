@@ -247,88 +247,36 @@ def _figure(out: pathlib.Path, m: dict, cfg: Config) -> None:
     plt.close(fig)
 
 
-def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
-    out = pathlib.Path(out)
+def measure(*, quick: bool) -> dict:
+    """The numbers of the study: the traces' per-layer statistics and the claims' summaries.
+
+    ``numbers["traces"]`` holds what :func:`_measure` returns, which the figure draws (not stored
+    in ``NAME.json``); the rest is stored there, and ``claims_numbers`` with ``config`` is all
+    that :func:`claims` reads.
+    """
     cfg = Config(width=32, batch=64) if quick else Config()
     m = _measure(cfg)
-    _figure(out, m, cfg)
-    claims = []
-
     z, d = m["z"], m["dphi"]["sigmoid"]
-    peak = float(d.max())
-    claims.append(
-        sk.Claim(
-            claim="The sigmoid's derivative σ'(z) = σ(z)(1 − σ(z)) is at most 1/4",
-            theory="maximum 1/4 at z = 0",
-            measured=f"max over {z.size} points in [-20, 20] (float64): {peak!r} at z = "
-            f"{z[np.argmax(d)]:.3g}",
-            passed=peak <= 0.25 and float(sk.derivative("sigmoid")(0.0)) == 0.25,
-        )
-    )
-    far = float(np.max(d[np.abs(z) >= 10]))
-    big = m["sigmoid_big"]
-    sat_big = float(np.mean(big.saturated[1 : cfg.depth + 1]))
-    sat_std = float(np.mean(m["sigmoid"]["trace"].saturated[1 : cfg.depth + 1]))
-    claims.append(
-        sk.Claim(
-            claim="The sigmoid's gradient is almost 0 when |z| is large: large weights saturate it",
-            theory=f"σ'(z) < 1e-4 for |z| ≥ 10; more units with |σ'| < {cfg.threshold:g} as σ_w "
-            "grows",
-            measured=f"max σ' for |z| ≥ 10: {far:.2e}; saturated units, mean over layers: "
-            f"{sat_std:.1%} (Glorot, σ_w = 1), {sat_big:.1%} (σ_w = {cfg.big_sigma_w:g})",
-            passed=far < 1e-4 and sat_big > 0.25 > sat_std,
-        )
-    )
     t = m["sigmoid"]["trace"]
     n = cfg.depth + 1
-    ratio = float(t.grad_pre_rms[1] / t.grad_pre_rms[n])
-    mean_field = float(_mean_field(t, NETS["sigmoid"][1])[0])
-    bound = 0.25**cfg.depth
-    claims.append(
-        sk.Claim(
-            claim=f"Deep sigmoid nets' gradients vanish (depth {cfg.depth}, Glorot weights)",
-            theory=f"mean field ∏ σ_w·rms σ'(z^l) = {mean_field:.2e} ≤ (1/4)^{cfg.depth} = "
-            f"{bound:.1e}; measured within 10x of the mean field",
-            measured=f"RMS ∂L/∂z¹ / RMS ∂L/∂ŷ = {ratio:.2e}",
-            passed=ratio < 1e-10 and mean_field <= bound and 0.1 < ratio / mean_field < 10,
-        )
-    )
-    relu = m["relu"]["ratios"]
-    tanh = m["tanh"]["ratios"]
-    claims.append(
-        sk.Claim(
-            claim="relu (with He weights) fixes it: the gradient reaching layer 1 stays O(1) at "
-            f"every depth up to {cfg.depth}",
-            theory="mean field: σ_w² E[relu'(z)²] = 2 · 1/2 = 1 per layer",
-            measured=f"ratio at depth {cfg.depth}: relu {relu[-1]:.3g} (range {relu.min():.3g}–"
-            f"{relu.max():.3g} over depths 1–{cfg.depth}); sigmoid "
-            f"{m['sigmoid']['ratios'][-1]:.2e}; tanh (Glorot) {tanh[-1]:.3g}",
-            passed=bool(np.all((relu > 0.1) & (relu < 10))),
-        )
-    )
-    z16_sig = int(m["sigmoid"]["float16"].first_zero_backward)
-    z16_relu = int(m["relu"]["float16"].first_zero_backward)
-    claims.append(
-        sk.Claim(
-            claim="In float16 the vanished sigmoid gradient underflows to exactly 0; relu's does "
-            "not",
-            theory="RMS shrinks about 4x per layer and float16's smallest subnormal is 6e-8",
-            measured="first all-zero gradient (backward from the output): sigmoid layer "
-            f"{z16_sig}; relu {'never' if z16_relu < 0 else z16_relu}",
-            passed=z16_sig >= 1 and z16_relu == -1,
-        )
-    )
-
+    big = m["sigmoid_big"]
     record = {
         "config": dataclasses.asdict(cfg),
         "claims_numbers": {
-            "sigmoid_dphi_max": peak,
-            "ratio_sigmoid": ratio,
-            "mean_field_sigmoid": mean_field,
+            "sigmoid_dphi_max": float(d.max()),
+            "ratio_sigmoid": float(t.grad_pre_rms[1] / t.grad_pre_rms[n]),
+            "mean_field_sigmoid": float(_mean_field(t, NETS["sigmoid"][1])[0]),
             "ratios": {a: m[a]["ratios"] for a in NETS},
             "first_zero_backward_float16": {
                 a: int(m[a]["float16"].first_zero_backward) for a in ("sigmoid", "relu")
             },
+            "z_points": z.size,
+            "sigmoid_dphi_argmax": float(z[np.argmax(d)]),
+            "sigmoid_dphi_at_0": float(sk.derivative("sigmoid")(0.0)),
+            "sigmoid_dphi_max_beyond_10": float(np.max(d[np.abs(z) >= 10])),
+            # saturated units, mean over the hidden layers: Glorot (sigma_w = 1) and big_sigma_w
+            "saturated_sigmoid": float(np.mean(t.saturated[1 : cfg.depth + 1])),
+            "saturated_sigmoid_big": float(np.mean(big.saturated[1 : cfg.depth + 1])),
         },
         "per_layer": {
             a: {
@@ -347,8 +295,89 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
         },
     }
     record["per_layer"]["sigmoid_big_saturated"] = big.saturated
-    sk.save_json(out / f"{NAME}.json", record)
-    return claims
+    record["traces"] = m
+    return record
+
+
+def claims(numbers: dict) -> list[sk.Claim]:
+    """The study's claims, read off ``numbers`` (from :func:`measure`, or its ``NAME.json``)."""
+    cfg = Config(**numbers["config"])
+    c = numbers["claims_numbers"]
+    result = []
+
+    peak = c["sigmoid_dphi_max"]
+    result.append(
+        sk.Claim(
+            claim="The sigmoid's derivative σ'(z) = σ(z)(1 − σ(z)) is at most 1/4",
+            theory="maximum 1/4 at z = 0",
+            measured=f"max over {c['z_points']} points in [-20, 20] (float64): {peak!r} at z = "
+            f"{c['sigmoid_dphi_argmax']:.3g}",
+            passed=peak <= 0.25 and c["sigmoid_dphi_at_0"] == 0.25,
+        )
+    )
+    far = c["sigmoid_dphi_max_beyond_10"]
+    sat_big, sat_std = c["saturated_sigmoid_big"], c["saturated_sigmoid"]
+    result.append(
+        sk.Claim(
+            claim="The sigmoid's gradient is almost 0 when |z| is large: large weights saturate it",
+            theory=f"σ'(z) < 1e-4 for |z| ≥ 10; more units with |σ'| < {cfg.threshold:g} as σ_w "
+            "grows",
+            measured=f"max σ' for |z| ≥ 10: {far:.2e}; saturated units, mean over layers: "
+            f"{sat_std:.1%} (Glorot, σ_w = 1), {sat_big:.1%} (σ_w = {cfg.big_sigma_w:g})",
+            passed=far < 1e-4 and sat_big > 0.25 > sat_std,
+        )
+    )
+    ratio, mean_field = c["ratio_sigmoid"], c["mean_field_sigmoid"]
+    bound = 0.25**cfg.depth
+    result.append(
+        sk.Claim(
+            claim=f"Deep sigmoid nets' gradients vanish (depth {cfg.depth}, Glorot weights)",
+            theory=f"mean field ∏ σ_w·rms σ'(z^l) = {mean_field:.2e} ≤ (1/4)^{cfg.depth} = "
+            f"{bound:.1e}; measured within 10x of the mean field",
+            measured=f"RMS ∂L/∂z¹ / RMS ∂L/∂ŷ = {ratio:.2e}",
+            passed=ratio < 1e-10 and mean_field <= bound and 0.1 < ratio / mean_field < 10,
+        )
+    )
+    ratios = {a: np.asarray(v, np.float64) for a, v in c["ratios"].items()}
+    relu, tanh = ratios["relu"], ratios["tanh"]
+    result.append(
+        sk.Claim(
+            claim="relu (with He weights) fixes it: the gradient reaching layer 1 stays O(1) at "
+            f"every depth up to {cfg.depth}",
+            theory="mean field: σ_w² E[relu'(z)²] = 2 · 1/2 = 1 per layer",
+            measured=f"ratio at depth {cfg.depth}: relu {relu[-1]:.3g} (range {relu.min():.3g}–"
+            f"{relu.max():.3g} over depths 1–{cfg.depth}); sigmoid "
+            f"{ratios['sigmoid'][-1]:.2e}; tanh (Glorot) {tanh[-1]:.3g}",
+            passed=bool(np.all((relu > 0.1) & (relu < 10))),
+        )
+    )
+    z16_sig = c["first_zero_backward_float16"]["sigmoid"]
+    z16_relu = c["first_zero_backward_float16"]["relu"]
+    result.append(
+        sk.Claim(
+            claim="In float16 the vanished sigmoid gradient underflows to exactly 0; relu's does "
+            "not",
+            theory="RMS shrinks about 4x per layer and float16's smallest subnormal is 6e-8",
+            measured="first all-zero gradient (backward from the output): sigmoid layer "
+            f"{z16_sig}; relu {'never' if z16_relu < 0 else z16_relu}",
+            passed=z16_sig >= 1 and z16_relu == -1,
+        )
+    )
+    return result
+
+
+def figure(numbers: dict, out_dir: pathlib.Path) -> None:
+    """Draw ``out_dir/NAME.png`` from ``numbers["traces"]`` (from :func:`measure`)."""
+    _figure(pathlib.Path(out_dir), numbers["traces"], Config(**numbers["config"]))
+
+
+def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
+    out = pathlib.Path(out)
+    numbers = measure(quick=quick)
+    figure(numbers, out)
+    result = claims(numbers)
+    sk.save_json(out / f"{NAME}.json", {k: v for k, v in numbers.items() if k != "traces"})
+    return result
 
 
 if __name__ == "__main__":

@@ -406,3 +406,82 @@ def test_deep_linear_claims_fail_on_bad_numbers(studies, tmp_path, spoil, failin
     for n in (numbers, _stored(tmp_path, numbers)):
         verdicts = _verdicts(studies["deep_linear"].claims(n))
         assert [i for i, ok in enumerate(verdicts) if not ok] == [failing]
+
+
+# activations ---------------------------------------------------------------------------------
+
+
+def _activations_numbers():
+    depth = 50
+    return {
+        "config": {"depth": depth, "width": 32, "batch": 64, "threshold": 1e-2},
+        "claims_numbers": {
+            "sigmoid_dphi_max": 0.25,
+            "sigmoid_dphi_argmax": 0.0,
+            "sigmoid_dphi_at_0": 0.25,
+            "z_points": 400001,
+            "sigmoid_dphi_max_beyond_10": 4.5e-5,
+            "saturated_sigmoid": 0.01,
+            "saturated_sigmoid_big": 0.6,
+            "ratio_sigmoid": 2e-32,
+            "mean_field_sigmoid": 1e-32,
+            "ratios": {
+                "sigmoid": np.geomspace(0.25, 2e-32, depth),
+                "tanh": np.geomspace(0.9, 0.05, depth),
+                "relu": np.linspace(1.0, 1.5, depth),
+            },
+            "first_zero_backward_float16": {"sigmoid": 38, "relu": -1},
+        },
+    }
+
+
+def _claims_number(key, value):
+    def spoil(numbers):
+        c = numbers["claims_numbers"]
+        if callable(value):
+            value(c[key])
+        else:
+            c[key] = value
+
+    return spoil
+
+
+def _relu_ratio_at(i, value):
+    def spoil(numbers):
+        numbers["claims_numbers"]["ratios"]["relu"][i] = value
+
+    return spoil
+
+
+@pytest.mark.parametrize(
+    "spoil, failing",
+    [
+        (_claims_number("sigmoid_dphi_max", 0.2500001), 0),
+        (_claims_number("sigmoid_dphi_at_0", 0.24), 0),
+        (_claims_number("sigmoid_dphi_max_beyond_10", 2e-4), 1),
+        (_claims_number("saturated_sigmoid_big", 0.2), 1),
+        (_claims_number("saturated_sigmoid", 0.3), 1),
+        (_claims_number("ratio_sigmoid", 1e-9), 2),
+        (_claims_number("ratio_sigmoid", 2e-31), 2),  # 20x the mean field
+        (_claims_number("mean_field_sigmoid", 1e-29), 2),  # above (1/4)^50 = 7.9e-31
+        (_relu_ratio_at(10, 0.05), 3),
+        (_relu_ratio_at(-1, 12.0), 3),
+        (_claims_number("first_zero_backward_float16", {"sigmoid": -1, "relu": -1}), 4),
+        (_claims_number("first_zero_backward_float16", {"sigmoid": 38, "relu": 45}), 4),
+    ],
+)
+def test_activations_claims_fail_on_bad_numbers(studies, tmp_path, spoil, failing):
+    numbers = _activations_numbers()
+    spoil(numbers)
+    for n in (numbers, _stored(tmp_path, numbers)):
+        verdicts = _verdicts(studies["activations"].claims(n))
+        assert [i for i, ok in enumerate(verdicts) if not ok] == [failing]
+
+
+def test_activations_claims_pass_on_good_numbers(studies, tmp_path):
+    study = studies["activations"]
+    claims = study.claims(_activations_numbers())
+    assert _verdicts(claims) == [True] * 5
+    assert claims[0].measured == "max over 400001 points in [-20, 20] (float64): 0.25 at z = 0"
+    assert claims[4].measured.endswith("sigmoid layer 38; relu never")
+    _assert_same_after_json(study, _activations_numbers(), tmp_path)
