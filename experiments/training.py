@@ -279,31 +279,67 @@ def _figure(out: pathlib.Path, m: dict, d: dict, cfg: Config) -> None:
     plt.close(fig)
 
 
-def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
-    out = pathlib.Path(out)
+def measure(*, quick: bool) -> dict:
+    """The numbers of the study: every run's loss and ``stabkit.diagnose``'s evidence.
+
+    ``numbers["histories"]`` and ``numbers["diagnoses"]`` hold the training histories and their
+    diagnoses, which the figure draws (not stored in ``NAME.json``); the rest is stored there and
+    is all that :func:`claims` reads.
+    """
     cfg = Config(steps=120, half_steps=120, seeds=1) if quick else Config()
     m = _measure(cfg)
     d = {k: sk.diagnose(m[k]) for k in ("note", "remedy", "fixed")}
-    _figure(out, m, d, cfg)
-    seeds = cfg.seeds
-    note, dn = m["note"], d["note"]
-    by_case = _per_case(list(dn.verdict), len(CASES), seeds)
-    claims = []
+    return {
+        "config": dataclasses.asdict(cfg),
+        "verdicts": {k: list(v.verdict) for k, v in d.items()},
+        "evidence": {k: v._asdict() for k, v in d.items()},
+        "note_loss": m["note"].loss,
+        "fixed_loss": m["fixed"].loss,
+        "remedy_loss": m["remedy"].loss,
+        "half": {
+            k: {
+                "loss": h.loss,
+                "loss_scale": h.loss_scale,
+                "grad_census_step0": h.grad_census[:, 0],
+                "final_loss": h.final_loss,
+            }
+            for k, h in m["half"].items()
+        },
+        "histories": m,
+        "diagnoses": d,
+    }
 
-    first = dn.first_nonfinite[:seeds]
-    claims.append(
+
+def claims(numbers: dict) -> list[sk.Claim]:
+    """The study's claims, read off ``numbers`` (from :func:`measure`, or its ``NAME.json``)."""
+    cfg = Config(**numbers["config"])
+    seeds = cfg.seeds
+    # the evidence as arrays; the losses float32, as trained (NAME.json holds them as float64)
+    d = {
+        k: {f: v if f == "verdict" else np.asarray(v, np.float64) for f, v in e.items()}
+        for k, e in numbers["evidence"].items()
+    }
+    for k in d:
+        d[k]["first_nonfinite"] = d[k]["first_nonfinite"].astype(int)
+    loss = {k: np.asarray(numbers[f"{k}_loss"], np.float32) for k in ("note", "fixed")}
+    dn = d["note"]
+    by_case = _per_case(list(dn["verdict"]), len(CASES), seeds)
+    result = []
+
+    first = dn["first_nonfinite"][:seeds]
+    result.append(
         sk.Claim(
             claim="W = 1.5 I explodes: the loss becomes NaN, diagnose says 'exploding'",
             theory=f"output and gradient ~1.5^{cfg.depth + 1} = {1.5 ** (cfg.depth + 1):.2g}; the "
             "first SGD step overflows",
-            measured=f"loss at step 0: {note.loss[0, 0]:.3g}; first non-finite step "
+            measured=f"loss at step 0: {loss['note'][0, 0]:.3g}; first non-finite step "
             f"{first.tolist()}; verdicts {by_case[0]}",
             passed=all(v == "exploding" for v in by_case[0]) and bool((first >= 0).all()),
         )
     )
-    drop = dn.loss_drop[seeds : 2 * seeds]
-    g2l = dn.grad_to_loss[seeds : 2 * seeds]
-    claims.append(
+    drop = dn["loss_drop"][seeds : 2 * seeds]
+    g2l = dn["grad_to_loss"][seeds : 2 * seeds]
+    result.append(
         sk.Claim(
             claim="W = 0.5 I vanishes: loss large and unchanged, diagnose says 'vanishing'",
             theory=f"every gradient carries 0.5^{cfg.depth} = {0.5**cfg.depth:.2g}",
@@ -312,62 +348,63 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
             passed=all(v == "vanishing" for v in by_case[1]) and bool((np.abs(drop) < 0.01).all()),
         )
     )
-    ratio = dn.layer_ratio[2 * seeds : 3 * seeds]
-    claims.append(
+    ratio = dn["layer_ratio"][2 * seeds : 3 * seeds]
+    result.append(
         sk.Claim(
             claim=f"A {cfg.depth}-layer sigmoid net vanishes: layer 1 gets almost no gradient",
             theory=f"backward factor per layer ≤ σ_w·max σ' = 1/4: ~4^-{cfg.depth} = "
             f"{0.25**cfg.depth:.1g} on the backward signal (times O(1) forward factors)",
             measured=f"layer-1/readout gradient RMS {np.array2string(ratio, precision=2)}; loss "
-            f"drop {np.round(dn.loss_drop[2 * seeds : 3 * seeds] * 100, 1).tolist()}% (the readout "
-            f"fits the mean); verdicts {by_case[2]}",
+            f"drop {np.round(dn['loss_drop'][2 * seeds : 3 * seeds] * 100, 1).tolist()}% (the "
+            f"readout fits the mean); verdicts {by_case[2]}",
             passed=all(v == "vanishing" for v in by_case[2]) and bool((ratio < 1e-10).all()),
         )
     )
-    drop = dn.loss_drop[3 * seeds :]
-    claims.append(
+    drop = dn["loss_drop"][3 * seeds :]
+    result.append(
         sk.Claim(
             claim="He + relu trains at the same depth: diagnose says 'healthy'",
             theory="σ_w² E[relu'²] = 2 · 1/2 = 1: the gradient reaches layer 1 at O(1)",
             measured=f"loss drop {np.round(drop * 100, 1).tolist()}%; layer-1/readout "
-            f"{np.array2string(dn.layer_ratio[3 * seeds :], precision=2)}; verdicts {by_case[3]}",
+            f"{np.array2string(dn['layer_ratio'][3 * seeds :], precision=2)}; verdicts "
+            f"{by_case[3]}",
             passed=all(v == "healthy" for v in by_case[3]) and bool((drop > 0.5).all()),
         )
     )
     df = d["fixed"]
-    fixed_cases = _per_case(list(df.verdict), len(CASES), seeds)
-    fl = m["fixed"].loss[:seeds]
-    claims.append(
+    fixed_cases = _per_case(list(df["verdict"]), len(CASES), seeds)
+    fl = loss["fixed"][:seeds]
+    result.append(
         sk.Claim(
             claim="Clipping by global norm (+ skipping non-finite steps) stops the explosion; it "
             "does not cure vanishing",
             theory="the update norm is at most lr·clip/(1 − momentum); a vanished gradient is left "
             "as it is",
             measured="W = 1.5 I: first non-finite step "
-            f"{df.first_nonfinite[:seeds].tolist()}, loss {fl[0, 0]:.3g} → {fl[0, -1]:.3g}; "
+            f"{df['first_nonfinite'][:seeds].tolist()}, loss {fl[0, 0]:.3g} → {fl[0, -1]:.3g}; "
             f"verdicts {fixed_cases}",
-            passed=bool((df.first_nonfinite == -1).all())
-            and bool(np.isfinite(m["fixed"].loss).all())
-            and all(v != "exploding" for v in df.verdict)
+            passed=bool((df["first_nonfinite"] == -1).all())
+            and bool(np.isfinite(loss["fixed"]).all())
+            and all(v != "exploding" for v in df["verdict"])
             and all(v == "vanishing" for v in fixed_cases[1] + fixed_cases[2]),
         )
     )
     dr = d["remedy"]
-    claims.append(
+    result.append(
         sk.Claim(
             claim="The note's remedies train: gain-1 orthogonal weights for the linear nets, "
             "relu + He instead of sigmoid",
             theory="an orthogonal product keeps every singular value at 1 (no growth, no decay)",
-            measured=f"verdicts {list(dr.verdict)}; loss drop "
-            f"{np.round(dr.loss_drop * 100, 1).tolist()}%",
-            passed=all(v == "healthy" for v in dr.verdict),
+            measured=f"verdicts {list(dr['verdict'])}; loss drop "
+            f"{np.round(dr['loss_drop'] * 100, 1).tolist()}%",
+            passed=all(v == "healthy" for v in dr["verdict"]),
         )
     )
     all_expected = [c[4] for c in CASES for _ in range(seeds)]
-    n_ok = sum(v == e for v, e in zip(dn.verdict, all_expected, strict=True))
-    n_ok += sum(v == "healthy" for v in dr.verdict)
-    total = len(all_expected) + len(dr.verdict)
-    claims.append(
+    n_ok = sum(v == e for v, e in zip(dn["verdict"], all_expected, strict=True))
+    n_ok += sum(v == "healthy" for v in dr["verdict"])
+    total = len(all_expected) + len(dr["verdict"])
+    result.append(
         sk.Claim(
             claim="diagnose's verdict matches what the loss curve shows for every run",
             theory="exploding: non-finite / growing; vanishing: flat + tiny gradient; else healthy",
@@ -376,16 +413,17 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
         )
     )
 
-    half = m["half"]
+    half = numbers["half"]
 
     def zero_frac(h):
-        return h.grad_census[:, 0, 2] / h.grad_census[:, 0].sum(-1)
+        census = np.asarray(h["grad_census_step0"])
+        return census[:, 2] / census.sum(-1)
 
     z = {k: zero_frac(h) for k, h in half.items()}
-    final = {k: h.final_loss for k, h in half.items()}
+    final = {k: np.asarray(h["final_loss"], np.float32) for k, h in half.items()}
     f32, f16, f16s = (final[k] for k in ("float32", "float16", "float16 + loss scaling"))
-    rel = {k: h.final_loss / h.loss[:, 0] for k, h in half.items()}
-    claims.append(
+    rel = {k: final[k] / np.asarray(h["loss"], np.float32)[:, 0] for k, h in half.items()}
+    result.append(
         sk.Claim(
             claim="float16 (float32 master weights) fails without loss scaling and trains with it",
             theory=f"output gradient ~{cfg.half_targets:g}/256 ≈ 4e-6, shrinking per layer: below "
@@ -400,26 +438,23 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
             and bool((f16s < 2 * f32).all()),
         )
     )
+    return result
 
-    record = {
-        "config": dataclasses.asdict(cfg),
-        "verdicts": {k: list(v.verdict) for k, v in d.items()},
-        "evidence": {k: v._asdict() for k, v in d.items()},
-        "note_loss": note.loss,
-        "fixed_loss": m["fixed"].loss,
-        "remedy_loss": m["remedy"].loss,
-        "half": {
-            k: {
-                "loss": h.loss,
-                "loss_scale": h.loss_scale,
-                "grad_census_step0": h.grad_census[:, 0],
-                "final_loss": h.final_loss,
-            }
-            for k, h in half.items()
-        },
-    }
-    sk.save_json(out / f"{NAME}.json", record)
-    return claims
+
+def figure(numbers: dict, out_dir: pathlib.Path) -> None:
+    """Draw ``out_dir/NAME.png`` from the histories and diagnoses of :func:`measure`."""
+    cfg = Config(**numbers["config"])
+    _figure(pathlib.Path(out_dir), numbers["histories"], numbers["diagnoses"], cfg)
+
+
+def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
+    out = pathlib.Path(out)
+    numbers = measure(quick=quick)
+    figure(numbers, out)
+    result = claims(numbers)
+    stored = {k: v for k, v in numbers.items() if k not in ("histories", "diagnoses")}
+    sk.save_json(out / f"{NAME}.json", stored)
+    return result
 
 
 if __name__ == "__main__":

@@ -485,3 +485,105 @@ def test_activations_claims_pass_on_good_numbers(studies, tmp_path):
     assert claims[0].measured == "max over 400001 points in [-20, 20] (float64): 0.25 at z = 0"
     assert claims[4].measured.endswith("sigmoid layer 38; relu never")
     _assert_same_after_json(study, _activations_numbers(), tmp_path)
+
+
+# training ------------------------------------------------------------------------------------
+
+
+def _diagnosis(verdict, first_nonfinite, loss_drop, layer_ratio, grad_to_loss):
+    return {
+        "verdict": list(verdict),
+        "first_nonfinite": np.array(first_nonfinite, np.int32),
+        "loss_drop": np.array(loss_drop),
+        "layer_ratio": np.array(layer_ratio),
+        "grad_to_loss": np.array(grad_to_loss),
+    }
+
+
+def _training_numbers():
+    """One seed: the note's four nets, the remedy, the clipped nets, the float16 runs."""
+    note = ("exploding", "vanishing", "vanishing", "healthy")
+    half = {
+        "float32": ([[90, 0, 10, 0, 0]], 0.1),
+        "float16": ([[0, 0, 100, 0, 0]], 0.9),
+        "float16 + loss scaling": ([[88, 0, 12, 0, 0]], 0.12),
+    }
+    return {
+        "config": {"depth": 30, "seeds": 1, "steps": 120},
+        "evidence": {
+            "note": _diagnosis(
+                note, [3, -1, -1, -1], [np.nan, 1e-3, 0.3, 0.9], [1.0, 1e-9, 1e-12, 0.5], [1] * 4
+            ),
+            "remedy": _diagnosis(["healthy"], [-1], [0.8], [0.7], [1.0]),
+            "fixed": _diagnosis(
+                ("healthy", "vanishing", "vanishing", "healthy"),
+                [-1] * 4,
+                [0.5, 1e-3, 0.3, 0.9],
+                [1.0, 1e-9, 1e-12, 0.5],
+                [1] * 4,
+            ),
+        },
+        "note_loss": np.array([[2.5e20, np.nan, np.nan], *[[1.0, 0.9, 0.8]] * 3], np.float32),
+        "fixed_loss": np.array([[2.5e20, 3.0, 1.0], *[[1.0, 0.9, 0.8]] * 3], np.float32),
+        "half": {
+            k: {
+                "loss": np.array([[1.0, 0.5, 0.3]], np.float32),
+                "grad_census_step0": np.array(census, np.int32),
+                "final_loss": np.array([final], np.float32),
+            }
+            for k, (census, final) in half.items()
+        },
+    }
+
+
+def test_training_claims_pass_on_good_numbers(studies, tmp_path):
+    study = studies["training"]
+    claims = study.claims(_training_numbers())
+    assert _verdicts(claims) == [True] * 8
+    assert claims[0].measured == (
+        "loss at step 0: 2.5e+20; first non-finite step [3]; verdicts ['exploding']"
+    )
+    assert claims[6].measured == "5/5 runs as expected"
+    _assert_same_after_json(study, _training_numbers(), tmp_path)
+
+
+def _training(*path):
+    *keys, value = path
+
+    def spoil(numbers):
+        d = numbers
+        for key in keys[:-1]:
+            d = d[key]
+        d[keys[-1]] = value
+
+    return spoil
+
+
+@pytest.mark.parametrize(
+    "spoil, failing",
+    [
+        (_training("evidence", "note", "verdict", 0, "healthy"), (0, 6)),
+        (_training("evidence", "note", "first_nonfinite", 0, -1), 0),
+        (_training("evidence", "note", "loss_drop", 1, 0.05), 1),
+        (_training("evidence", "note", "verdict", 1, "healthy"), (1, 6)),
+        (_training("evidence", "note", "layer_ratio", 2, 1e-5), 2),
+        (_training("evidence", "note", "verdict", 2, "exploding"), (2, 6)),
+        (_training("evidence", "note", "loss_drop", 3, 0.3), 3),
+        (_training("evidence", "note", "verdict", 3, "vanishing"), (3, 6)),
+        (_training("evidence", "fixed", "first_nonfinite", 0, 5), 4),
+        (_training("fixed_loss", 0, 2, np.nan), 4),
+        (_training("evidence", "fixed", "verdict", 0, "exploding"), 4),
+        (_training("evidence", "fixed", "verdict", 2, "healthy"), 4),
+        (_training("evidence", "remedy", "verdict", 0, "vanishing"), (5, 6)),
+        (_training("half", "float16", "grad_census_step0", 0, [50, 0, 50, 0, 0]), 7),
+        (_training("half", "float16 + loss scaling", "grad_census_step0", 0, [80, 0, 20, 0, 0]), 7),
+        (_training("half", "float16", "final_loss", 0, 0.2), 7),
+        (_training("half", "float16 + loss scaling", "final_loss", 0, 0.3), 7),
+    ],
+)
+def test_training_claims_fail_on_bad_numbers(studies, tmp_path, spoil, failing):
+    numbers = _training_numbers()
+    spoil(numbers)
+    for n in (numbers, _stored(tmp_path, numbers)):
+        verdicts = _verdicts(studies["training"].claims(n))
+        assert [i for i, ok in enumerate(verdicts) if not ok] == list(np.atleast_1d(failing))
