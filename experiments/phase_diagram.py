@@ -303,9 +303,13 @@ def _figure(out: pathlib.Path, r: dict, cfg: Config) -> None:
     plt.close(fig)
 
 
-def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
-    out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def measure(*, quick: bool) -> dict:
+    """The numbers of the study: the maps over the grid, the critical line, the Monte Carlo nets.
+
+    ``numbers["figure_data"]`` holds the grids the figure draws (not stored in ``NAME.json``);
+    the rest is stored there, and ``claims_numbers`` with ``config``, ``points`` and
+    ``monte_carlo`` is all that :func:`claims` reads.
+    """
     cfg = QUICK if quick else Config()
     timings = {}
     t0 = time.perf_counter()
@@ -363,84 +367,25 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
         "cmap": cmap,
         "cmap_c": cmap_c,
     }
-    t0 = time.perf_counter()
-    _figure(out, r, cfg)
-    timings["figure"] = time.perf_counter() - t0
 
-    claims = []
-    relu_crit = float(sk.critical_line("relu", 0.0))
-    relu_phase = sk.PHASE_NAMES[int(sk.phase("relu", 2.0, 0.0))]
-    relu_exact = np.array_equal(relu.chi_1, np.broadcast_to(sw[None, :] / 2, relu.chi_1.shape))
-    claims.append(
-        sk.Claim(
-            claim="relu's only critical point is (σ_w², σ_b²) = (2, 0), with χ₁ = σ_w²/2",
-            theory="χ₁ = σ_w² E[relu'(z)²] = σ_w²/2 for every σ_b² (closed form); "
-            "q* = ∞ for σ_w² > 2",
-            measured=f"critical_line('relu', 0) = {relu_crit}; χ₁ = σ_w²/2 exactly on the "
-            f"{cfg.grid}×{cfg.grid} grid: {relu_exact}; phase(2, 0) = {relu_phase}",
-            passed=relu_exact and relu_crit == 2.0 and relu_phase == "critical",
-        )
-    )
-    crit0 = float(crit[0])
-    claims.append(
-        sk.Claim(
-            claim="tanh's critical line starts at (σ_b², σ_w²) = (0, 1) and passes σ_w² ≈ 1.76 "
-            "at σ_b² = 0.05",
-            theory="Schoenholz et al. 2017 (phase diagram; their tanh experiments use σ_b² = "
-            "0.05): σ_w² = 1 at σ_b² = 0 (tanh'(0) = 1), ≈ 1.76 at σ_b² = 0.05",
-            measured=f"bisection on χ₁ (128-node quadrature): σ_w² = {crit0:.8f} at σ_b² = 0, "
-            f"{crit_005:.7f} at 0.05",
-            passed=abs(crit0 - 1) < 1e-6 and abs(crit_005 - 1.76) < 0.005,
-        )
-    )
-    dev = float(np.max(np.abs(chi_on_line[1:] - 1)))
-    dev0 = abs(float(chi_on_line[0]) - 1)
-    claims.append(
-        sk.Claim(
-            claim="χ₁ = 1 all along the computed critical line",
-            theory="the line is the root of χ₁(σ_w²; σ_b²) = 1",
-            measured=f"max |χ₁ − 1| over {cfg.grid - 1} points with σ_b² > 0: {dev:.1e}; "
-            f"at σ_b² = 0 (a tangency): {dev0:.1e}",
-            passed=dev < 1e-10 and dev0 < 1e-7,
-        )
-    )
+    # What the claims read off the grids, which NAME.json does not hold.
     rows = slice(1, None)  # sigma_b^2 > 0
     peak = sw[np.argmax(np.where(np.isfinite(mf.xi_c), mf.xi_c, np.inf)[rows], axis=1)]
-    step = sw[1] - sw[0]
-    off = float(np.max(np.abs(peak - crit[rows])))
-    xi_max = float(np.max(mf.xi_c[np.isfinite(mf.xi_c)]))
-    claims.append(
-        sk.Claim(
-            claim="The depth scale ξ_c diverges on the critical line: its maximum along every "
-            "row of the phase diagram sits on the line",
-            theory="ξ_c = −1/log χ_c(c*) → ∞ as χ₁ → 1 from either side",
-            measured=f"largest distance of a row's argmax ξ_c from the line: {off:.4f} (grid "
-            f"step {step:.4f}); finite ξ_c on the grid: {np.nanmin(mf.xi_c):.2f}–{xi_max:.3g}",
-            passed=off <= 1.5 * step,
-        )
-    )
-    for key, what in (("q", "mean square pre-activation q^l"), ("c", "correlation c^l")):
-        ok = all(agreement[n][key]["passed"] for n, *_ in points)
-        err = "rel err {:.1%}" if key == "q" else "|Δc| {:.3f}"
-        field = "max_rel_err" if key == "q" else "max_abs_err"
-        detail = "; ".join(
-            f"{n}: max {agreement[n][key]['max_z']:.1f} SE, max "
-            + err.format(agreement[n][key][field])
-            for n, *_ in points
-        )
-        claims.append(
-            sk.Claim(
-                claim=f"Width-{cfg.width} tanh nets follow the {key}-map: {what}, layers "
-                f"2–{cfg.depth + 1}, ordered/critical/chaotic points",
-                theory=f"the iterated {key}-map from q_in = {cfg.q_in}, c_in = {cfg.c_in}; "
-                f"agreement: within {cfg.n_se:g} standard errors ({cfg.seeds} nets) at every "
-                "layer",
-                measured=detail,
-                passed=ok,
-            )
-        )
-
-    record = {
+    claims_numbers = {
+        "relu_critical_sigma_w2_at_0": float(sk.critical_line("relu", 0.0)),
+        "relu_phase_at_2_0": sk.PHASE_NAMES[int(sk.phase("relu", 2.0, 0.0))],
+        "relu_chi_1_is_half_sigma_w2": np.array_equal(
+            relu.chi_1, np.broadcast_to(sw[None, :] / 2, relu.chi_1.shape)
+        ),
+        "critical_sigma_w2_at_0": float(crit[0]),
+        "chi_1_on_line_max_dev": float(np.max(np.abs(chi_on_line[1:] - 1))),
+        "chi_1_on_line_dev_at_0": abs(float(chi_on_line[0]) - 1),
+        "xi_c_peak_max_distance": float(np.max(np.abs(peak - crit[rows]))),
+        "grid_step": float(sw[1] - sw[0]),
+        "xi_c_min": float(np.nanmin(mf.xi_c)),
+        "xi_c_max": float(np.max(mf.xi_c[np.isfinite(mf.xi_c)])),
+    }
+    return {
         "config": dataclasses.asdict(cfg),
         "timings_s": timings,
         "critical_line": {"sigma_b2": sb, "sigma_w2": crit, "chi_1": chi_on_line},
@@ -456,9 +401,104 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
         "theory": theory,
         "monte_carlo_compilations": mc["compilations"],
         "xi_c_slice": {"sigma_w2": slice_sw, "xi_c": sl.xi_c, "xi_q": sl.xi_q},
+        "claims_numbers": claims_numbers,
+        "figure_data": r,
     }
-    sk.save_json(out / f"{NAME}.json", record)
-    return claims
+
+
+def claims(numbers: dict) -> list[sk.Claim]:
+    """The study's claims, read off ``numbers`` (from :func:`measure`, or its ``NAME.json``)."""
+    cfg = Config(**numbers["config"])
+    c = numbers["claims_numbers"]
+    crit_005 = numbers["critical_sigma_w2_at_0.05"]
+    agreement, names = numbers["monte_carlo"], list(numbers["points"])
+    result = []
+    relu_crit, relu_phase = c["relu_critical_sigma_w2_at_0"], c["relu_phase_at_2_0"]
+    relu_exact = c["relu_chi_1_is_half_sigma_w2"]
+    result.append(
+        sk.Claim(
+            claim="relu's only critical point is (σ_w², σ_b²) = (2, 0), with χ₁ = σ_w²/2",
+            theory="χ₁ = σ_w² E[relu'(z)²] = σ_w²/2 for every σ_b² (closed form); "
+            "q* = ∞ for σ_w² > 2",
+            measured=f"critical_line('relu', 0) = {relu_crit}; χ₁ = σ_w²/2 exactly on the "
+            f"{cfg.grid}×{cfg.grid} grid: {relu_exact}; phase(2, 0) = {relu_phase}",
+            passed=relu_exact and relu_crit == 2.0 and relu_phase == "critical",
+        )
+    )
+    crit0 = c["critical_sigma_w2_at_0"]
+    result.append(
+        sk.Claim(
+            claim="tanh's critical line starts at (σ_b², σ_w²) = (0, 1) and passes σ_w² ≈ 1.76 "
+            "at σ_b² = 0.05",
+            theory="Schoenholz et al. 2017 (phase diagram; their tanh experiments use σ_b² = "
+            "0.05): σ_w² = 1 at σ_b² = 0 (tanh'(0) = 1), ≈ 1.76 at σ_b² = 0.05",
+            measured=f"bisection on χ₁ (128-node quadrature): σ_w² = {crit0:.8f} at σ_b² = 0, "
+            f"{crit_005:.7f} at 0.05",
+            passed=abs(crit0 - 1) < 1e-6 and abs(crit_005 - 1.76) < 0.005,
+        )
+    )
+    dev, dev0 = c["chi_1_on_line_max_dev"], c["chi_1_on_line_dev_at_0"]
+    result.append(
+        sk.Claim(
+            claim="χ₁ = 1 all along the computed critical line",
+            theory="the line is the root of χ₁(σ_w²; σ_b²) = 1",
+            measured=f"max |χ₁ − 1| over {cfg.grid - 1} points with σ_b² > 0: {dev:.1e}; "
+            f"at σ_b² = 0 (a tangency): {dev0:.1e}",
+            passed=dev < 1e-10 and dev0 < 1e-7,
+        )
+    )
+    off, step = c["xi_c_peak_max_distance"], c["grid_step"]
+    # float(): NAME.json stores inf and NaN as strings
+    xi_min, xi_max = float(c["xi_c_min"]), float(c["xi_c_max"])
+    result.append(
+        sk.Claim(
+            claim="The depth scale ξ_c diverges on the critical line: its maximum along every "
+            "row of the phase diagram sits on the line",
+            theory="ξ_c = −1/log χ_c(c*) → ∞ as χ₁ → 1 from either side",
+            measured=f"largest distance of a row's argmax ξ_c from the line: {off:.4f} (grid "
+            f"step {step:.4f}); finite ξ_c on the grid: {xi_min:.2f}–{xi_max:.3g}",
+            passed=off <= 1.5 * step,
+        )
+    )
+    for key, what in (("q", "mean square pre-activation q^l"), ("c", "correlation c^l")):
+        ok = all(agreement[n][key]["passed"] for n in names)
+        err = "rel err {:.1%}" if key == "q" else "|Δc| {:.3f}"
+        field = "max_rel_err" if key == "q" else "max_abs_err"
+        detail = "; ".join(
+            f"{n}: max {agreement[n][key]['max_z']:.1f} SE, max "
+            + err.format(agreement[n][key][field])
+            for n in names
+        )
+        result.append(
+            sk.Claim(
+                claim=f"Width-{cfg.width} tanh nets follow the {key}-map: {what}, layers "
+                f"2–{cfg.depth + 1}, ordered/critical/chaotic points",
+                theory=f"the iterated {key}-map from q_in = {cfg.q_in}, c_in = {cfg.c_in}; "
+                f"agreement: within {cfg.n_se:g} standard errors ({cfg.seeds} nets) at every "
+                "layer",
+                measured=detail,
+                passed=ok,
+            )
+        )
+    return result
+
+
+def figure(numbers: dict, out_dir: pathlib.Path) -> None:
+    """Draw ``out_dir/NAME.png`` from ``numbers["figure_data"]`` (from :func:`measure`)."""
+    _figure(pathlib.Path(out_dir), numbers["figure_data"], Config(**numbers["config"]))
+
+
+def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    numbers = measure(quick=quick)
+    t0 = time.perf_counter()
+    figure(numbers, out)
+    numbers["timings_s"]["figure"] = time.perf_counter() - t0
+    result = claims(numbers)
+    stored = {k: v for k, v in numbers.items() if k != "figure_data"}
+    sk.save_json(out / f"{NAME}.json", stored)
+    return result
 
 
 if __name__ == "__main__":

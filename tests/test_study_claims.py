@@ -587,3 +587,141 @@ def test_training_claims_fail_on_bad_numbers(studies, tmp_path, spoil, failing):
     for n in (numbers, _stored(tmp_path, numbers)):
         verdicts = _verdicts(studies["training"].claims(n))
         assert [i for i, ok in enumerate(verdicts) if not ok] == list(np.atleast_1d(failing))
+
+
+# phase_diagram -------------------------------------------------------------------------------
+
+
+def _agreement(passed=True):
+    return {"max_z": 1.5, "max_abs_err": 0.002, "max_rel_err": 0.01, "passed": passed}
+
+
+def _phase_diagram_numbers():
+    names = ("ordered", "critical", "chaotic")
+    return {
+        "config": {"grid": 60, "width": 256, "depth": 16, "seeds": 12},
+        "critical_sigma_w2_at_0.05": 1.7603,
+        "points": {n: {} for n in names},
+        "monte_carlo": {n: {"q": _agreement(), "c": _agreement()} for n in names},
+        "claims_numbers": {
+            "relu_critical_sigma_w2_at_0": 2.0,
+            "relu_phase_at_2_0": "critical",
+            "relu_chi_1_is_half_sigma_w2": True,
+            "critical_sigma_w2_at_0": 1.0000000001,
+            "chi_1_on_line_max_dev": 1e-13,
+            "chi_1_on_line_dev_at_0": 1e-9,
+            "xi_c_peak_max_distance": 0.05,
+            "grid_step": 0.0593,
+            "xi_c_min": 0.5,
+            "xi_c_max": 1234.5,
+        },
+    }
+
+
+def test_phase_diagram_claims_pass_on_good_numbers(studies, tmp_path):
+    study = studies["phase_diagram"]
+    claims = study.claims(_phase_diagram_numbers())
+    assert _verdicts(claims) == [True] * 6
+    assert claims[3].measured.endswith("finite ξ_c on the grid: 0.50–1.23e+03")
+    assert claims[4].measured.startswith("ordered: max 1.5 SE, max rel err 1.0%")
+    _assert_same_after_json(study, _phase_diagram_numbers(), tmp_path)
+
+
+def _phase(key, value):
+    def spoil(numbers):
+        numbers["claims_numbers"][key] = value
+
+    return spoil
+
+
+def _disagree(name, key):
+    def spoil(numbers):
+        numbers["monte_carlo"][name][key]["passed"] = False
+
+    return spoil
+
+
+def _critical_005(numbers):
+    numbers["critical_sigma_w2_at_0.05"] = 1.77
+
+
+@pytest.mark.parametrize(
+    "spoil, failing",
+    [
+        (_phase("relu_critical_sigma_w2_at_0", 2.0000001), 0),
+        (_phase("relu_phase_at_2_0", "chaotic"), 0),
+        (_phase("relu_chi_1_is_half_sigma_w2", False), 0),
+        (_phase("critical_sigma_w2_at_0", 1.00001), 1),
+        (_critical_005, 1),
+        (_phase("chi_1_on_line_max_dev", 1e-9), 2),
+        (_phase("chi_1_on_line_dev_at_0", 1e-6), 2),
+        (_phase("xi_c_peak_max_distance", 0.1), 3),
+        (_disagree("critical", "q"), 4),
+        (_disagree("chaotic", "c"), 5),
+    ],
+)
+def test_phase_diagram_claims_fail_on_bad_numbers(studies, tmp_path, spoil, failing):
+    numbers = _phase_diagram_numbers()
+    spoil(numbers)
+    for n in (numbers, _stored(tmp_path, numbers)):
+        verdicts = _verdicts(studies["phase_diagram"].claims(n))
+        assert [i for i, ok in enumerate(verdicts) if not ok] == [failing]
+
+
+# trainable_depth -----------------------------------------------------------------------------
+
+
+def _trainable_depth_numbers():
+    """sigma_w^2 0.5 (ordered), 1.76 (critical: 6 xi_c beyond the grid), 7 (chaotic)."""
+    score = np.array([[0.95, 0.98, 0.9], [0.9, 0.97, 0.6], [0.6, 0.95, 0.2], [0.05, 0.9, 0.0]])
+    xi = np.array([3.0, 50.0, 2.5])
+    return {
+        "config": {"sigma_w2": (0.5, 1.76, 7.0), "depths": (4, 12, 24, 64)},
+        "critical_sigma_w2": 1.7603,
+        "sigma_w2": np.array([0.5, 1.76, 7.0]),
+        "depth": np.array([4, 12, 24, 64]),
+        "xi_c": xi,
+        "six_xi_c": 6 * xi,
+        "accuracy": 0.25 + 0.75 * score,
+        "score": score,
+        "trainable": score >= 0.5,
+        "baseline": 0.25,
+        "threshold": 0.5,
+        "boundary": np.array([20.0, 64.0, 12.0]),
+        "boundary_censored": np.array([False, True, False]),
+    }
+
+
+def test_trainable_depth_claims_pass_on_good_numbers(studies, tmp_path):
+    study = studies["trainable_depth"]
+    claims = study.claims(_trainable_depth_numbers())
+    assert _verdicts(claims) == [True] * 4
+    assert "σ_w² = 0.5: 20.0 vs 18.0 (×1.11); σ_w² = 7: 12.0 vs 15.0 (×0.80)" in claims[0].measured
+    assert claims[2].measured.startswith("2 grid cells deeper than 12 ξ_c, 0 of them trainable")
+    _assert_same_after_json(study, _trainable_depth_numbers(), tmp_path)
+
+
+def _grid(key, index, value):
+    def spoil(numbers):
+        numbers[key][index] = value
+
+    return spoil
+
+
+@pytest.mark.parametrize(
+    "spoil, failing",
+    [
+        (_grid("boundary", 0, 40.0), 0),  # 2.2 x 6 xi_c
+        (_grid("boundary", 2, 0.0), 0),  # no chaotic point left to compare
+        (_grid("boundary", 1, 15.0), 1),  # the critical net is no longer the deepest
+        (_grid("trainable", (3, 0), True), 2),
+        (_grid("score", (0, 1), 0.8), 3),
+        (_grid("score", (3, 2), 0.2), 3),
+    ],
+)
+def test_trainable_depth_claims_fail_on_bad_numbers(studies, tmp_path, spoil, failing):
+    numbers = _trainable_depth_numbers()
+    spoil(numbers)
+    for n in (numbers, _stored(tmp_path, numbers)):
+        verdicts = _verdicts(studies["trainable_depth"].claims(n))
+        assert [i for i, ok in enumerate(verdicts) if not ok] == [failing]
