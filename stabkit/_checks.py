@@ -7,6 +7,7 @@ values), so they cost nothing under ``jit`` and never force a device-to-host tra
 
 from __future__ import annotations
 
+import math
 import operator
 import os
 import warnings
@@ -267,3 +268,130 @@ def check_initializer(init: Any, name: str, key: Any, shape: tuple[int, ...], dt
             f"{name}: the initializer returned shape {tuple(out.shape)} dtype {out.dtype}, "
             f"expected {shape} {dtype.name} ({call})"
         )
+
+
+# ------------------------------------------------------------------------ real parameters and grids
+#
+# The theory's validators (stabkit.theory, stabkit._jacobian, stabkit.sweeps.theory_comparison):
+# types (real numbers; no strings, bools, None, complex or ragged lists), values (a NaN or inf
+# parameter is a user error, never a result: ValueError saying NaN / inf) and broadcasting (the
+# error names every argument and its shape).
+
+#: Lengths and depths are bounded by lax.scan / lax.map's int32 trip counts.
+_MAX_INT = 2**31 - 1
+#: The smallest normal float64: the absolute floor of the fixed-point step test, and the smallest
+#: non-zero parameter (XLA:CPU reads subnormal float64 inputs as 0).
+_TINY = float(np.finfo(np.float64).tiny)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _describe(x: float) -> str:
+    """A value for an error message: NaN and inf spelled out."""
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return repr(float(x))
+
+
+def _check_int(value: Any, name: str, why: str) -> int:
+    """An int in [1, 2^31 - 1] (NumPy integers welcome); ``why`` explains the upper bound."""
+    return bounded_int(value, name, 1, _MAX_INT, why)
+
+
+def _real_array(value: Any, name: str) -> np.ndarray:
+    """``value`` as a float64 array; TypeError for anything that is not real numbers."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number or array, got the bool {value!r}")
+    if value is None or isinstance(value, (str, bytes, dict, set, frozenset)):
+        raise TypeError(
+            f"{name} must be a real number or array, got {type(value).__name__} {_short(value)}"
+        )
+    if isinstance(value, int):  # beyond float64 NumPy would make an object array
+        try:
+            float(value)
+        except OverflowError:
+            raise ValueError(f"{name} must be finite, got the int {_short(value)}") from None
+    try:
+        raw = np.asarray(value)
+    except Exception as err:  # ragged lists, a traced array, an object refusing conversion
+        raise TypeError(
+            f"{name} must be a real number or a rectangular array of them, got "
+            f"{type(value).__name__} {_short(value)} ({type(err).__name__}: {err})"
+        ) from None
+    if raw.dtype.kind not in "iuf" and not is_floating_dtype(raw.dtype):
+        kind = {"b": "bools", "c": "complex numbers", "U": "strings", "S": "bytes"}
+        raise TypeError(
+            f"{name} must hold real numbers, got an array of dtype {raw.dtype}"
+            f" ({kind.get(raw.dtype.kind, 'not numbers')}): {_short(value)}"
+        )
+    return raw.astype(np.float64)
+
+
+def _check_grid(value: Any, name: str, *, lo: float, closed: bool = True, hi=None) -> np.ndarray:
+    """``value`` as a non-empty float64 array in [lo, hi] (or (lo, hi] if not closed).
+
+    NaN and inf are refused (a parameter, not a result): the message says which and where.
+    """
+    arr = _real_array(value, name)
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape}); give at least one value")
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(arr) | (arr < lo if closed else arr <= lo)
+        if hi is not None:
+            bad |= arr > hi
+    if bad.any():
+        flat = np.flatnonzero(bad.ravel())
+        first = float(arr.flat[int(flat[0])])
+        where = ""
+        if arr.ndim:
+            index = tuple(int(i) for i in np.unravel_index(int(flat[0]), arr.shape))
+            where = f" at index {index} ({flat.size} bad of {arr.size} entries, shape {arr.shape})"
+        if hi is not None:
+            rng = f" and in [{lo:g}, {hi:g}]"
+        elif lo == -math.inf:
+            rng = ""
+        else:
+            rng = f" and >= {lo:g}" if closed else f" and > {lo:g}"
+        raise ValueError(f"{name} must be finite{rng}, got {_describe(first)}{where}")
+    subnormal = (arr != 0) & (np.abs(arr) < _TINY)
+    if subnormal.any():  # XLA:CPU reads subnormal float64 inputs as 0: a silently wrong answer
+        first = float(arr.flat[int(np.flatnonzero(subnormal.ravel())[0])])
+        raise ValueError(
+            f"{name} must be 0 or at least {_TINY:.4g} in magnitude (the smallest normal "
+            f"float64; XLA:CPU reads subnormal inputs as 0), got {first!r}"
+        )
+    return arr
+
+
+def _check_scalar(value: Any, name: str, **kwargs) -> float:
+    """A single finite real number (a 0-d array or NumPy scalar included); see _check_grid."""
+    arr = _check_grid(value, name, **kwargs)
+    if arr.ndim != 0:
+        raise ValueError(f"{name} must be a single number, got an array of shape {arr.shape}")
+    return float(arr)
+
+
+def _broadcast_shape(grids: dict[str, np.ndarray]) -> tuple[int, ...]:
+    """The broadcast shape of the named arrays; a ValueError naming the two that clash."""
+    try:
+        return tuple(int(n) for n in np.broadcast_shapes(*(a.shape for a in grids.values())))
+    except ValueError:
+        pass
+    items = list(grids.items())
+    shapes = ", ".join(f"{n} {a.shape}" for n, a in items)
+    for i, (n1, a1) in enumerate(items):
+        for n2, a2 in items[i + 1 :]:
+            try:
+                np.broadcast_shapes(a1.shape, a2.shape)
+            except ValueError:
+                raise ValueError(
+                    f"{n1} (shape {a1.shape}) and {n2} (shape {a2.shape}) do not broadcast "
+                    f"against each other (NumPy rules: trailing dimensions equal or 1); "
+                    f"shapes: {shapes}"
+                ) from None
+    raise AssertionError(f"no clashing pair among {shapes}")  # pragma: no cover

@@ -14,21 +14,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from stabkit._checks import check_elementwise, check_memory, floating_array, strict_bool
-from stabkit._meanfield import (
-    _POINT_BYTES,
-    DEFAULT_ORDER,
+from stabkit._checks import (
     _check_int,
     _check_scalar,
-    _diag_jit,
-    _kernel,
-    _quad_bytes,
     _short,
-    iterate_maps,
-    q_star,
+    check_elementwise,
+    check_memory,
+    floating_array,
+    strict_bool,
 )
 from stabkit.activations import get_activation, is_registered
 from stabkit.nets import MLPParams, mlp_apply
+from stabkit.theory.fixed_points import q_star
+from stabkit.theory.maps import iterate_maps
+from stabkit.theory.quadrature import _POINT_BYTES, DEFAULT_ORDER, _diag_jit, _kernel, _quad_bytes
 
 # ------------------------------------------------------------------------------ Jacobian spectra
 

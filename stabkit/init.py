@@ -203,7 +203,7 @@ def _uniform(key, shape, dtype, limit):
 def _fan_init(param: str, value: Any, name: str):
     """An init drawing N(0, v) or U with variance v, v = value^2 * variance(fan_in, fan_out)."""
     mult = _multiplier(value, param, nonnegative=True)
-    kind, variance = _RULES[name]
+    kind, variance = _INITIALIZERS[name].rule
 
     def init(key, shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
         dtype = _dtype(dtype)
@@ -235,22 +235,6 @@ class InitRule(NamedTuple):
     variance: Callable[[int, int], float] | None
 
 
-_RULES: dict[str, InitRule] = {
-    "scaled_identity": InitRule("identity", None),
-    "gaussian": InitRule("normal", lambda n, m: 1.0 / n),
-    "orthogonal": InitRule("orthogonal", None),
-    "glorot_normal": InitRule("normal", lambda n, m: 2.0 / (n + m)),
-    "glorot_uniform": InitRule("uniform", lambda n, m: 2.0 / (n + m)),
-    "he_normal": InitRule("normal", lambda n, m: 2.0 / n),
-    "he_uniform": InitRule("uniform", lambda n, m: 2.0 / n),
-    "lecun_normal": InitRule("normal", lambda n, m: 1.0 / n),
-    "lecun_uniform": InitRule("uniform", lambda n, m: 1.0 / n),
-    "standard": InitRule("uniform", lambda n, m: 1.0 / (3.0 * n)),
-}
-_RULES["xavier_normal"] = _RULES["glorot_normal"]
-_RULES["xavier_uniform"] = _RULES["glorot_uniform"]
-
-
 def init_rule(name: str) -> InitRule:
     """The distribution and entry variance of a named initializer (the one table every sampler,
     the sweep engine and the mean-field predictions read).
@@ -268,9 +252,9 @@ def init_rule(name: str) -> InitRule:
     """
     if not isinstance(name, str):
         raise TypeError(f"init must be an initializer name, got {type(name).__name__} {name!r}")
-    if name not in _RULES:
-        raise ValueError(f"unknown init {name!r}; valid names: {', '.join(sorted(_RULES))}")
-    return _RULES[name]
+    if name not in _INITIALIZERS:
+        raise ValueError(f"unknown init {name!r}; valid names: {', '.join(sorted(_INITIALIZERS))}")
+    return _INITIALIZERS[name].rule
 
 
 # ----------------------------------------------------------------------------------- initializers
@@ -437,20 +421,33 @@ def _bias_normal(sigma_b: Any) -> Initializer:
 
 # --------------------------------------------------------------------------------------- registry
 
-_REGISTRY: dict[str, tuple[Callable[..., Initializer], str]] = {
-    "scaled_identity": (scaled_identity, "a"),
-    "gaussian": (gaussian, "sigma_w"),
-    "orthogonal": (orthogonal, "gain"),
-    "glorot_normal": (glorot_normal, "gain"),
-    "glorot_uniform": (glorot_uniform, "gain"),
-    "xavier_normal": (glorot_normal, "gain"),
-    "xavier_uniform": (glorot_uniform, "gain"),
-    "he_normal": (he_normal, "gain"),
-    "he_uniform": (he_uniform, "gain"),
-    "lecun_normal": (lecun_normal, "gain"),
-    "lecun_uniform": (lecun_uniform, "gain"),
-    "standard": (standard, "gain"),
+
+class _Entry(NamedTuple):
+    """One named initializer: its factory, the name of the factory's multiplier, its rule."""
+
+    factory: Callable[..., Initializer]
+    param: str
+    rule: InitRule
+
+
+#: The one table of named initializers: what get_initializer builds and init_rule reports (the
+#: samplers, the sweep kernel and the mean-field theory all read it).
+_INITIALIZERS: dict[str, _Entry] = {
+    "scaled_identity": _Entry(scaled_identity, "a", InitRule("identity", None)),
+    "gaussian": _Entry(gaussian, "sigma_w", InitRule("normal", lambda n, m: 1.0 / n)),
+    "orthogonal": _Entry(orthogonal, "gain", InitRule("orthogonal", None)),
+    "glorot_normal": _Entry(glorot_normal, "gain", InitRule("normal", lambda n, m: 2.0 / (n + m))),
+    "glorot_uniform": _Entry(
+        glorot_uniform, "gain", InitRule("uniform", lambda n, m: 2.0 / (n + m))
+    ),
+    "he_normal": _Entry(he_normal, "gain", InitRule("normal", lambda n, m: 2.0 / n)),
+    "he_uniform": _Entry(he_uniform, "gain", InitRule("uniform", lambda n, m: 2.0 / n)),
+    "lecun_normal": _Entry(lecun_normal, "gain", InitRule("normal", lambda n, m: 1.0 / n)),
+    "lecun_uniform": _Entry(lecun_uniform, "gain", InitRule("uniform", lambda n, m: 1.0 / n)),
+    "standard": _Entry(standard, "gain", InitRule("uniform", lambda n, m: 1.0 / (3.0 * n))),
 }
+_INITIALIZERS["xavier_normal"] = _INITIALIZERS["glorot_normal"]
+_INITIALIZERS["xavier_uniform"] = _INITIALIZERS["glorot_uniform"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -466,7 +463,7 @@ def initializer_names() -> tuple[str, ...]:
         >>> "scaled_identity" in initializer_names()
         True
     """
-    return tuple(sorted(_REGISTRY))
+    return tuple(sorted(_INITIALIZERS))
 
 
 def get_initializer(init: str | Initializer, scale: float | None = None) -> Initializer:
@@ -499,7 +496,7 @@ def get_initializer(init: str | Initializer, scale: float | None = None) -> Init
     """
     if isinstance(init, str):
         try:
-            factory, param = _REGISTRY[init]
+            factory, param, _ = _INITIALIZERS[init]
         except KeyError:
             raise ValueError(
                 f"unknown initializer {init!r}; valid names: {', '.join(initializer_names())} "

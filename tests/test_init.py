@@ -178,9 +178,9 @@ def test_bad_input():
 
 def test_init_rule_is_the_samplers_table():
     # One table: every registered name has a rule, and the sampler draws the variance it states.
-    from stabkit.init import _REGISTRY, init_rule
+    from stabkit.init import _INITIALIZERS, init_rule
 
-    assert set(_REGISTRY) == set(initializer_names())
+    assert set(_INITIALIZERS) == set(initializer_names())
     for name in initializer_names():
         rule = init_rule(name)
         if rule.variance is None:

@@ -24,8 +24,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import stabkit as sk
-from stabkit import _meanfield
 from stabkit import theory as th
+from stabkit.theory import critical, fixed_points, maps, profiles, quadrature
 
 # ------------------------------------------------------------------------- closed forms, quadrature
 
@@ -213,9 +213,9 @@ def test_phase_and_depth_scales_on_a_grid():
 
 def test_no_recompilation_for_new_values():
     th.mean_field("tanh", np.linspace(1, 2, 5), 0.05, order=40)
-    size = _meanfield._solve._cache_size()
+    size = fixed_points._solve._cache_size()
     th.mean_field("tanh", np.linspace(2, 3, 5), 0.1, order=40)
-    assert _meanfield._solve._cache_size() == size
+    assert fixed_points._solve._cache_size() == size
 
 
 def test_x64_stays_contained():
@@ -661,14 +661,18 @@ def test_q_star_with_a_tiny_bias_is_not_zero():
 
 # ------------------------------------------------ issue 11: validation before anything compiles
 
-_JITS = ("_diag_jit", "_cross_jit", "_iterate", "_solve", "_critical")
+_JITS = (
+    quadrature._diag_jit,
+    quadrature._cross_jit,
+    maps._iterate,
+    fixed_points._solve,
+    critical._critical,
+    profiles._forward,
+)
 
 
 def _compilations():
-    from stabkit import _profiles
-
-    fns = [getattr(_meanfield, n) for n in _JITS] + [_profiles._forward]
-    return sum(f._cache_size() for f in fns)
+    return sum(f._cache_size() for f in _JITS)
 
 
 def _small_limit(monkeypatch, nbytes):
@@ -676,7 +680,7 @@ def _small_limit(monkeypatch, nbytes):
     from stabkit import _checks
 
     monkeypatch.setattr(_checks, "memory_limit", lambda: nbytes)
-    monkeypatch.setattr(_meanfield, "memory_limit", lambda: nbytes)
+    monkeypatch.setattr(quadrature, "memory_limit", lambda: nbytes)
 
 
 def test_iterate_maps_depth_is_bounded_before_allocating(monkeypatch):

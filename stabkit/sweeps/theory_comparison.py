@@ -17,12 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stabkit._meanfield import DEFAULT_ORDER, _check_order, _check_scalar, _kernel, _short
-from stabkit._profiles import Profile, _check_profile_memory, _profile, weight_variance
+from stabkit._checks import _check_scalar, _short
 from stabkit.activations import activation_names
 from stabkit.init import init_rule
 from stabkit.sweeps.kernel import sweep_input
 from stabkit.sweeps.spec import _AXES
+from stabkit.theory.profiles import Profile, _check_profile_memory, _profile, weight_variance
+from stabkit.theory.quadrature import DEFAULT_ORDER, _check_order, _kernel
 
 #: How each initializer's draw (stabkit.init.init_rule) enters the backward recursion.
 _WEIGHT_KIND = {

@@ -81,6 +81,21 @@ The second half is the spectrum of the input-output Jacobian :math:`J = \\partia
 :func:`jacobian_spectrum_moments` predicts the mean and variance of its squared singular values by
 free probability, Pennington, Schoenholz & Ganguli 2017).
 
+Where each part lives (one concept a file; the functions above are re-exported here):
+
+* :mod:`stabkit.theory.quadrature`: the q-adapted sinh rule and the kernel of an activation's
+  Gaussian expectations (``_kernel``, ``_Kernel``), argument preparation and the memory bounds.
+* :mod:`stabkit.theory.closed_forms`: the linear, relu and erf expectations (their one home).
+* :mod:`stabkit.theory.maps`: :func:`q_map`, :func:`c_map`, :func:`iterate_maps`.
+* :mod:`stabkit.theory.fixed_points`: :func:`mean_field` and :func:`q_star`, :func:`c_star`,
+  :func:`chi_1`, :func:`xi_q`, :func:`xi_c`, :func:`phase` (the Newton solvers).
+* :mod:`stabkit.theory.critical`: :func:`critical_line`.
+* :mod:`stabkit.theory.profiles`: :func:`weight_variance`, :func:`predict_profile`.
+* ``stabkit._jacobian``: the Jacobian spectrum (to move into this package).
+* :mod:`stabkit.sweeps.theory_comparison`: :func:`predict_sweep`, :func:`compare_sweep` (with the
+  sweeps, so that the theory imports nothing of the sweep engine; loaded here at first use).
+* ``stabkit._checks``: the argument validators shared with the rest of stabkit.
+
 References:
     B. Poole, S. Lahiri, M. Raghu, J. Sohl-Dickstein, S. Ganguli, "Exponential expressivity in deep
     neural networks through transient chaos", NeurIPS 2016.
@@ -96,25 +111,33 @@ References:
 from __future__ import annotations
 
 from stabkit._jacobian import JacobianMoments, jacobian_singular_values, jacobian_spectrum_moments
-from stabkit._meanfield import (
-    DEFAULT_ORDER,
+from stabkit.theory.critical import critical_line
+from stabkit.theory.fixed_points import (
     PHASE_NAMES,
-    MapIterates,
     MeanField,
-    c_map,
     c_star,
     chi_1,
-    critical_line,
-    iterate_maps,
     mean_field,
     phase,
-    q_map,
     q_star,
     xi_c,
     xi_q,
 )
-from stabkit._profiles import Profile, predict_profile, weight_variance
-from stabkit.sweeps.theory_comparison import compare_sweep, predict_sweep
+from stabkit.theory.maps import MapIterates, c_map, iterate_maps, q_map
+from stabkit.theory.profiles import Profile, predict_profile, weight_variance
+from stabkit.theory.quadrature import DEFAULT_ORDER
+
+
+def __getattr__(name: str):
+    # predict_sweep and compare_sweep live with the sweeps (stabkit.sweeps.theory_comparison),
+    # which import this package's modules; importing them here, at first use, keeps the import
+    # graph acyclic (the sweeps package may be imported before this one).
+    if name in ("compare_sweep", "predict_sweep"):
+        from stabkit.sweeps import theory_comparison
+
+        return getattr(theory_comparison, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_ORDER",

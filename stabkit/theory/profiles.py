@@ -16,21 +16,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from stabkit._checks import check_memory
-from stabkit._meanfield import (
-    _Q_MAX,
+from stabkit._checks import _check_grid, _check_int, _short, check_memory
+from stabkit.init import init_rule
+from stabkit.theory import closed_forms
+from stabkit.theory.closed_forms import AFFINE
+from stabkit.theory.fixed_points import _Q_MAX
+from stabkit.theory.quadrature import (
     DEFAULT_ORDER,
-    _check_grid,
-    _check_int,
     _Kernel,
     _out,
     _prepare,
     _quad_bytes,
-    _short,
     _sinh_rule,
     _variances,
 )
-from stabkit.init import init_rule
 
 # ------------------------------------------------------------------ public: per-layer profiles
 
@@ -107,12 +106,8 @@ def _moments(k: _Kernel, q):
     (:func:`_sinh_rule`): where the rule with half the nodes disagrees by more than _RESOLVED,
     every moment is NaN (at order 128 first near q ~ 1e6 for erf, beyond for the others).
     """
-    if k.kind == "linear":
-        e2, d2, d4, s = k.diag(q)
-        return e2, d2, d4, s, q, 3 * q * q
-    if k.kind == "relu":
-        e2, d2, d4, s = k.diag(q)
-        return e2, d2, d4, s, q / 2, 1.5 * q * q
+    if k.kind in AFFINE:
+        return (*k.diag(q), *closed_forms.fourth_moments(k.kind, q))
     order = k.order or DEFAULT_ORDER
     xf, wf = _sinh_rule(order, q)
     xh, wh = _sinh_rule(max(2, order // 2), q)
