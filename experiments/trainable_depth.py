@@ -253,9 +253,12 @@ def _figure(out: pathlib.Path, r: dict, cfg: Config) -> None:
     plt.close(fig)
 
 
-def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
-    out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def measure(*, quick: bool) -> dict:
+    """The numbers of the study: the trainability grid beside 6 ξ_c.
+
+    ``numbers["figure_data"]`` holds the grid and the theory curve the figure draws (not stored
+    in ``NAME.json``); the rest is stored there and is all that :func:`claims` reads.
+    """
     cfg = QUICK if quick else Config()
     timings = {}
 
@@ -288,9 +291,8 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
     timings["train (one compilation)"] = time.perf_counter() - t0
 
     six = 6 * xi
-    max_depth = cfg.depths[-1]
     # 6 xi_c beyond the grid: theory says every grid depth trains (the boundary is censored)
-    censored_theory = six > max_depth
+    censored_theory = six > cfg.depths[-1]
     r = {
         "grid": g,
         "xi_c": xi,
@@ -299,14 +301,54 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
         "critical": critical,
         "censored_theory": censored_theory,
     }
-    t0 = time.perf_counter()
-    _figure(out, r, cfg)
-    timings["figure"] = time.perf_counter() - t0
+    numbers = {
+        "config": dataclasses.asdict(cfg),
+        "timings_s": timings,
+        "critical_sigma_w2": critical,
+        "sigma_w2": sw2,
+        "depth": g.depth,
+        "lr": g.lr,
+        "xi_c": xi,
+        "six_xi_c": six,
+        "accuracy": g.accuracy,
+        "loss": g.loss,
+        "score": g.score,
+        "trainable": g.trainable,
+        "baseline": g.baseline,
+        "threshold": g.threshold,
+        "boundary": g.boundary,
+        "boundary_censored": g.censored,
+    }
+    numbers["boundary_over_six_xi_c"] = _ratio(numbers)[0]
+    numbers["figure_data"] = r
+    return numbers
 
-    claims = []
+
+def _ratio(numbers: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The measured boundary over 6 ξ_c where both lie inside the grid (NaN elsewhere), and
+    that mask."""
+    six = np.asarray(numbers["six_xi_c"], np.float64)
+    boundary = np.asarray(numbers["boundary"], np.float64)
+    censored_theory = six > numbers["depth"][-1]
+    both = ~np.asarray(numbers["boundary_censored"], bool) & ~censored_theory & (boundary > 0)
+    return np.where(both, boundary / six, np.nan), both
+
+
+def claims(numbers: dict) -> list[sk.Claim]:
+    """The study's claims, read off ``numbers`` (from :func:`measure`, or its ``NAME.json``)."""
+    cfg = Config(**numbers["config"])
+    critical = numbers["critical_sigma_w2"]
+    sw2, xi = np.asarray(numbers["sigma_w2"], float), np.asarray(numbers["xi_c"], float)
+    six = np.asarray(numbers["six_xi_c"], float)
+    depth = np.asarray(numbers["depth"])
+    boundary = np.asarray(numbers["boundary"], float)
+    censored = np.asarray(numbers["boundary_censored"], bool)
+    score, accuracy = np.asarray(numbers["score"], float), np.asarray(numbers["accuracy"], float)
+    trainable = np.asarray(numbers["trainable"], bool)
+    max_depth = cfg.depths[-1]
+    result = []
     # 1. the boundary within a factor of 6 xi_c where both are inside the grid
-    both = ~g.censored & ~censored_theory & (g.boundary > 0)
-    ratio = np.where(both, g.boundary / six, np.nan)
+    ratio, both = _ratio(numbers)
     sides = {
         "ordered": both & (sw2 < critical),
         "chaotic": both & (sw2 > critical),
@@ -314,10 +356,10 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
     within = np.abs(np.log(ratio[both])) <= np.log(cfg.factor)
     detail = "; ".join(
         f"σ_w² = {s:g}: {b:.1f} vs {x:.1f} (×{b / x:.2f})"
-        for s, b, x, m in zip(sw2, g.boundary, six, both, strict=True)
+        for s, b, x, m in zip(sw2, boundary, six, both, strict=True)
         if m
     )
-    claims.append(
+    result.append(
         sk.Claim(
             claim=f"The measured trainable depth lies within a factor {cfg.factor:g} of 6 ξ_c on "
             "both sides of criticality",
@@ -335,81 +377,76 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
     # beyond what the step budget can train, so near-critical points tie up to the noise of one
     # seed and an interpolated boundary: "at the peak" means within `peak_tol` of the deepest.
     nearest = int(np.argmin(np.abs(np.log(sw2 / critical))))
-    best = int(np.argmax(g.boundary))
-    at_peak = g.boundary[nearest] >= (1 - cfg.peak_tol) * g.boundary[best]
-    claims.append(
+    best = int(np.argmax(boundary))
+    at_peak = boundary[nearest] >= (1 - cfg.peak_tol) * boundary[best]
+    result.append(
         sk.Claim(
             claim="The deepest trainable nets are at the critical σ_w²",
             theory=f"ξ_c diverges at σ_w² = {critical:.3f} (σ_b² = {cfg.sigma_b2:g}), so the "
             f"trainable depth peaks there (agreement: the critical point's boundary within "
             f"{cfg.peak_tol:.0%} of the deepest)",
-            measured=f"critical σ_w² = {sw2[nearest]:g}: boundary {g.boundary[nearest]:.1f}"
-            + (" (every grid depth trained)" if g.censored[nearest] else "")
-            + f"; deepest {g.boundary[best]:.1f} at σ_w² = {sw2[best]:g}; boundaries by σ_w² "
-            + ", ".join(f"{s:g}: {b:.0f}" for s, b in zip(sw2, g.boundary, strict=True)),
+            measured=f"critical σ_w² = {sw2[nearest]:g}: boundary {boundary[nearest]:.1f}"
+            + (" (every grid depth trained)" if censored[nearest] else "")
+            + f"; deepest {boundary[best]:.1f} at σ_w² = {sw2[best]:g}; boundaries by σ_w² "
+            + ", ".join(f"{s:g}: {b:.0f}" for s, b in zip(sw2, boundary, strict=True)),
             passed=bool(at_peak),
         )
     )
     # 3. beyond 12 xi_c nothing trains
-    deep = g.depth[:, None] > 12 * xi[None, :]
+    deep = depth[:, None] > 12 * xi[None, :]
     n_deep = int(deep.sum())
-    worst = float(np.max(g.score[deep])) if n_deep else float("nan")
-    trained_deep = int((g.trainable & deep).sum())
-    claims.append(
+    worst = float(np.max(score[deep])) if n_deep else float("nan")
+    trained_deep = int((trainable & deep).sum())
+    result.append(
         sk.Claim(
             claim="Networks deeper than 12 ξ_c do not train",
             theory="beyond ≈ 12 ξ_c the inputs' correlations have relaxed to their fixed point "
             "(ordered: all inputs alike; chaotic: all equally decorrelated), so the labels "
             "cannot be learnt from them",
             measured=f"{n_deep} grid cells deeper than 12 ξ_c, {trained_deep} of them trainable; "
-            f"best score there {worst:.2f} (threshold {g.threshold:g}); σ_w² with such cells: "
+            f"best score there {worst:.2f} (threshold {numbers['threshold']:g}); σ_w² with such "
+            "cells: "
             + ", ".join(f"{s:g}" for s, m in zip(sw2, deep.any(axis=0), strict=True) if m),
             passed=n_deep > 0 and trained_deep == 0,
         )
     )
     # 4. the task: a shallow critical net learns it, a net far past 12 xi_c keeps nothing of it
     crit_col = nearest
-    shallow = float(g.score[0, crit_col])
-    far = np.unravel_index(
-        np.argmax(np.where(deep, g.depth[:, None] / xi[None, :], -1)), deep.shape
-    )
-    far_score = float(g.score[far]) if n_deep else float("nan")
-    claims.append(
+    shallow = float(score[0, crit_col])
+    far = np.unravel_index(np.argmax(np.where(deep, depth[:, None] / xi[None, :], -1)), deep.shape)
+    far_score = float(score[far]) if n_deep else float("nan")
+    result.append(
         sk.Claim(
             claim="The task has structure to learn: a shallow critical net fits it (score ≥ 0.9), "
             "a net that has lost its inputs' correlations cannot (score ≤ 0.1)",
             theory="trainability is the ability to use the inputs' correlation structure: a "
             "net far deeper than ξ_c keeps only the class frequencies (the majority-class "
             "baseline, score 0)",
-            measured=f"depth {g.depth[0]}, σ_w² = {sw2[crit_col]:g}: accuracy "
-            f"{g.accuracy[0, crit_col]:.3f} (score {shallow:.2f}); depth {g.depth[far[0]]}, "
-            f"σ_w² = {sw2[far[1]]:g} (L = {g.depth[far[0]] / xi[far[1]]:.1f} ξ_c): accuracy "
-            f"{g.accuracy[far]:.3f} (score {far_score:.2f}); baseline {g.baseline:.3f}",
+            measured=f"depth {depth[0]}, σ_w² = {sw2[crit_col]:g}: accuracy "
+            f"{accuracy[0, crit_col]:.3f} (score {shallow:.2f}); depth {depth[far[0]]}, "
+            f"σ_w² = {sw2[far[1]]:g} (L = {depth[far[0]] / xi[far[1]]:.1f} ξ_c): accuracy "
+            f"{accuracy[far]:.3f} (score {far_score:.2f}); baseline {numbers['baseline']:.3f}",
             passed=bool(shallow >= 0.9 and n_deep and far_score <= 0.1),
         )
     )
+    return result
 
-    record = {
-        "config": dataclasses.asdict(cfg),
-        "timings_s": timings,
-        "critical_sigma_w2": critical,
-        "sigma_w2": sw2,
-        "depth": g.depth,
-        "lr": g.lr,
-        "xi_c": xi,
-        "six_xi_c": six,
-        "accuracy": g.accuracy,
-        "loss": g.loss,
-        "score": g.score,
-        "trainable": g.trainable,
-        "baseline": g.baseline,
-        "threshold": g.threshold,
-        "boundary": g.boundary,
-        "boundary_censored": g.censored,
-        "boundary_over_six_xi_c": ratio,
-    }
-    sk.save_json(out / f"{NAME}.json", record)
-    return claims
+
+def figure(numbers: dict, out_dir: pathlib.Path) -> None:
+    """Draw ``out_dir/NAME.png`` from ``numbers["figure_data"]`` (from :func:`measure`)."""
+    _figure(pathlib.Path(out_dir), numbers["figure_data"], Config(**numbers["config"]))
+
+
+def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    numbers = measure(quick=quick)
+    t0 = time.perf_counter()
+    figure(numbers, out)
+    numbers["timings_s"]["figure"] = time.perf_counter() - t0
+    result = claims(numbers)
+    sk.save_json(out / f"{NAME}.json", {k: v for k, v in numbers.items() if k != "figure_data"})
+    return result
 
 
 if __name__ == "__main__":
