@@ -293,15 +293,18 @@ def _figure(out: pathlib.Path, lam: dict, stats: dict, theory: dict, cfg: Config
     plt.close(fig)
 
 
-def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
-    out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def measure(*, quick: bool) -> dict:
+    """The numbers of the study: the spectra's moments beside free probability's, per net.
+
+    ``numbers["figure_data"]`` holds the spectra and moments the figure draws (not stored in
+    ``NAME.json``); the rest is stored there and is all that :func:`claims` reads.
+    """
     cfg = QUICK if quick else Config()
     t0 = time.perf_counter()
     m = _measure(cfg)
     seconds_measure = time.perf_counter() - t0
     lam, points = m["lam"], m["points"]
-    stats, theory, verdicts = {}, {}, {}
+    stats, theory = {}, {}
     for (act, init), by_depth in lam.items():
         pt = points[act]
         stats[(act, init)] = {d: _moments(v) for d, v in by_depth.items()}
@@ -309,29 +312,85 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
         for d in cfg.depths:
             th = sk.jacobian_spectrum_moments(act, pt["sigma_w2"], pt["sigma_b2"], d, weights=init)
             theory[(act, init)][d] = {**th._asdict(), "nvar": th.variance / th.mean**2}
-            st, nv = stats[(act, init)][d], th.variance / th.mean**2
-            verdicts[(act, init, d)] = (
-                abs(st["mean"] - th.mean) <= _tolerance(cfg, d, st["se_mean"], th.mean),
-                abs(st["nvar"] - nv) <= _tolerance(cfg, d, st["se_nvar"], nv),
-            )
-    _figure(out, lam, stats, theory, cfg)
-
-    top = max(cfg.depths)
-    claims = []
     iso = lam[("linear", "orthogonal")]
-    dev = max(float(np.max(np.abs(np.sqrt(v) - 1))) for v in iso.values())
-    claims.append(
+    return {
+        "config": dataclasses.asdict(cfg),
+        "points": points,
+        "measured": {f"{a}/{i}": {str(d): s for d, s in v.items()} for (a, i), v in stats.items()},
+        "theory": {
+            f"{a}/{i}": {
+                str(d): {
+                    "mean": t[d]["mean"],
+                    "variance": t[d]["variance"],
+                    "mu1": t[d]["mu1"][0],
+                    "mu2": t[d]["mu2"][0],
+                    "s1": t[d]["s1"],
+                }
+                for d in cfg.depths
+            }
+            for (a, i), t in theory.items()
+        },
+        "seconds_measure": seconds_measure,
+        "timings_s": m["timings"],
+        # orthogonal + linear: the largest |s - 1| over every singular value, and their number
+        "isometry": {
+            "max_abs_dev": max(float(np.max(np.abs(np.sqrt(v) - 1))) for v in iso.values()),
+            "singular_values": sum(v.size for v in iso.values()),
+        },
+        "figure_data": {"lam": lam, "stats": stats, "theory": theory},
+    }
+
+
+def _by_net(numbers: dict) -> tuple[dict, dict]:
+    """The measured and predicted moments as ``{(activation, init): {depth: {...}}}``."""
+    depths = numbers["config"]["depths"]
+    stats, theory = {}, {}
+    for net, by_depth in numbers["measured"].items():
+        key = tuple(net.split("/"))
+        stats[key] = {d: by_depth[str(d)] for d in depths}
+        theory[key] = {}
+        for d in depths:
+            th = numbers["theory"][net][str(d)]
+            theory[key][d] = {**th, "nvar": th["variance"] / th["mean"] ** 2}
+    return stats, theory
+
+
+def _within(numbers: dict) -> dict:
+    """Per (activation, init, depth): (mean within tolerance, var/mean² within tolerance)."""
+    cfg = Config(**numbers["config"])
+    stats, theory = _by_net(numbers)
+    verdicts = {}
+    for key in stats:
+        for d in cfg.depths:
+            st, th = stats[key][d], theory[key][d]
+            verdicts[(*key, d)] = (
+                abs(st["mean"] - th["mean"]) <= _tolerance(cfg, d, st["se_mean"], th["mean"]),
+                abs(st["nvar"] - th["nvar"]) <= _tolerance(cfg, d, st["se_nvar"], th["nvar"]),
+            )
+    return verdicts
+
+
+def claims(numbers: dict) -> list[sk.Claim]:
+    """The study's claims, read off ``numbers`` (from :func:`measure`, or its ``NAME.json``)."""
+    cfg = Config(**numbers["config"])
+    stats, theory = _by_net(numbers)
+    verdicts = _within(numbers)
+    top = max(cfg.depths)
+    result = []
+    dev = numbers["isometry"]["max_abs_dev"]
+    result.append(
         sk.Claim(
             claim="Orthogonal weights + linear activation: J is an isometry, every singular "
             "value is 1",
             theory="J is a product of orthogonal matrices: σ²_JJᵀ = 0 at every depth",
-            measured=f"max |s − 1| over {sum(v.size for v in iso.values())} singular values, "
+            measured=f"max |s − 1| over {numbers['isometry']['singular_values']} singular values, "
             f"depths {list(cfg.depths)} (float32): {dev:.1e}",
             passed=dev < 1e-4,
         )
     )
+
     means = {k: [stats[k][d]["mean"] for d in cfg.depths] for k in stats}
-    claims.append(
+    result.append(
         sk.Claim(
             claim="At criticality the mean squared singular value is 1 for all six nets",
             theory="m₁ = (σ_w² μ₁)^L = χ₁^L = 1; tolerance 3 SE + (L+1)/N relative",
@@ -347,7 +406,7 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
         for k in stats
         for d in cfg.depths
     )
-    claims.append(
+    result.append(
         sk.Claim(
             claim="The spread var(λ)/mean(λ)² matches free probability for every activation, "
             "weight law and depth",
@@ -366,7 +425,7 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
         return f"{sl['measured']:.3f} ± {sl['tolerance']:.3f} (theory {sl['theory']:.3f})"
 
     k = ("linear", "gaussian")
-    claims.append(
+    result.append(
         sk.Claim(
             claim="Gaussian weights: the spread grows linearly with depth even for a linear net",
             theory="σ²_JJᵀ = L (Fuss-Catalan m₂ = L + 1): slope 1 per layer",
@@ -376,7 +435,7 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
         )
     )
     ro, rg = ("relu", "orthogonal"), ("relu", "gaussian")
-    claims.append(
+    result.append(
         sk.Claim(
             claim="relu cannot achieve dynamical isometry: even orthogonal weights spread as L",
             theory="μ₁ = μ₂ = 1/2: σ²_JJᵀ = L (orthogonal), 2L (Gaussian)",
@@ -386,7 +445,7 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
         )
     )
     to, tg = ("tanh", "orthogonal"), ("tanh", "gaussian")
-    claims.append(
+    result.append(
         sk.Claim(
             claim=f"tanh at small q* (σ_b² = {cfg.tanh_sigma_b2:g}) with orthogonal weights stays "
             "near isometry; with Gaussian weights it does not",
@@ -399,29 +458,27 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
         )
     )
 
-    record = {
-        "config": dataclasses.asdict(cfg),
-        "points": points,
-        "measured": {f"{a}/{i}": {str(d): s for d, s in v.items()} for (a, i), v in stats.items()},
-        "theory": {
-            f"{a}/{i}": {
-                str(d): {
-                    "mean": t[d]["mean"],
-                    "variance": t[d]["variance"],
-                    "mu1": t[d]["mu1"][0],
-                    "mu2": t[d]["mu2"][0],
-                    "s1": t[d]["s1"],
-                }
-                for d in cfg.depths
-            }
-            for (a, i), t in theory.items()
-        },
-        "within_tolerance": {f"{a}/{i}/{d}": v for (a, i, d), v in verdicts.items()},
-        "seconds_measure": seconds_measure,
-        "timings_s": m["timings"],
-    }
+    return result
+
+
+def figure(numbers: dict, out_dir: pathlib.Path) -> None:
+    """Draw ``out_dir/NAME.png`` from ``numbers["figure_data"]`` (from :func:`measure`)."""
+    f = numbers["figure_data"]
+    _figure(pathlib.Path(out_dir), f["lam"], f["stats"], f["theory"], Config(**numbers["config"]))
+
+
+def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    numbers = measure(quick=quick)
+    figure(numbers, out)
+    result = claims(numbers)
+    stored = {k: v for k, v in numbers.items() if k != "figure_data"}
+    within = {f"{a}/{i}/{d}": v for (a, i, d), v in _within(numbers).items()}
+    keys = ("config", "points", "measured", "theory")
+    record = {**{k: stored.pop(k) for k in keys}, "within_tolerance": within, **stored}
     sk.save_json(out / f"{NAME}.json", record)
-    return claims
+    return result
 
 
 if __name__ == "__main__":

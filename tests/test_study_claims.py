@@ -34,6 +34,12 @@ def _assert_same_after_json(study, numbers, tmp_path):
     assert study.claims(_stored(tmp_path, numbers)) == study.claims(numbers)
 
 
+def test_every_study_has_measure_claims_and_figure(studies):
+    for name, study in studies.items():
+        for part in ("measure", "claims", "figure"):
+            assert callable(getattr(study, part, None)), f"{name} has no {part}()"
+
+
 # softmax -------------------------------------------------------------------------------------
 
 
@@ -724,4 +730,175 @@ def test_trainable_depth_claims_fail_on_bad_numbers(studies, tmp_path, spoil, fa
     spoil(numbers)
     for n in (numbers, _stored(tmp_path, numbers)):
         verdicts = _verdicts(studies["trainable_depth"].claims(n))
+        assert [i for i, ok in enumerate(verdicts) if not ok] == [failing]
+
+
+# jacobian_spectra ----------------------------------------------------------------------------
+
+# var(lambda)/mean(lambda)^2 per layer at criticality: 0 for an orthogonal linear net, ...
+JACOBIAN_SLOPES = {
+    "linear/orthogonal": 0.0,
+    "linear/gaussian": 1.0,
+    "tanh/orthogonal": 0.05,
+    "tanh/gaussian": 1.05,
+    "relu/orthogonal": 1.0,
+    "relu/gaussian": 2.0,
+}
+
+
+def _jacobian_numbers():
+    """Measured moments equal to the predicted ones, with small standard errors."""
+    depths = (2, 4, 8)
+    measured, theory = {}, {}
+    for net, slope in JACOBIAN_SLOPES.items():
+        theory[net] = {str(d): {"mean": 1.0, "variance": slope * d} for d in depths}
+        measured[net] = {
+            str(d): {
+                "mean": 1.0,
+                "var": slope * d,
+                "nvar": slope * d,
+                "se_mean": 0.01,
+                "se_nvar": 0.01,
+            }
+            for d in depths
+        }
+    return {
+        "config": {"width": 128, "depths": depths},
+        "measured": measured,
+        "theory": theory,
+        "isometry": {"max_abs_dev": 2e-6, "singular_values": 3072},
+    }
+
+
+def test_jacobian_spectra_claims_pass_on_good_numbers(studies, tmp_path):
+    study = studies["jacobian_spectra"]
+    claims = study.claims(_jacobian_numbers())
+    assert _verdicts(claims) == [True] * 6
+    assert claims[0].measured == (
+        "max |s − 1| over 3072 singular values, depths [2, 4, 8] (float32): 2.0e-06"
+    )
+    assert claims[2].measured == "18/18 within tolerance; largest |Δ|/tolerance 0.00"
+    _assert_same_after_json(study, _jacobian_numbers(), tmp_path)
+
+
+def _isometry_broken(numbers):
+    numbers["isometry"]["max_abs_dev"] = 1e-3
+
+
+def _mean_off(numbers):
+    numbers["measured"]["linear/orthogonal"]["4"]["mean"] = 1.5
+
+
+def _nvar(net, factor, depths=("2", "4", "8"), shift=0.0):
+    def spoil(numbers):
+        for d in depths:
+            numbers["measured"][net][d]["nvar"] = (
+                numbers["measured"][net][d]["nvar"] * factor + shift
+            )
+
+    return spoil
+
+
+@pytest.mark.parametrize(
+    "spoil, failing",
+    [
+        (_isometry_broken, 0),
+        (_mean_off, 1),
+        (_nvar("linear/orthogonal", 1.0, ("8",), shift=0.5), 2),  # its slope is no claim's
+        (_nvar("linear/gaussian", 1.5), (2, 3)),
+        (_nvar("relu/orthogonal", 1.5), (2, 4)),
+        (_nvar("relu/gaussian", 0.6), (2, 4)),
+        (_nvar("tanh/gaussian", 0.5), (2, 5)),
+    ],
+)
+def test_jacobian_spectra_claims_fail_on_bad_numbers(studies, tmp_path, spoil, failing):
+    numbers = _jacobian_numbers()
+    spoil(numbers)
+    for n in (numbers, _stored(tmp_path, numbers)):
+        verdicts = _verdicts(studies["jacobian_spectra"].claims(n))
+        assert [i for i, ok in enumerate(verdicts) if not ok] == list(np.atleast_1d(failing))
+
+
+# signal_theory -------------------------------------------------------------------------------
+
+
+def _summary(max_abs_err, max_err_over_tol, judged=900, entries=1000):
+    return {
+        "judged": judged,
+        "entries": entries,
+        "max_abs_err": max_abs_err,
+        "mean_abs_err": max_abs_err / 10,
+        "max_err_over_tol": max_err_over_tol,
+        "within": max_err_over_tol <= 1,
+    }
+
+
+def _signal_theory_numbers():
+    return {
+        "config": {"depth": (8, 32), "scales": 8, "seeds": 1},
+        "summary": {
+            "pre_rms": _summary(0.05, 0.6),
+            "post_rms": _summary(0.04, 0.5),
+            "grad_gain": _summary(0.1, 0.8),
+        },
+        "tolerance_at_deepest_layer": {"tanh": 0.3, "relu": 0.4, "sigmoid": 0.2},
+        "chi_product_error": [("tanh", 1.0, 0.3), ("relu", 2.0, 0.9), ("sigmoid", 4.0, 0.5)],
+        "rates": [
+            ("tanh", "ordered", 0.6, 0.5, -0.34, -0.3466),
+            ("tanh", "chaotic", 4.0, 1.8, 0.30, 0.2939),
+            ("sigmoid", "ordered", 1.0, 0.06, -1.40, -1.4067),
+        ],
+    }
+
+
+def test_signal_theory_claims_pass_on_good_numbers(studies, tmp_path):
+    study = studies["signal_theory"]
+    claims = study.claims(_signal_theory_numbers())
+    assert _verdicts(claims) == [True] * 3
+    assert "χ product alone at depth 32: up to 0.90 (relu, σ_w² 2), a factor 7.9" in (
+        claims[1].measured
+    )
+    _assert_same_after_json(study, _signal_theory_numbers(), tmp_path)
+
+
+def _outside(name):
+    def spoil(numbers):
+        numbers["summary"][name] = _summary(0.2, 1.3)
+
+    return spoil
+
+
+def _few_judged(numbers):
+    numbers["summary"]["post_rms"] = _summary(0.04, 0.5, judged=700)
+
+
+def _chi_product_as_good(numbers):
+    numbers["chi_product_error"] = [("tanh", 1.0, 0.15), ("relu", 2.0, 0.19)]
+
+
+def _rate_off(numbers):
+    numbers["rates"][1] = ("tanh", "chaotic", 4.0, 1.8, 0.35, 0.2939)
+
+
+def _one_rate(numbers):
+    numbers["rates"] = numbers["rates"][:1]
+
+
+@pytest.mark.parametrize(
+    "spoil, failing",
+    [
+        (_outside("pre_rms"), 0),
+        (_outside("post_rms"), 0),
+        (_few_judged, 0),
+        (_outside("grad_gain"), 1),
+        (_chi_product_as_good, 1),  # the plain chi product not worse than 2x the corrected one
+        (_rate_off, 2),
+        (_one_rate, 2),
+    ],
+)
+def test_signal_theory_claims_fail_on_bad_numbers(studies, tmp_path, spoil, failing):
+    numbers = _signal_theory_numbers()
+    spoil(numbers)
+    for n in (numbers, _stored(tmp_path, numbers)):
+        verdicts = _verdicts(studies["signal_theory"].claims(n))
         assert [i for i, ok in enumerate(verdicts) if not ok] == [failing]
