@@ -253,9 +253,12 @@ def _rate(gain: np.ndarray, lo: int, hi: int) -> float:
     return float(np.polyfit(layers, y, 1)[0])
 
 
-def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
-    out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def measure(*, quick: bool) -> dict:
+    """The numbers of the study: one sweep, its predictions, and their comparison.
+
+    ``numbers["figure_data"]`` holds the sweep, predictions and comparison the figures draw (not
+    stored in ``NAME.json``); the rest is stored there and is all that :func:`claims` reads.
+    """
     cfg = QUICK if quick else Config()
     timings = {}
     spec = sk.SweepSpec(
@@ -295,15 +298,6 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
     crit = {a: math.sqrt(float(sk.critical_line(a, cfg.sigma_b2))) for a in ACTS}
     picks = {a: _pick(chi[a]) for a in ACTS}
 
-    t0 = time.perf_counter()
-    figs = [
-        _profiles_figure(out, ds, pred, picks, chi, cfg),
-        _heatmap_figure(out, ds, pred, crit, cfg),
-        _tolerance_figure(out, cmp, pred, cfg),
-    ]
-    timings["figures"] = time.perf_counter() - t0
-
-    claims = []
     summary = {}
     for name in ("pre_rms", "post_rms", "grad_gain"):
         e, t = np.abs(cmp[name]), cmp[f"tol_{name}"]
@@ -320,8 +314,55 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
     tol_line = {
         a: float(cmp.tol_pre_rms.sel(activation=a, depth=deep, layer=deep).max()) for a in ACTS
     }
+    naive = []
+    measured_gain = ds.grad_post_rms / ds.grad_post_rms.sel(layer=ds.depth + 1)
+    for act in ACTS:
+        for i, s in enumerate(scales):
+            sel = dict(activation=act, scale=s, depth=deep)
+            q0 = np.asarray(pred.pre_rms.sel(sel).sel(layer=0)) ** 2  # (seed,)
+            chi_product = predict_profile(act, sw[i], cfg.sigma_b2, deep, q0).grad_rms
+            meas = np.asarray(measured_gain.sel(sel).transpose("seed", "layer"))
+            judged = np.isfinite(np.asarray(cmp.tol_grad_gain.sel(sel).transpose("seed", "layer")))
+            if judged.any():
+                err = np.abs(np.log10(meas / chi_product))[judged]
+                naive.append((act, float(s * s), float(err.max())))
+    rates = []
+    for act, phase in (("tanh", "ordered"), ("tanh", "chaotic"), ("sigmoid", "ordered")):
+        i = picks[act].get(phase)
+        if i is None:
+            continue
+        s = scales[i]
+        gain = ds.grad_post_rms.sel(activation=act, scale=s, depth=deep) / ds.grad_post_rms.sel(
+            activation=act, scale=s, depth=deep, layer=deep + 1
+        )
+        gain = np.asarray(gain.transpose("layer", "seed"))
+        measured = -_rate(gain, lo, hi)  # per layer toward the input: ln of the RMS gain
+        predicted = 0.5 * math.log(chi[act][i])
+        rates.append((act, phase, sw[i], chi[act][i], measured, predicted))
+    return {
+        "config": dataclasses.asdict(cfg),
+        "spec": spec.to_dict(),
+        "timings_s": timings,
+        "summary": summary,
+        "tolerance_at_deepest_layer": tol_line,
+        "critical_scale": crit,
+        "picks": {a: {ph: float(scales[i]) for ph, i in p.items()} for a, p in picks.items()},
+        "chi_product_error": naive,
+        "rates": rates,
+        "figure_data": {"ds": ds, "pred": pred, "cmp": cmp, "picks": picks, "chi": chi},
+    }
+
+
+def claims(numbers: dict) -> list[sk.Claim]:
+    """The study's claims, read off ``numbers`` (from :func:`measure`, or its ``NAME.json``)."""
+    cfg = Config(**numbers["config"])
+    deep = max(cfg.depth)
+    lo, hi = cfg.rate_layers
+    summary, tol_line = numbers["summary"], numbers["tolerance_at_deepest_layer"]
+    naive, rates = numbers["chi_product_error"], numbers["rates"]
+    result = []
     fwd = [summary["pre_rms"], summary["post_rms"]]
-    claims.append(
+    result.append(
         sk.Claim(
             claim=f"Width-{cfg.width} tanh/relu/sigmoid nets follow the q-map: pre- and "
             "post-activation RMS at every layer of every (scale, depth, seed)",
@@ -340,20 +381,8 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
 
     # The gradient: the corrected recursion vs the plain chi product (loss="sum" profile).
     g = summary["grad_gain"]
-    naive = []
-    measured_gain = ds.grad_post_rms / ds.grad_post_rms.sel(layer=ds.depth + 1)
-    for act in ACTS:
-        for i, s in enumerate(scales):
-            sel = dict(activation=act, scale=s, depth=deep)
-            q0 = np.asarray(pred.pre_rms.sel(sel).sel(layer=0)) ** 2  # (seed,)
-            chi_product = predict_profile(act, sw[i], cfg.sigma_b2, deep, q0).grad_rms
-            meas = np.asarray(measured_gain.sel(sel).transpose("seed", "layer"))
-            judged = np.isfinite(np.asarray(cmp.tol_grad_gain.sel(sel).transpose("seed", "layer")))
-            if judged.any():
-                err = np.abs(np.log10(meas / chi_product))[judged]
-                naive.append((act, float(s * s), float(err.max())))
     worst_naive = max(naive, key=lambda t: t[2])
-    claims.append(
+    result.append(
         sk.Claim(
             claim="The mse gradient follows the mean-field backward recursion at every layer; "
             "the plain χ product (gradient independence) does not",
@@ -369,20 +398,7 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
     )
 
     # Decay/growth rate of the gradient in the bulk of a depth-32 net: chi_1 per layer.
-    rates = []
-    for act, phase in (("tanh", "ordered"), ("tanh", "chaotic"), ("sigmoid", "ordered")):
-        i = picks[act].get(phase)
-        if i is None:
-            continue
-        s = scales[i]
-        gain = ds.grad_post_rms.sel(activation=act, scale=s, depth=deep) / ds.grad_post_rms.sel(
-            activation=act, scale=s, depth=deep, layer=deep + 1
-        )
-        gain = np.asarray(gain.transpose("layer", "seed"))
-        measured = -_rate(gain, lo, hi)  # per layer toward the input: ln of the RMS gain
-        predicted = 0.5 * math.log(chi[act][i])
-        rates.append((act, phase, sw[i], chi[act][i], measured, predicted))
-    claims.append(
+    result.append(
         sk.Claim(
             claim=f"In the bulk (layers {lo}–{hi} of depth {deep}) the gradient RMS changes by "
             "√χ₁ a layer: decays in the ordered phase, grows in the chaotic one",
@@ -397,22 +413,32 @@ def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
         )
     )
 
-    sk.save_json(
-        out / f"{NAME}.json",
-        {
-            "config": dataclasses.asdict(cfg),
-            "spec": spec.to_dict(),
-            "timings_s": timings,
-            "summary": summary,
-            "tolerance_at_deepest_layer": tol_line,
-            "critical_scale": crit,
-            "picks": {a: {ph: float(scales[i]) for ph, i in p.items()} for a, p in picks.items()},
-            "chi_product_error": naive,
-            "rates": rates,
-            "figures": [str(f) for f in figs],
-        },
-    )
-    return claims
+    return result
+
+
+def figure(numbers: dict, out_dir: pathlib.Path) -> list[pathlib.Path]:
+    """Draw the three figures from ``numbers["figure_data"]`` (from :func:`measure`)."""
+    out, cfg, f = pathlib.Path(out_dir), Config(**numbers["config"]), numbers["figure_data"]
+    ds, pred, cmp, picks, chi = f["ds"], f["pred"], f["cmp"], f["picks"], f["chi"]
+    crit = numbers["critical_scale"]
+    return [
+        _profiles_figure(out, ds, pred, picks, chi, cfg),
+        _heatmap_figure(out, ds, pred, crit, cfg),
+        _tolerance_figure(out, cmp, pred, cfg),
+    ]
+
+
+def run(out: pathlib.Path, *, quick: bool) -> list[sk.Claim]:
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    numbers = measure(quick=quick)
+    t0 = time.perf_counter()
+    figs = figure(numbers, out)
+    numbers["timings_s"]["figures"] = time.perf_counter() - t0
+    result = claims(numbers)
+    stored = {k: v for k, v in numbers.items() if k != "figure_data"}
+    sk.save_json(out / f"{NAME}.json", {**stored, "figures": [str(f) for f in figs]})
+    return result
 
 
 if __name__ == "__main__":
