@@ -10,6 +10,12 @@ A study is a flat script in ``experiments/`` that imports only public ``stabkit`
   numbers (use :func:`save_json`), and returns one :class:`Claim` per statement it checks against
   theory.
 
+Every study is written as three steps that ``run`` calls in turn: ``measure(quick=...)`` computes
+the numbers, ``claims(numbers)`` turns them into :class:`Claim` objects and computes nothing new
+(it also accepts the numbers read back from ``NAME.json``, so a claim is tested on stored numbers:
+``tests/test_study_claims.py`` spoils one number at a time and checks that the claim fails), and
+``figure(numbers, out)`` draws them.
+
 ``reproduce`` runs them in order and writes ``out/report.md``: per study its figures and a table of
 claim, theory, measurement and PASS/FAIL. A study that raises is reported as a FAIL with the error,
 and the others still run.
