@@ -11,11 +11,10 @@ One concept per file:
 * ``store.py``: the in-memory dataset, the streamed, resumable zarr store and :func:`load`.
 * ``files.py``: the store's files: checked paths, atomic JSON, the exclusive writer lock.
 * ``theory_comparison.py``: a sweep against the mean field, :func:`predict_sweep` and
-  :func:`compare_sweep` (re-exported by :mod:`stabkit.theory`; the theory itself imports
-  nothing from here).
+  :func:`compare_sweep`. It imports the theory; the theory imports nothing of the engine
+  (:mod:`stabkit.theory` re-exports the two functions, loading this module at first use).
 * ``plots.py``: figures of a sweep (``heatmaps``, ``profiles``, ``plot``), with the theory
-  overlaid. Not imported here: ``import stabkit.sweeps.plots`` (it draws with matplotlib and
-  reads :mod:`stabkit.theory`, which imports this package).
+  overlaid. Not imported here: ``import stabkit.sweeps.plots`` (it draws with matplotlib).
 """
 
 from stabkit.sweeps.driver import sweep

@@ -3,7 +3,7 @@
 The adapter between the sweep engine and the theory: it reads a sweep dataset (its coordinates
 and its ``spec``), rebuilds each configuration's input batch (:func:`stabkit.sweep_input`) and
 weight variance, and runs :func:`stabkit.theory.predict_profile`'s core on all of them. It lives
-with the sweeps so that the theory (``stabkit._profiles``, ``stabkit._meanfield``) imports nothing
+with the sweeps so that the theory (``stabkit.theory.profiles``, ``.fixed_points``) imports nothing
 of the sweep engine; :mod:`stabkit.theory` re-exports both functions.
 """
 
