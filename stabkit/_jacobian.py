@@ -23,6 +23,7 @@ from stabkit._checks import (
     floating_array,
     strict_bool,
 )
+from stabkit._numerics import compute_dtype
 from stabkit.activations import get_activation, is_registered
 from stabkit.nets import MLPParams, mlp_apply
 from stabkit.theory.fixed_points import q_star
@@ -41,7 +42,7 @@ def _jacobian_sv(params: MLPParams, x, depth, *, phi, readout: bool):
         )
     f = lambda v: mlp_apply(params, v, activation=phi, depth=depth)
     jac = jax.jacfwd(f) if params.in_dim <= params.out_dim or not readout else jax.jacrev(f)
-    sdt = jnp.promote_types(params.dtype, jnp.float32)  # no SVD in float16/bfloat16
+    sdt = compute_dtype(params.dtype)  # no SVD in float16/bfloat16
     return jax.vmap(lambda v: jnp.linalg.svd(jac(v).astype(sdt), compute_uv=False))(x)
 
 
@@ -100,7 +101,7 @@ def jacobian_singular_values(
     # Every input's Jacobian (in_dim x out) is formed at once under vmap, with the forward
     # pass's tangents and the SVD's workspace: about four copies in the SVD's dtype.
     out_dim = params.width if not readout else params.out_dim
-    sdt = jnp.promote_types(params.dtype, jnp.float32)
+    sdt = compute_dtype(params.dtype)
     batch = 1 if arr.ndim == 1 else arr.shape[0]
     check_memory(
         4 * batch * params.in_dim * out_dim * sdt.itemsize,

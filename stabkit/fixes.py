@@ -42,6 +42,7 @@ import optax
 from jax.typing import DTypeLike
 
 from stabkit._checks import bounded_int, finite_float, is_floating_dtype
+from stabkit._numerics import compute_dtype, exponent, pow2, safe_sqrt
 
 __all__ = [
     "DynamicLossScale",
@@ -54,11 +55,6 @@ __all__ = [
     "safe_global_norm",
     "skip_nonfinite",
 ]
-
-
-def _wide(dtype: Any) -> jnp.dtype:
-    """At least float32: float16/bfloat16 sums of squares overflow above a norm of 256."""
-    return jnp.promote_types(dtype, jnp.float32)
 
 
 #: The loss scale's and the skip counter's counters are int32.
@@ -113,25 +109,6 @@ def all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in leaves] or [True]))
 
 
-def _pow2(k: jax.Array, dtype: jnp.dtype) -> jax.Array:
-    """Exactly :math:`2^k` in float32/float64 for normal-range integer ``k``, built from bits."""
-    nmant = jnp.finfo(dtype).nmant
-    bias = jnp.finfo(dtype).maxexp - 1
-    uint = jnp.uint32 if dtype.itemsize == 4 else jnp.uint64
-    bits = (k.astype(uint) + uint(bias)) << uint(nmant)
-    return jax.lax.bitcast_convert_type(bits, dtype)
-
-
-def _exponent(x: jax.Array) -> jax.Array:
-    """``e`` with ``x = m * 2**e``, ``m`` in [0.5, 1), for finite ``x >= 0`` (zero and subnormals
-    give the smallest normal exponent). Read from the bits: ``jnp.frexp`` compiles to far more."""
-    nmant = jnp.finfo(x.dtype).nmant
-    bias = jnp.finfo(x.dtype).maxexp - 2
-    uint = jnp.uint32 if x.dtype.itemsize == 4 else jnp.uint64
-    biased = (jax.lax.bitcast_convert_type(x, uint) >> uint(nmant)).astype(jnp.int32)
-    return jnp.maximum(biased, 1) - bias
-
-
 def _finite_norm(leaves: list[jax.Array]) -> jax.Array:
     """The global norm of the finite entries, scaled by the largest so that it cannot overflow.
 
@@ -139,27 +116,25 @@ def _finite_norm(leaves: list[jax.Array]) -> jax.Array:
     largest entry would be a multiplication by its reciprocal (XLA's rewrite), and above 2**126
     that reciprocal is subnormal and flushed to 0 on CPU.
     """
-    dtype = _wide(jnp.result_type(*leaves)) if leaves else jnp.dtype(jnp.float32)
+    dtype = compute_dtype(jnp.result_type(*leaves)) if leaves else jnp.dtype(jnp.float32)
     if not leaves:
         return jnp.zeros((), dtype)
     finite = [jnp.where(jnp.isfinite(x), x, 0).astype(dtype) for x in leaves]
     big = jnp.max(jnp.stack([jnp.max(jnp.abs(x), initial=0) for x in finite]))
     # big = m * 2**e with m in [0.5, 1); the sum of squares of x * 2**-e is at most the size.
     # At big == 0 (or a subnormal big that reads as 0) e is 0 and the norm is 0: no 0/0 anywhere.
-    e = _exponent(big)
+    # (zero and subnormals give the smallest normal exponent, minexp).
+    e = jnp.maximum(exponent(big) + 1, jnp.finfo(dtype).minexp)
     lo, hi = e // 2, e - e // 2
-    down = [_pow2(-lo, dtype), _pow2(-hi, dtype)]
+    down = [pow2(-lo, dtype), pow2(-hi, dtype)]
     sq = sum(jnp.sum(jnp.square(x * down[0] * down[1])) for x in finite)
-    # Double `where`: sqrt's derivative at 0 is inf, and inf * 0 would make the gradient NaN.
-    safe_sq = jnp.where(sq > 0, sq, jnp.ones_like(sq))
-    root = jnp.where(sq > 0, jnp.sqrt(safe_sq), jnp.zeros_like(sq))
-    return root * _pow2(lo, dtype) * _pow2(hi, dtype)
+    return safe_sqrt(sq) * pow2(lo, dtype) * pow2(hi, dtype)
 
 
 def safe_global_norm(tree: Any) -> jax.Array:
     """The global 2-norm :math:`\\sqrt{\\sum_i g_i^2}` of a pytree, without overflow.
 
-    Computed in ``promote_types(dtype, float32)`` as :math:`m \\sqrt{\\sum_i (g_i/m)^2}` with
+    Computed in ``compute_dtype(dtype)`` as :math:`m \\sqrt{\\sum_i (g_i/m)^2}` with
     :math:`m = \\max_i |g_i|`, so it is finite whenever it is representable in that dtype (float16
     leaves of norm up to float32's max; ``optax.global_norm`` overflows to inf above 256 for
     float16). Returns inf if any entry is infinite, NaN if any is NaN (and no entry is inf).
@@ -168,7 +143,7 @@ def safe_global_norm(tree: Any) -> jax.Array:
         tree: a pytree of floating arrays.
 
     Returns:
-        A scalar of dtype ``promote_types(leaf dtype, float32)``.
+        A scalar of dtype ``compute_dtype(leaf dtype)``: float32, float64 for float64 leaves.
 
     Raises:
         TypeError: a leaf that is not a floating-point array (a string, an int, a bool, a PRNG
@@ -240,7 +215,7 @@ def safe_clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
         leaves = _floating_leaves(updates, "updates")
         if not leaves:
             return updates, state
-        dtype = _wide(jnp.result_type(*leaves))
+        dtype = compute_dtype(jnp.result_type(*leaves))
         norm = _finite_norm(leaves)
         n_inf = sum(jnp.sum(jnp.isinf(x), dtype=jnp.int32) for x in leaves)
         # Double `where` again: scale = c/norm only where it is needed, so norm = 0 never divides.
@@ -511,7 +486,7 @@ def loss_scaling(
 
     Usage: multiply the loss by ``loss_scale_of(opt_state)`` before differentiating and pass the
     (scaled) gradient to ``update``. The gradient is divided by the scale in
-    ``promote_types(dtype, float32)`` and cast back to its own dtype: keep float32 master weights
+    ``compute_dtype(dtype)`` and cast back to its own dtype: keep float32 master weights
     (differentiate through a cast to float16) so that the unscaled gradient is float32, since a
     float16 gradient would underflow again once divided by the scale. If any entry of it is inf
     or NaN, the step is skipped (zero updates, ``inner``'s state kept) and the scale backs off;
@@ -557,7 +532,7 @@ def loss_scaling(
         scale = state.loss_scale.scale
 
         def unscale(g):
-            wide = _wide(g.dtype)
+            wide = compute_dtype(g.dtype)
             return (g.astype(wide) / scale.astype(wide)).astype(g.dtype)
 
         grads = jax.tree.map(unscale, updates)

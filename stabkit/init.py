@@ -60,6 +60,7 @@ import numpy as np
 from jax.typing import DTypeLike
 
 from stabkit._checks import check_memory, finite_float, is_floating_dtype
+from stabkit._numerics import compute_dtype
 from stabkit.precision import SUPPORTED_DTYPES
 
 __all__ = [
@@ -160,7 +161,7 @@ def _dims(shape: Any, what: str) -> tuple[int, ...]:
 
 def _check_size(dims: tuple[int, ...], dtype: jnp.dtype) -> None:
     """Bound the memory a draw of ``dims`` takes: the sample, its scaled copy and the result."""
-    per_entry = 2 * _sample_dtype(dtype).itemsize + dtype.itemsize
+    per_entry = 2 * compute_dtype(dtype).itemsize + dtype.itemsize
     check_memory(math.prod(dims) * per_entry, "shape", dims, f"a {dtype.name} draw")
 
 
@@ -183,20 +184,15 @@ def _bias_shape(shape: Any, dtype: jnp.dtype) -> tuple[int, ...]:
     return dims
 
 
-def _sample_dtype(dtype: jnp.dtype) -> jnp.dtype:
-    # Draw in float32 (float64 for float64) and round once: sampling directly in float16 would
-    # quantize the uniform bits and the normal's tails before scaling. (Not promote_types: the
-    # float8 formats promote with nothing, so they too are drawn in float32 and cast once.)
-    return jnp.dtype(jnp.float64) if jnp.dtype(dtype).itemsize == 8 else jnp.dtype(jnp.float32)
-
-
+# The samplers draw in compute_dtype (float32, float64 for float64) and round once: sampling
+# directly in float16 would quantize the uniform bits and the normal's tails before scaling.
 def _normal(key, shape, dtype, std):
-    sdt = _sample_dtype(dtype)
+    sdt = compute_dtype(dtype)
     return (std * jax.random.normal(key, shape, sdt)).astype(dtype)
 
 
 def _uniform(key, shape, dtype, limit):
-    sdt = _sample_dtype(dtype)
+    sdt = compute_dtype(dtype)
     return (limit * jax.random.uniform(key, shape, sdt, minval=-1.0, maxval=1.0)).astype(dtype)
 
 
@@ -279,7 +275,7 @@ def scaled_identity(a: float = 1.0) -> Initializer:
         del key  # deterministic
         dtype = _dtype(dtype)
         n, m = _matrix_shape(shape, dtype)
-        return (a * jnp.eye(n, m, dtype=_sample_dtype(dtype))).astype(dtype)
+        return (a * jnp.eye(n, m, dtype=compute_dtype(dtype))).astype(dtype)
 
     return init
 
@@ -317,7 +313,7 @@ def orthogonal(gain: float = 1.0) -> Initializer:
         n, m = _matrix_shape(shape, dtype)
         check_key(key)
         tall = (max(n, m), min(n, m))
-        a = jax.random.normal(key, tall, _sample_dtype(dtype))
+        a = jax.random.normal(key, tall, compute_dtype(dtype))
         q, r = jnp.linalg.qr(a)
         q = q * jnp.sign(jnp.diagonal(r))  # sign(0) = 0 has probability zero
         q = q if n >= m else q.T

@@ -47,12 +47,12 @@ from stabkit._checks import (
     is_floating_dtype,
     positive_int,
 )
+from stabkit._numerics import compute_dtype
 from stabkit.activations import Activation, get_activation, is_registered
 from stabkit.init import (
     Initializer,
     _dtype,
     _multiplier,
-    _sample_dtype,
     bias_normal,
     check_key,
     get_initializer,
@@ -181,7 +181,7 @@ def mlp_init(
     # The parameters, and the float32 (float64) draws they are rounded from, before jit
     # allocates them: depth=10**9 would otherwise return at once and fail later, out of memory.
     entries = (in_dim + 1 + (depth - 1) * (width + 1)) * width + (width + 1) * out_dim
-    per_entry = dtype.itemsize + 2 * _sample_dtype(dtype).itemsize
+    per_entry = dtype.itemsize + 2 * compute_dtype(dtype).itemsize
     check_memory(
         entries * per_entry + 16 * (depth + 1),
         "depth",

@@ -71,6 +71,7 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from stabkit._checks import floating_array, is_floating_dtype, normalize_axis, strict_bool
+from stabkit._numerics import compute_dtype
 
 __all__ = [
     "log_softmax",
@@ -95,11 +96,6 @@ _LOG1P_SWITCH = 0.375
 
 # Rows up to this many entries take the fused sums of ``_stats``; longer ones XLA's own reduction.
 _FUSED_ROWS = 8192
-
-
-def _compute_dtype(dtype) -> jnp.dtype:
-    """float32 for formats narrower than 32 bits, the dtype itself otherwise."""
-    return jnp.dtype(jnp.float32) if jnp.dtype(dtype).itemsize < 4 else jnp.dtype(dtype)
 
 
 def _input(x: ArrayLike, name: str) -> jax.Array:
@@ -455,7 +451,7 @@ def _logsumexp_jit(x, mask, axes, keepdims):
     if _empty(x.shape, axes):
         out = jnp.full(tuple(1 if a in axes else s for a, s in enumerate(x.shape)), -jnp.inf)
     else:
-        c = _compute_dtype(x.dtype)
+        c = compute_dtype(x.dtype)
         out = _lse(x.astype(c), mask, axes, c == x.dtype)
     if not keepdims:
         out = jnp.squeeze(out, axis=axes)
@@ -500,7 +496,7 @@ def _normalized_jit(x, mask, axes, log):
     """softmax (``log=False``) or log_softmax of a validated ``x``."""
     if _empty(x.shape, axes):
         return jnp.zeros(x.shape, x.dtype)
-    c = _compute_dtype(x.dtype)
+    c = compute_dtype(x.dtype)
     f = _log_softmax if log else _softmax
     return f(x.astype(c), mask, axes, c == x.dtype).astype(x.dtype)
 
@@ -645,7 +641,7 @@ def softmax_cross_entropy(
 
 @partial(jax.jit, static_argnames=("ax", "probabilities"))
 def _cross_entropy_jit(logits, mask, y, ax, probabilities):
-    c = _compute_dtype(logits.dtype)
+    c = compute_dtype(logits.dtype)
     batch = logits.shape[:ax] + logits.shape[ax + 1 :]
     if logits.shape[ax] == 0:  # no class: an empty sum, or no valid label (NaN under jit)
         return jnp.full(batch, 0 if probabilities else jnp.nan, logits.dtype)

@@ -53,6 +53,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from stabkit._checks import check_memory, finite_float, positive_int
+from stabkit._numerics import compute_dtype, rms_by_sqrt_max
 from stabkit.activations import Activation, get_activation
 from stabkit.nets import (
     MLPParams,
@@ -215,18 +216,13 @@ def _summary(t: Trace, max_rows: int) -> str:
 # ------------------------------------------------------------------------------------------ losses
 
 
-def _stat_dtype(dtype: Any) -> jnp.dtype:
-    # float32, float64 for float64 (not promote_types: the float8 formats promote with nothing).
-    return jnp.dtype(jnp.float64) if jnp.dtype(dtype).itemsize == 8 else jnp.dtype(jnp.float32)
-
-
 def _mse(y: jax.Array) -> jax.Array:
-    y = y.astype(_stat_dtype(y.dtype))
+    y = y.astype(compute_dtype(y.dtype))
     return 0.5 * jnp.mean(jnp.square(y))
 
 
 def _sum(y: jax.Array) -> jax.Array:
-    return jnp.sum(y.astype(_stat_dtype(y.dtype)))
+    return jnp.sum(y.astype(compute_dtype(y.dtype)))
 
 
 _LOSSES: dict[str, Callable[[jax.Array], jax.Array]] = {"mse": _mse, "sum": _sum}
@@ -247,23 +243,12 @@ def loss_names() -> tuple[str, ...]:
 
 
 def _rms(v: jax.Array, axis: Any = None) -> jax.Array:
-    """RMS over ``axis`` that cannot overflow while the entries are finite.
-
-    The entries are divided by their max in two steps of ``sqrt(max)``, so the squares are at most
-    1. One step would not do: XLA computes ``v / s`` as ``v * (1 / s)``, and ``1 / s`` is
-    subnormal, flushed to 0 on CPU, once ``s`` exceeds 2^126 in float32: every entry would become
-    0. Each ``1 / sqrt(s)`` stays a normal number.
-    """
-    v = v.astype(_stat_dtype(v.dtype))
-    m = jnp.max(jnp.abs(v), axis=axis, keepdims=True)
-    # A non-finite max leaves the scale at 1, so inf/NaN entries still give inf/NaN.
-    r = jnp.sqrt(jnp.where((m > 0) & jnp.isfinite(m), m, jnp.ones_like(m)))
-    out = jnp.sqrt(jnp.mean(jnp.square(v / r / r), axis=axis, keepdims=True)) * r * r
-    return jnp.squeeze(out, axis=axis) if axis is not None else out.reshape(())
+    """RMS over ``axis`` in the compute dtype, without overflow (see :func:`rms_by_sqrt_max`)."""
+    return rms_by_sqrt_max(v.astype(compute_dtype(v.dtype)), axis)
 
 
 def _absmax(v: jax.Array, axis: Any = None) -> jax.Array:
-    return jnp.max(jnp.abs(v), axis=axis).astype(_stat_dtype(v.dtype))
+    return jnp.max(jnp.abs(v), axis=axis).astype(compute_dtype(v.dtype))
 
 
 class _LayerStats(NamedTuple):
@@ -291,7 +276,7 @@ def _trace_jit(
     global _TRACE_COUNT
     _TRACE_COUNT += 1
     d_max, batch, width, dtype = params.max_depth, x.shape[0], params.width, params.dtype
-    sdt = _stat_dtype(dtype)
+    sdt = compute_dtype(dtype)
 
     def layer_stats(z, h):
         z, h = jax.lax.stop_gradient(z), jax.lax.stop_gradient(h)
@@ -467,7 +452,7 @@ def trace(
         threshold = finite_float(saturation_threshold, "saturation_threshold")
         if threshold < 0:
             raise ValueError(f"saturation_threshold must be >= 0, got {threshold}")
-    threshold = jnp.asarray(threshold, _stat_dtype(params.dtype))
+    threshold = jnp.asarray(threshold, compute_dtype(params.dtype))
     batch, width, d_max = x2.shape[0], params.width, params.max_depth
     # What the user's callables return is checked on the layer's and the output's shapes before
     # anything is traced for real (jax.eval_shape: nothing compiled, nothing run).
@@ -477,7 +462,7 @@ def trace(
     # The per-layer buffers: the zero perturbations of z and h, the forward residuals the
     # backward pass keeps, their gradients (in the dtype) and the gradients' float32 copies.
     itemsize = params.dtype.itemsize
-    nbytes = d_max * batch * width * (6 * itemsize + 2 * _stat_dtype(params.dtype).itemsize)
+    nbytes = d_max * batch * width * (6 * itemsize + 2 * compute_dtype(params.dtype).itemsize)
     check_memory(
         nbytes,
         "x.shape",

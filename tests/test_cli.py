@@ -248,8 +248,8 @@ def _foreign_value_error(args):
 
 @pytest.mark.parametrize("fail", [_boom, _foreign_value_error])
 def test_a_bug_prints_the_traceback_and_says_so(fail, monkeypatch, capsys):
-    precision = importlib.import_module("stabkit.precision")
-    monkeypatch.setattr(precision, "_cli_probe", fail)
+    report = importlib.import_module("stabkit.precision.report")
+    monkeypatch.setattr(report, "_cli_probe", fail)
     assert cli.main(["probe"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("Traceback (most recent call last):")
@@ -275,7 +275,9 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(importlib.import_module("stabkit.precision"), "_cli_probe", interrupted)
+    monkeypatch.setattr(
+        importlib.import_module("stabkit.precision.report"), "_cli_probe", interrupted
+    )
     assert cli.main(["probe"]) == 130
     assert capsys.readouterr().err.splitlines() == ["stabkit probe: interrupted"]
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from stabkit._numerics import classify, compute_dtype, exponent, pow2
 from stabkit.activations import value_and_derivative
 from stabkit.init import init_rule, initializer_names
 from stabkit.sweeps.spec import LAYER_VARS
@@ -40,7 +41,7 @@ def sweep_input(seed: int, batch: int, width: int, dtype: Any, kind: str = "norm
 
 
 def _input(key, batch, width, dtype, kind):
-    sdt = jnp.promote_types(dtype, jnp.float32)
+    sdt = compute_dtype(dtype)
     k = jax.random.fold_in(key, 2)
     if kind == "normal":
         x = jax.random.normal(k, (batch, width), sdt)
@@ -110,7 +111,7 @@ def _chunk_fn(st: _Static) -> Callable:
     table. Unit weight draws are made once per (distinct seed, layer) and scaled per config.
     """
     dtype = jnp.dtype(st.dtype)
-    sdt = jnp.promote_types(dtype, jnp.float32)
+    sdt = compute_dtype(dtype)
     w, batch, n_layers = st.width, st.batch, st.n_layers
     max_depth = n_layers - 2
     phis = [value_and_derivative(a) for a in st.activations]
@@ -125,10 +126,9 @@ def _chunk_fn(st: _Static) -> Callable:
         return jnp.max(jnp.abs(v), axis=(1, 2)).astype(sdt)
 
     sinfo = jnp.finfo(sdt)
-    s_uint = {32: jnp.uint32, 64: jnp.uint64}[8 * sdt.itemsize]
-    s_bias = (1 << (sinfo.nexp - 1)) - 1
+    s_bias = sinfo.maxexp - 1
 
-    def pow2(m):
+    def scales(m):
         """Powers of two ``(2^-e, 2^e)`` with ``2^e <= m < 2^(e+1)`` (1 where m is 0 or not finite).
 
         Scaling by an exact power of two rounds nothing, so however XLA arranges the arithmetic
@@ -136,11 +136,8 @@ def _chunk_fn(st: _Static) -> Callable:
         the SPMD partitioner) the result is the same bit for bit. ``e`` is clamped two short of
         the exponent range so both factors are normal numbers.
         """
-        e = (jax.lax.bitcast_convert_type(m, s_uint) >> sinfo.nmant).astype(jnp.int32) - s_bias
-        e = jnp.where((m > 0) & jnp.isfinite(m), jnp.clip(e, 2 - s_bias, s_bias - 2), 0)
-        down = jax.lax.bitcast_convert_type(((s_bias - e).astype(s_uint)) << sinfo.nmant, sdt)
-        up = jax.lax.bitcast_convert_type(((s_bias + e).astype(s_uint)) << sinfo.nmant, sdt)
-        return down, up
+        e = jnp.where((m > 0) & jnp.isfinite(m), jnp.clip(exponent(m), 2 - s_bias, s_bias - 2), 0)
+        return pow2(-e, sdt), pow2(e, sdt)
 
     def mean12(v, reduce=jnp.mean):
         """Mean (or ``reduce``) of each config's (rows, units) block, the same whatever the chunk.
@@ -167,20 +164,12 @@ def _chunk_fn(st: _Static) -> Callable:
         """
         v = v.astype(sdt)
         m = absmax(v) if m is None else m
-        down, up = pow2(m)
+        down, up = scales(m)
         return jnp.sqrt(mean12(jnp.square(v * down[:, None, None]))) * up
 
     # A scaled sum of squares within 2^+-window cannot have overflowed, and the squares flushed
     # to zero (below 2^-126 in float32) add up to less than 2^-52 of it: no pass for the max needed.
     window = sinfo.maxexp // 2 - 14
-
-    def exponent(m):
-        """e with 2^e <= m < 2^(e+1) for a positive normal ``m``."""
-        return (jax.lax.bitcast_convert_type(m, s_uint) >> sinfo.nmant).astype(jnp.int32) - s_bias
-
-    def factor(e):
-        """2^e, exact, for e within the normal exponent range."""
-        return jax.lax.bitcast_convert_type((s_bias + e).astype(s_uint) << sinfo.nmant, sdt)
 
     def rms_guess(v, e):
         """``(rms(v), exponent)``: one pass over ``v``, scaled by the guess ``2^-e`` per config.
@@ -193,23 +182,20 @@ def _chunk_fn(st: _Static) -> Callable:
         """
         v = v.astype(sdt)
         e = jnp.clip(e, 2 - s_bias, s_bias - 2)
-        ss = mean12(jnp.square(v * factor(-e)[:, None, None]))
+        ss = mean12(jnp.square(v * pow2(-e, sdt)[:, None, None]))
         ok = (ss >= 2.0**-window) & (ss <= 2.0**window)
-        r = jnp.where(ok, jnp.sqrt(ss) * factor(e), 0)
+        r = jnp.where(ok, jnp.sqrt(ss) * pow2(e, sdt), 0)
         r = jax.lax.cond(jnp.all(ok), lambda: r, lambda: jnp.where(ok, r, rms(v)))
         fine = (r > 0) & jnp.isfinite(r)
         return r, jnp.where(fine, exponent(jnp.where(fine, r, 1)), e)
 
-    # Census by bit pattern (XLA:CPU reads float32 subnormals as 0 in comparisons): the magnitude
-    # bits are 0 for zeros, below the smallest normal's for subnormals, those of inf for inf and
-    # above for NaN. Two classes are packed in 16-bit halves of one int32 sum where the counts fit,
-    # so four counts take two passes over the data instead of four.
+    # Census by bit pattern (XLA:CPU reads float32 subnormals as 0 in comparisons), the classes of
+    # stabkit.census (_numerics.classify). Two classes are packed in 16-bit halves of one int32 sum
+    # where the counts fit, so four counts take two passes over the data instead of four.
     info = jnp.finfo(dtype)
     nbits = 8 * dtype.itemsize
     ubits = {16: jnp.uint16, 32: jnp.uint32, 64: jnp.uint64}[nbits]
     magnitude = (1 << (nbits - 1)) - 1
-    inf_bits = ((1 << info.nexp) - 1) << info.nmant
-    normal_bits = 1 << info.nmant
     packed = entries < 2**15
     i32 = jnp.int32
 
@@ -217,19 +203,17 @@ def _chunk_fn(st: _Static) -> Callable:
         """The census of ``v``; ``finite``: per config, whether ``v`` is known to hold no inf or
         NaN (its RMS is finite): then the inf/NaN pass runs only if a chunk-mate needs it."""
 
-        def bits(v):  # computed inside each pass: XLA fuses it there instead of storing it
-            return jax.lax.bitcast_convert_type(v, ubits) & magnitude
+        def classes(v):  # computed inside each pass: XLA fuses it there instead of storing it
+            return classify(jax.lax.bitcast_convert_type(v, ubits), nbits, info.nexp, info.nmant)
 
         def nonfinite(v):
-            a = bits(v)
+            *_, inf, nan = classes(v)
             if packed:
-                inf, nan = (a == inf_bits).astype(i32), (a > inf_bits).astype(i32)
-                hi = jnp.sum(inf | (nan << 16), axis=(1, 2), dtype=i32)
+                hi = jnp.sum(inf.astype(i32) | (nan.astype(i32) << 16), axis=(1, 2), dtype=i32)
                 return hi & 0xFFFF, hi >> 16
-            return tuple(jnp.sum(c, axis=(1, 2), dtype=i32) for c in (a == inf_bits, a > inf_bits))
+            return tuple(jnp.sum(c, axis=(1, 2), dtype=i32) for c in (inf, nan))
 
-        a = bits(v)
-        zero, sub = a == 0, (a < normal_bits) & (a != 0)
+        _, sub, zero, _, _ = classes(v)
         if packed:
             lo = jnp.sum(zero.astype(i32) | (sub.astype(i32) << 16), axis=(1, 2), dtype=i32)
             zero, sub = lo & 0xFFFF, lo >> 16
@@ -238,7 +222,7 @@ def _chunk_fn(st: _Static) -> Callable:
         if finite is None:
             inf, nan = nonfinite(v)
         else:
-            none = jnp.zeros(a.shape[0], i32)
+            none = jnp.zeros(v.shape[0], i32)
             inf, nan = jax.lax.cond(jnp.all(finite), lambda v: (none, none), nonfinite, v)
         return {
             f"{prefix}_subnormal": sub,

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from stabkit._numerics import rms_rows
 from stabkit.activations import select_activation
 from stabkit.fixes import all_finite, loss_scale_of, safe_global_norm
 from stabkit.nets import MLPParams, mlp_apply, mlp_init
@@ -76,39 +77,6 @@ class History(NamedTuple):
     runs: Runs
 
 
-def _bits(dtype: jnp.dtype) -> tuple[Any, int, int]:
-    """The unsigned type, mantissa bits and exponent bias of float32 or float64."""
-    info = jnp.finfo(dtype)
-    return (jnp.uint32 if dtype.itemsize == 4 else jnp.uint64), info.nmant, info.maxexp - 1
-
-
-def _pow2(k: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
-    """Exactly ``2.0**k`` in float32/float64 for integer ``k`` in the normal range (from bits)."""
-    dtype = jnp.dtype(dtype)
-    uint, nmant, bias = _bits(dtype)
-    return jax.lax.bitcast_convert_type((k + bias).astype(uint) << nmant, dtype)
-
-
-def _rms_rows(a: jax.Array) -> jax.Array:
-    """RMS of each row of a float32 (or float64) ``(k, n)`` array, without overflow or underflow.
-
-    Each row is scaled by a power of two near its largest entry (applied as two multiplications
-    by normal numbers, so that no reciprocal is flushed to 0), squared, summed and scaled back. A
-    row holding inf or NaN gets the plain formula (inf or NaN): that is evidence, not noise.
-    """
-    finite = jnp.isfinite(a)
-    big = jnp.max(jnp.where(finite, jnp.abs(a), 0), axis=1, keepdims=True)
-    # the exponent e of big = m * 2**e, m in [0.5, 1), read from the bits (frexp is costly)
-    uint, nmant, bias = _bits(a.dtype)
-    e = (jax.lax.bitcast_convert_type(big, uint) >> nmant).astype(jnp.int32) - (bias - 1)
-    lo, hi = e // 2, e - e // 2
-    ss = jnp.mean(jnp.square(a * _pow2(-lo, a.dtype) * _pow2(-hi, a.dtype)), axis=1, keepdims=True)
-    safe = jnp.where(ss > 0, ss, 1)  # double `where`: no sqrt'(0) = inf anywhere
-    scaled = jnp.where(ss > 0, jnp.sqrt(safe), 0) * _pow2(lo, a.dtype) * _pow2(hi, a.dtype)
-    plain = jnp.sqrt(jnp.mean(jnp.square(a), axis=1, keepdims=True))
-    return jnp.where(jnp.all(finite, axis=1, keepdims=True), scaled, plain)[:, 0]
-
-
 def _grad_stats(g: MLPParams, dtype: Any = jnp.float32) -> tuple[jax.Array, jax.Array]:
     """RMS of each layer's weight and bias gradient ``(max_depth + 1,)``, and the global norm,
     in ``dtype`` (float32, or float64 for a float64 run)."""
@@ -119,10 +87,10 @@ def _grad_stats(g: MLPParams, dtype: Any = jnp.float32) -> tuple[jax.Array, jax.
         jnp.concatenate([g.w_hidden.reshape(d, -1), g.b_hidden], axis=1),
         jnp.concatenate([g.w_out.ravel(), g.b_out])[None],
     ]
-    rms = jnp.concatenate([_rms_rows(r) for r in rows])
+    rms = jnp.concatenate([rms_rows(r) for r in rows])
     sizes = np.array([rows[0].shape[1]] + [rows[1].shape[1]] * d + [rows[2].shape[1]])
     weights = np.sqrt(sizes / sizes.sum()).astype(dtype)
-    norm = _rms_rows((rms * weights)[None])[0]
+    norm = rms_rows((rms * weights)[None])[0]
     return rms, norm * np.asarray(np.sqrt(sizes.sum() * len(sizes)), dtype)
 
 

@@ -31,6 +31,7 @@ from stabkit._checks import (
     is_floating_dtype,
     positive_int,
 )
+from stabkit._numerics import compute_dtype
 from stabkit.activations import get_activation
 from stabkit.fixes import DynamicLossScale
 from stabkit.init import get_initializer
@@ -81,7 +82,7 @@ def _x64(spec: TrainSpec) -> contextlib.AbstractContextManager:
 def _wide(spec: TrainSpec) -> jnp.dtype:
     """The loss's and the records' dtype: float32, float64 where a run computes in float64."""
     store = spec.master_dtype or spec.dtype
-    return jnp.dtype(jnp.promote_types(jnp.promote_types(spec.dtype, store), jnp.float32))
+    return compute_dtype(jnp.promote_types(spec.dtype, store))
 
 
 def _run_bytes(spec: TrainSpec, width: int, max_depth: int, records: int) -> int:
