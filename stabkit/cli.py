@@ -248,9 +248,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    from stabkit import precision
+    from stabkit.precision import report
 
-    return precision._cli_probe(args)
+    return report._cli_probe(args)
 
 
 def _check_budget(spec, chunk_size: int | None, memory_budget: int) -> None:
