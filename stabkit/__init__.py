@@ -27,6 +27,8 @@ Public API (each module's docstring has the details):
   bias x dtype x seed) in one compiled kernel per (dtype, width), sharded over the devices, into
   an ``xarray.Dataset``; streamed to zarr and resumable (``out=``, ``resume=True``); ``load``;
   its plots (``stabkit.sweeps.plots``) and its comparison with the theory.
+* :mod:`stabkit.tracecount`: ``count_traces``, how many times JAX traced and compiled each
+  function inside a block (a sweep or a training grid is meant to be a few kernels).
 * :mod:`stabkit.reproduce`: the registry behind ``stabkit reproduce``.
 """
 
@@ -98,6 +100,7 @@ from stabkit.theory import (
     xi_c,
     xi_q,
 )
+from stabkit.tracecount import TraceCount, count_traces
 from stabkit.tracing import (
     DeepLinearTheory,
     Trace,

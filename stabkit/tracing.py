@@ -74,9 +74,6 @@ __all__ = [
     "trace",
 ]
 
-#: Counts how many times the trace kernel has been traced (= compiled); tests read it.
-_TRACE_COUNT = 0
-
 
 class Trace(NamedTuple):
     """Per-layer statistics of one forward and backward pass (see the module docstring).
@@ -273,8 +270,6 @@ def _trace_jit(
     phi: Activation,
     loss_fn: Callable[[jax.Array], jax.Array],
 ) -> Trace:
-    global _TRACE_COUNT
-    _TRACE_COUNT += 1
     d_max, batch, width, dtype = params.max_depth, x.shape[0], params.width, params.dtype
     sdt = compute_dtype(dtype)
 

@@ -7,8 +7,8 @@ import pytest
 from scipy import special
 
 import stabkit
-from stabkit import nets
 from stabkit.nets import MLPParams, mlp_apply, mlp_init
+from stabkit.tracecount import count_traces
 from tests.conftest import DTYPES, eps, jdtype
 
 KEY = jax.random.key(7)
@@ -101,9 +101,9 @@ def test_scan_equals_unrolled_in_every_dtype(dtype):
 def test_depth_is_data_one_compilation(net):
     """A trace compiled for max_depth serves every depth; masking equals building shallower."""
     p, x = net
-    before = nets._apply_jit._cache_size()
-    outs = [mlp_apply(p, x, activation="tanh", depth=d) for d in range(1, p.max_depth + 1)]
-    assert nets._apply_jit._cache_size() - before <= 1
+    with count_traces() as c:
+        outs = [mlp_apply(p, x, activation="tanh", depth=d) for d in range(1, p.max_depth + 1)]
+    assert c.traces("_apply_jit") <= 1  # 0 where an earlier test compiled it for these shapes
     for d, out in enumerate(outs, start=1):
         np.testing.assert_allclose(out, np_forward(p, x, "tanh", d), rtol=1e-5, atol=1e-6)
     for d in (1, 2):  # bit for bit (each new depth compiles a new shallow net: keep it short)

@@ -21,7 +21,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stabkit import precision
-from stabkit.precision import SUPPORTED_DTYPES, Census, census, chains, formats
+from stabkit.precision import SUPPORTED_DTYPES, Census, census, formats
+from stabkit.tracecount import count_traces
 from tests.conftest import np_dtype
 
 FLOAT8 = tuple(n for n in SUPPORTED_DTYPES if n.startswith("float8"))
@@ -380,10 +381,10 @@ def test_chain_default_steps_and_compiles_once():
     xs = precision.chain(1.5, "float16")
     assert not np.isfinite(xs[-1].astype(np.float64))
     assert len(xs) == 28 + 1 + 4
-    before = chains._chain_kernel._cache_size()
-    for scale in (1.25, 1.75, 2.0, -1.5):
-        precision.chain(scale, "float32", 3.0, steps=50)
-    assert chains._chain_kernel._cache_size() - before == 1
+    with count_traces() as c:
+        for scale in (1.25, 1.75, 2.0, -1.5):
+            precision.chain(scale, "float32", 3.0, steps=50)
+    assert c.compiles("_chain_kernel") == 1
     xs = precision.chain(0.5, "float64", steps=3)  # float64 even outside enable_x64
     assert xs.dtype == np.float64 and xs.tolist() == [1.0, 0.5, 0.25, 0.125]
 

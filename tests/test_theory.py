@@ -13,6 +13,7 @@ Tolerances (float64 throughout the theory):
   of (L + 1)/N relative (corrections to free probability are O(L/N)).
 """
 
+import contextlib
 import math
 
 import jax
@@ -25,7 +26,8 @@ from hypothesis import strategies as st
 
 import stabkit as sk
 from stabkit import theory as th
-from stabkit.theory import critical, fixed_points, maps, profiles, quadrature
+from stabkit.theory import quadrature
+from stabkit.tracecount import count_traces
 
 # ------------------------------------------------------------------------- closed forms, quadrature
 
@@ -213,9 +215,9 @@ def test_phase_and_depth_scales_on_a_grid():
 
 def test_no_recompilation_for_new_values():
     th.mean_field("tanh", np.linspace(1, 2, 5), 0.05, order=40)
-    size = fixed_points._solve._cache_size()
-    th.mean_field("tanh", np.linspace(2, 3, 5), 0.1, order=40)
-    assert fixed_points._solve._cache_size() == size
+    with count_traces() as c:
+        th.mean_field("tanh", np.linspace(2, 3, 5), 0.1, order=40)
+    assert c.compiles("_solve") == 0
 
 
 def test_x64_stays_contained():
@@ -272,15 +274,19 @@ def test_monte_carlo_q_and_c_match_the_maps():
 
         return jax.vmap(one)(jnp.arange(seeds))  # (S, depth, 2, n)
 
-    for sw, sb in [(1.2, 0.05), (1.7609546, 0.05), (3.0, 0.05)]:
-        z = np.asarray(measure(sw, sb), np.float64)
+    with count_traces() as count:
+        zs = [
+            np.asarray(measure(sw, sb), np.float64)
+            for sw, sb in [(1.2, 0.05), (1.7609546, 0.05), (3.0, 0.05)]
+        ]
+    assert count.compiles("measure") == 1  # one compilation for every point
+    for (sw, sb), z in zip([(1.2, 0.05), (1.7609546, 0.05), (3.0, 0.05)], zs, strict=True):
         q = np.mean(z**2, axis=-1)
         c = np.mean(z[..., 0, :] * z[..., 1, :], axis=-1) / np.sqrt(q[..., 0] * q[..., 1])
         it = th.iterate_maps("tanh", sw, sb, q_in=1.0, c_in=c_in, depth=depth + 1)
         for measured, theory in ((q.mean(-1), it.q[1:]), (c, it.c[1:])):
             se = measured.std(axis=0, ddof=1) / math.sqrt(seeds)
             assert np.all(np.abs(measured.mean(0) - theory) <= 4 * se), (sw, measured, theory)
-    assert measure._cache_size() == 1  # one compilation for every point
 
 
 # ------------------------------------------------------------------------------- Jacobian spectra
@@ -661,18 +667,16 @@ def test_q_star_with_a_tiny_bias_is_not_zero():
 
 # ------------------------------------------------ issue 11: validation before anything compiles
 
-_JITS = (
-    quadrature._diag_jit,
-    quadrature._cross_jit,
-    maps._iterate,
-    fixed_points._solve,
-    critical._critical,
-    profiles._forward,
-)
+# The jitted cores of the theory, by name: validation must refuse before any of them compiles.
+_JITS = ("_diag_jit", "_cross_jit", "_iterate", "_solve", "_critical", "_forward")
 
 
-def _compilations():
-    return sum(f._cache_size() for f in _JITS)
+# Counting for the whole module: the tests compare the totals before and after a refusal.
+_COUNT = contextlib.ExitStack().enter_context(count_traces())
+
+
+def _compilations() -> int:
+    return sum(_COUNT.compiles(name) for name in _JITS)
 
 
 def _small_limit(monkeypatch, nbytes):

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from scipy import special
 
 import stabkit
-from stabkit import tracing
 from stabkit.nets import mlp_apply, mlp_init
+from stabkit.tracecount import count_traces
 from stabkit.tracing import Trace, deep_linear_gain, deep_linear_theory, trace
 from tests.conftest import DTYPES, jdtype, np_dtype
 
@@ -156,11 +156,10 @@ def test_masked_equals_sliced(small):
 
 def test_one_compilation_serves_every_depth(small):
     params, x = small
-    count, cache = tracing._TRACE_COUNT, tracing._trace_jit._cache_size()
-    traces = [trace(params, x, activation="sigmoid", depth=d) for d in range(1, 5)]
-    traces.append(trace(params, x, activation="sigmoid", saturation_threshold=0.2))
-    assert tracing._TRACE_COUNT - count == 1
-    assert tracing._trace_jit._cache_size() - cache == 1
+    with count_traces() as c:
+        traces = [trace(params, x, activation="sigmoid", depth=d) for d in range(1, 5)]
+        traces.append(trace(params, x, activation="sigmoid", saturation_threshold=0.2))
+    assert c.traces("_trace_jit") == 1 and c.compiles("_trace_jit") == 1
     # vmap over depth: one more trace of the same kernel, batched; same numbers.
     batched = jax.jit(jax.vmap(lambda d: trace(params, x, activation="sigmoid", depth=d)))(
         jnp.arange(1, 5)
