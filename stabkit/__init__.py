@@ -12,8 +12,9 @@ Public API (each module's docstring has the details):
   gaussian, orthogonal, glorot, he, lecun, standard).
 * :mod:`stabkit.nets`, :mod:`stabkit.tracing`: a functional MLP (``mlp_init``/``mlp_apply``,
   hidden layers under ``lax.scan``) and its per-layer forward/backward ``trace`` (RMS, census,
-  saturation, first inf/NaN/zero layer; depth is data), beside the deep-linear closed forms
-  ``deep_linear_gain`` and ``deep_linear_theory``.
+  saturation, first inf/NaN/zero layer; depth is data), with the losses of
+  :mod:`stabkit.losses` (``loss_names``); :mod:`stabkit.deep_linear`: the deep-linear closed
+  forms ``deep_linear_gain`` and ``deep_linear_theory``.
 * :mod:`stabkit.theory`: mean-field signal propagation in float64 (``q_map``, ``c_map``,
   ``iterate_maps``, ``mean_field`` with ``q_star``/``c_star``/``chi_1``/``xi_q``/``xi_c``/``phase``,
   the ``critical_line``) and Jacobian spectra (``jacobian_singular_values`` of sampled nets,
@@ -39,6 +40,7 @@ from stabkit.activations import (
     select_activation,
     value_and_derivative,
 )
+from stabkit.deep_linear import DeepLinearTheory, deep_linear_gain, deep_linear_theory
 from stabkit.fixes import (
     DynamicLossScale,
     LossScaleState,
@@ -51,6 +53,7 @@ from stabkit.fixes import (
     skip_nonfinite,
 )
 from stabkit.init import InitRule, get_initializer, init_rule, initializer_names
+from stabkit.losses import loss_names
 from stabkit.nets import MLPParams, mlp_apply, mlp_init
 from stabkit.precision import (
     SUPPORTED_DTYPES,
@@ -101,14 +104,7 @@ from stabkit.theory import (
     xi_q,
 )
 from stabkit.tracecount import TraceCount, count_traces
-from stabkit.tracing import (
-    DeepLinearTheory,
-    Trace,
-    deep_linear_gain,
-    deep_linear_theory,
-    loss_names,
-    trace,
-)
+from stabkit.tracing import Trace, trace
 from stabkit.training import (
     Diagnosis,
     History,

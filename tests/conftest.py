@@ -40,3 +40,26 @@ def dtype(request):
 
 def jdtype(name):
     return jnp.dtype(np_dtype(name))
+
+
+@pytest.fixture
+def fake_memory(monkeypatch):
+    """``fake_memory(nbytes)``: pretend the machine has ``nbytes`` of memory, for every bound.
+
+    Patches ``stabkit._checks.memory_limit`` and every stabkit module that imported it by name,
+    so that a test needs no list of the modules that check memory.
+    """
+    import sys
+
+    from stabkit import _checks
+
+    real = _checks.memory_limit
+
+    def set_limit(nbytes: int) -> int:
+        for module in list(sys.modules.values()):
+            name = getattr(module, "__name__", "")
+            if name.startswith("stabkit") and getattr(module, "memory_limit", None) is real:
+                monkeypatch.setattr(module, "memory_limit", lambda: nbytes)
+        return nbytes
+
+    return set_limit

@@ -17,7 +17,7 @@ import pytest
 from stabkit import cli
 from stabkit.activations import activation_names
 from stabkit.init import initializer_names
-from stabkit.tracing import loss_names
+from stabkit.losses import loss_names
 
 
 @pytest.fixture(autouse=True)

@@ -26,7 +26,6 @@ from hypothesis import strategies as st
 
 import stabkit as sk
 from stabkit import theory as th
-from stabkit.theory import quadrature
 from stabkit.tracecount import count_traces
 
 # ------------------------------------------------------------------------- closed forms, quadrature
@@ -679,17 +678,9 @@ def _compilations() -> int:
     return sum(_COUNT.compiles(name) for name in _JITS)
 
 
-def _small_limit(monkeypatch, nbytes):
-    """Pretend the machine has ``nbytes`` of memory (the bounds read memory_limit())."""
-    from stabkit import _checks
-
-    monkeypatch.setattr(_checks, "memory_limit", lambda: nbytes)
-    monkeypatch.setattr(quadrature, "memory_limit", lambda: nbytes)
-
-
-def test_iterate_maps_depth_is_bounded_before_allocating(monkeypatch):
+def test_iterate_maps_depth_is_bounded_before_allocating(fake_memory):
     # depth=10**9 used to allocate 8 GB (and more on the host) before failing
-    _small_limit(monkeypatch, 16 * 2**30)
+    fake_memory(16 * 2**30)
     before = _compilations()
     with pytest.raises(ValueError, match=r"depth=1000000000 needs about 44\.7 GiB .*16\.0 GiB"):
         th.iterate_maps("tanh", 1.0, 0.0, q_in=1.0, depth=10**9)

@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 from scipy import special
 
 import stabkit
+from stabkit.deep_linear import deep_linear_gain, deep_linear_theory
 from stabkit.nets import mlp_apply, mlp_init
 from stabkit.tracecount import count_traces
-from stabkit.tracing import Trace, deep_linear_gain, deep_linear_theory, trace
+from stabkit.tracing import Trace, trace
 from tests.conftest import DTYPES, jdtype, np_dtype
 
 KEY = jax.random.key(3)

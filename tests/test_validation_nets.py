@@ -16,11 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import stabkit
-from stabkit import _checks, precision
 from stabkit import init as sinit
+from stabkit import precision
 from stabkit.activations import derivative, get_activation, select_activation, value_and_derivative
+from stabkit.deep_linear import deep_linear_gain, deep_linear_theory
 from stabkit.nets import mlp_apply, mlp_init
-from stabkit.tracing import deep_linear_gain, deep_linear_theory, trace
+from stabkit.tracing import trace
 
 KEY = jax.random.key(0)
 
@@ -32,12 +33,9 @@ def small():
 
 
 @pytest.fixture
-def memory(monkeypatch):
+def memory(fake_memory):
     """Pretend the machine has 64 MiB, so that the memory bounds are tested with small sizes."""
-    limit = 64 * 2**20
-    monkeypatch.setattr(_checks, "memory_limit", lambda: limit)
-    monkeypatch.setattr(precision, "memory_limit", lambda: limit)
-    return limit
+    return fake_memory(64 * 2**20)
 
 
 # ------------------------------------------------------------------------------ precision bounds

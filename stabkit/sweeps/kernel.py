@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from stabkit._numerics import classify, compute_dtype, exponent, pow2
 from stabkit.activations import value_and_derivative
 from stabkit.init import init_rule, initializer_names
+from stabkit.losses import LOSSES
 from stabkit.sweeps.spec import LAYER_VARS
 
 #: Counts how many times the sweep kernel has been traced (= compiled); tests read it.
@@ -321,12 +322,10 @@ def _chunk_fn(st: _Static) -> Callable:
         w0, b0 = scaled(*draw(0))
         y = mm("cbi,cij->cbj", h, w0) + b0[:, None, :]
         yf = y.astype(sdt)
-        if st.loss == "mse":
-            loss = 0.5 * mean12(jnp.square(yf))
-            gy = (yf * (1.0 / entries)).astype(dtype)
-        else:
-            loss = mean12(yf, jnp.sum)
-            gy = jnp.ones_like(y)
+        # The formulas are the losses registry's, reduced per config by the chunk's own means.
+        fn = LOSSES[st.loss]
+        loss = fn.value(yf, mean12, lambda v: mean12(v, jnp.sum))
+        gy = fn.output_grad(yf, entries).astype(dtype)
         top = depth + 1
         readout = {
             "pre_rms": rms(y),

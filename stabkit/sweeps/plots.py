@@ -32,7 +32,7 @@ from stabkit._checks import positive_int, strict_bool
 from stabkit.reproduce import _output_dir
 from stabkit.sweeps.theory_comparison import predict_sweep
 from stabkit.theory import critical_line, weight_variance
-from stabkit.tracing import deep_linear_gain
+from stabkit.deep_linear import deep_linear_gain
 
 __all__ = ["heatmaps", "plot", "profiles"]
 

@@ -23,7 +23,7 @@ from stabkit._checks import check_elementwise, format_bytes, is_floating_dtype, 
 from stabkit.activations import get_activation, is_registered
 from stabkit.init import initializer_names
 from stabkit.precision import SUPPORTED_DTYPES
-from stabkit.tracing import loss_names
+from stabkit.losses import loss_names
 
 # The sweep runs in the 16-, 32- and 64-bit formats of stabkit.precision (its kernel reads 16, 32
 # and 64-bit patterns and computes in float32 at least), not in float8.
