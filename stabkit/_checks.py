@@ -272,7 +272,7 @@ def check_initializer(init: Any, name: str, key: Any, shape: tuple[int, ...], dt
 
 # ------------------------------------------------------------------------ real parameters and grids
 #
-# The theory's validators (stabkit.theory, stabkit._jacobian, stabkit.sweeps.theory_comparison):
+# The theory's validators (stabkit.theory and stabkit.sweeps.theory_comparison):
 # types (real numbers; no strings, bools, None, complex or ragged lists), values (a NaN or inf
 # parameter is a user error, never a result: ValueError saying NaN / inf) and broadcasting (the
 # error names every argument and its shape).

@@ -47,6 +47,7 @@ def test_no_old_module_paths_remain():
         "theory.py",
         "_meanfield.py",
         "_profiles.py",
+        "_jacobian.py",
     ]:
         assert not (root / old).exists(), old
 

@@ -91,7 +91,8 @@ Where each part lives (one concept a file; the functions above are re-exported h
   :func:`chi_1`, :func:`xi_q`, :func:`xi_c`, :func:`phase` (the Newton solvers).
 * :mod:`stabkit.theory.critical`: :func:`critical_line`.
 * :mod:`stabkit.theory.profiles`: :func:`weight_variance`, :func:`predict_profile`.
-* ``stabkit._jacobian``: the Jacobian spectrum (to move into this package).
+* :mod:`stabkit.theory.jacobian`: the Jacobian spectrum (``jacobian_singular_values`` of
+  sampled nets, ``jacobian_spectrum_moments`` from free probability).
 * :mod:`stabkit.sweeps.theory_comparison`: :func:`predict_sweep`, :func:`compare_sweep` (with the
   sweeps, so that the theory imports nothing of the sweep engine; loaded here at first use).
 * ``stabkit._checks``: the argument validators shared with the rest of stabkit.
@@ -110,7 +111,6 @@ References:
 
 from __future__ import annotations
 
-from stabkit._jacobian import JacobianMoments, jacobian_singular_values, jacobian_spectrum_moments
 from stabkit.theory.critical import critical_line
 from stabkit.theory.fixed_points import (
     PHASE_NAMES,
@@ -122,6 +122,11 @@ from stabkit.theory.fixed_points import (
     q_star,
     xi_c,
     xi_q,
+)
+from stabkit.theory.jacobian import (
+    JacobianMoments,
+    jacobian_singular_values,
+    jacobian_spectrum_moments,
 )
 from stabkit.theory.maps import MapIterates, c_map, iterate_maps, q_map
 from stabkit.theory.profiles import Profile, predict_profile, weight_variance
