@@ -24,8 +24,11 @@ and recognises them from the run's history. Where each part lives:
   configurations, where **depth, weight scale, activation, initializer, learning rate and seed are
   data**. :func:`train` runs all of them in one ``jit``: ``vmap`` over the configurations,
   ``lax.scan`` over the steps, and returns a :class:`History` sampled every ``log_every`` steps:
-  loss, gradient and update global norms, per-layer gradient RMS, the census of gradient entries
-  (normal/subnormal/zero/inf/NaN, by bit pattern), the loss scale and non-finite events.
+  loss, gradient and update global norms, per-layer gradient RMS, the :class:`stabkit.Census` of
+  gradient entries (normal/subnormal/zero/inf/NaN, by bit pattern), the loss scale and
+  non-finite events.
+* One seed rule with :func:`stabkit.sweep`: a run's initial network is the sweep's network of
+  the same (activation, init, depth, width, scale, bias_std, seed), drawn from ``key(seed)``.
 * Mixed precision: ``dtype="float16"`` or ``"bfloat16"`` runs parameters and activations in that
   format; ``master_dtype="float32"`` keeps float32 master weights (the forward pass casts them
   down, the gradient comes back up through the cast). The loss is always computed in float32.
@@ -44,9 +47,11 @@ Examples:
     >>> import jax
     >>> task = teacher_student(jax.random.key(0), n=64, in_dim=16, teacher_depth=1)
     >>> spec = TrainSpec(task, max_depth=30, width=32, steps=150, log_every=5,
-    ...                  optimizer="momentum", activations=("linear", "sigmoid", "relu"),
-    ...                  inits=("scaled_identity", "glorot_normal", "he_normal"))
-    >>> runs = make_runs(spec, scale=[1.5, 0.5, 1, 1], activation=[0, 0, 1, 2], init=[0, 0, 1, 2],
+    ...                  optimizer="momentum", activation=("linear", "sigmoid", "relu"),
+    ...                  init=("scaled_identity", "glorot_normal", "he_normal"))
+    >>> runs = make_runs(spec, scale=[1.5, 0.5, 1, 1],
+    ...                  activation=["linear", "linear", "sigmoid", "relu"],
+    ...                  init=["scaled_identity", "scaled_identity", "glorot_normal", "he_normal"],
     ...                  lr=0.005, product=False)
     >>> history = train(spec, runs)
     >>> history.loss.shape, history.layer_grad_rms.shape  # (runs, records[, layers])

@@ -4,6 +4,12 @@
 ``log_every`` steps (loss, gradient and update norms, per-layer gradient RMS computed without
 overflow, the census of gradient entries, the loss scale, non-finite events). The initial
 parameters are drawn outside the kernel (``_initial_params``); ``_init_params`` gives one run's.
+
+The seed rule is the sweep's (:mod:`stabkit.sweeps`): a run's seed is the key ``key(seed)``, its
+weights are :func:`stabkit.mlp_init`'s for that key (layer ``l`` from ``fold_in(fold_in(key, 0),
+l)``, its bias from ``fold_in(fold_in(key, 1), l)``; ``fold_in(key, 2)`` is the sweep's input),
+and its batches come from ``fold_in(key, 3)``. So a configuration picked from a sweep trains the
+network the sweep traced.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from stabkit._numerics import rms_rows
 from stabkit.activations import select_activation
 from stabkit.fixes import all_finite, loss_scale_of, safe_global_norm
 from stabkit.nets import MLPParams, mlp_apply, mlp_init
-from stabkit.precision import census
+from stabkit.precision import Census, census
 from stabkit.stable_softmax import softmax_cross_entropy
 from stabkit.training.optimizers import _build_optimizer
 from stabkit.training.runs import _RUN_DTYPES, Runs, _check_runs
@@ -46,8 +52,9 @@ class History(NamedTuple):
         layer_grad_rms: ``(R, T, L)`` RMS of each weight layer's gradient (weights and bias
             together), ``L = max_depth + 1``: hidden layers 1..max_depth, then the readout. Layers
             beyond a run's depth are unused and read 0.
-        grad_census: ``(R, T, 5)`` counts of normal, subnormal, zero, inf and NaN entries of the
-            gradient as computed, in the compute dtype and scaled (:func:`stabkit.census`).
+        grad_census: a :class:`stabkit.Census` of ``(R, T)`` int32 counts (normal, subnormal,
+            zero, inf, NaN) of the gradient's entries as computed, in the compute dtype and
+            scaled (:func:`stabkit.census`).
         loss_scale: ``(R, T)`` the loss scale in use (1 without loss scaling).
         nonfinite_grads: ``(R, T)`` steps in ``[step[t], step[t] + log_every)`` whose gradient
             had an inf or NaN entry.
@@ -67,7 +74,7 @@ class History(NamedTuple):
     grad_norm: jax.Array
     update_norm: jax.Array
     layer_grad_rms: jax.Array
-    grad_census: jax.Array
+    grad_census: Census
     loss_scale: jax.Array
     nonfinite_grads: jax.Array
     absorbed: jax.Array
@@ -120,12 +127,18 @@ def _scaled(params: MLPParams, scale: Any, dtype: jnp.dtype) -> MLPParams:
 
 
 def _init_key(seed: int) -> jax.Array:
-    return jax.random.split(jax.random.key(seed))[0]
+    # The sweep's rule: the seed's own key, so that train starts from the network a sweep traced.
+    return jax.random.key(seed)
+
+
+#: ``fold_in(key(seed), _BATCH_STREAM)`` draws the batches (0: weights, 1: biases, 2: the
+#: sweep's input). ``split(key)[1]`` would be ``fold_in(key, 1)``, the biases' key.
+_BATCH_STREAM = 3
 
 
 def _init_params(spec: TrainSpec, key: jax.Array, run: Runs, dtype: jnp.dtype) -> MLPParams:
     """One run's initial parameters (what :func:`train` starts from, for tests and users)."""
-    return _scaled(_unit_params(spec, key, spec.inits[int(run.init)]), run.scale, dtype)
+    return _scaled(_unit_params(spec, key, spec.init[int(run.init)]), run.scale, dtype)
 
 
 def _initial_params(spec: TrainSpec, runs: Runs) -> MLPParams:
@@ -142,7 +155,7 @@ def _initial_params(spec: TrainSpec, runs: Runs) -> MLPParams:
         np.asarray(runs.seed).tolist(), np.asarray(runs.init).tolist(), strict=True
     ):
         if (seed, index) not in cache:
-            cache[seed, index] = _unit_params(spec, _init_key(seed), spec.inits[index])
+            cache[seed, index] = _unit_params(spec, _init_key(seed), spec.init[index])
         rows.append(cache[seed, index])
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *rows)
 
@@ -165,7 +178,7 @@ def _summarise(raw: tuple, wide: jnp.dtype) -> tuple:
         grad_norm,
         safe_global_norm(updates).astype(wide),
         layer_rms,
-        jnp.stack(list(c)),
+        c,
         scale,
     )
 
@@ -193,7 +206,7 @@ def _one_run(
         wide if spec.loss_scale is None else jnp.promote_types(wide, spec.loss_scale.dtype)
     )
     params = _scaled(unit_params, run.scale, store)
-    phi = select_activation(spec.activations, run.activation)
+    phi = select_activation(spec.activation, run.activation)
     opt = _build_optimizer(spec, run.lr)
     opt_state = opt.init(params)
 
@@ -205,7 +218,7 @@ def _one_run(
     def batch(i):
         if spec.batch_size is None:
             return x, y
-        k_batch = jax.random.split(jax.random.key(run.seed))[1]
+        k_batch = jax.random.fold_in(jax.random.key(run.seed), _BATCH_STREAM)
         idx = jax.random.choice(
             jax.random.fold_in(k_batch, i), spec.task.n, (spec.batch_size,), replace=False
         )
@@ -279,10 +292,6 @@ def _one_run(
     )
 
 
-#: How many times the training kernel has been traced (= compiled); tests read it.
-_TRACE_COUNT = 0
-
-
 class _Holder:
     """Carries the spec into the kernel as a static argument hashed by its static fields only."""
 
@@ -303,8 +312,10 @@ def train(spec: TrainSpec, runs: Runs) -> History:
     One compilation serves any values of the runs (depth, scale, activation, initializer,
     learning rate, seed) of the same count, and any task of the same shapes: they are arguments,
     everything in the spec is static. The initial weights are :func:`stabkit.mlp_init`'s for the
-    key ``split(key(seed))[0]``, times ``scale``, drawn before the kernel runs (one call per
-    distinct seed and initializer; that kernel is cached per initializer and shapes).
+    key ``key(seed)`` (the seed rule of :func:`stabkit.sweep`: the run starts from the network
+    the sweep traced for the same configuration), times ``scale``, drawn before the kernel runs
+    (one call per distinct seed and initializer; that kernel is cached per initializer and
+    shapes). Minibatches are drawn from ``fold_in(key(seed), 3)``.
 
     Every field of ``runs`` is checked on the host first, against the spec: an activation or
     initializer index out of range, a depth above ``max_depth``, a seed outside int32 or a
@@ -359,7 +370,5 @@ def train(spec: TrainSpec, runs: Runs) -> History:
 
 @partial(jax.jit, static_argnums=0)
 def _train_jit(holder: _Holder, runs: Runs, unit: MLPParams, x: jax.Array, y: jax.Array) -> History:
-    global _TRACE_COUNT
-    _TRACE_COUNT += 1
     history = jax.vmap(partial(_one_run, holder.spec), in_axes=(0, 0, None, None))(runs, unit, x, y)
     return history._replace(step=history.step[0])

@@ -35,8 +35,9 @@ class Runs(NamedTuple):
         depth: int32 hidden layers used, 1..``max_depth``.
         scale: float32 multiplier of the initial weights, ``|scale|`` at most the largest finite
             value of the run's dtypes (and 0 or at least float32's smallest normal number).
-        activation: int32 index into ``TrainSpec.activations``.
-        init: int32 index into ``TrainSpec.inits``.
+        activation: int32 index into ``TrainSpec.activation`` (the internal encoding of the
+            names :func:`make_runs` takes).
+        init: int32 index into ``TrainSpec.init``.
         lr: float32 learning rate, > 0, a normal float32 number.
         seed: int32 seed of the initial weights and the batches, 0..2**31 - 1.
     """
@@ -120,16 +121,17 @@ def _values(value: Any, name: str) -> list:
 
 
 def _index(values: Any, choices: tuple, what: str) -> list[int]:
+    """The indices (the internal encoding of :class:`Runs`) of the named choices ``values``."""
     out = []
     for v in _values(values, what):
-        if isinstance(v, str):
-            if v not in choices:
-                raise ValueError(f"{what} {v!r} is not among the spec's {what}s {choices}")
-            out.append(choices.index(v))
-        else:
-            i = positive_int(v, what, minimum=0)
-            _check_index(i, choices, what, what)
-            out.append(i)
+        if not isinstance(v, str) and not callable(v):
+            raise TypeError(
+                f"{what} takes names from the spec's {what} {choices} (or the callables given "
+                f"there), got {type(v).__name__} {v!r}"
+            )
+        if v not in choices:
+            raise ValueError(f"{what} {v!r} is not among the spec's {what} {choices}")
+        out.append(choices.index(v))
     return out
 
 
@@ -138,31 +140,32 @@ def make_runs(
     *,
     depth: Any = None,
     scale: Any = 1.0,
-    activation: Any = 0,
-    init: Any = 0,
+    activation: Any = None,
+    init: Any = None,
     lr: Any = 0.01,
     seed: Any = 0,
     product: bool = True,
 ) -> Runs:
     """The runs to train: every combination of the values given (``product=True``), or zipped.
 
-    Each argument is a value or a list; ``activation`` and ``init`` take names or indices into the
-    spec's choices; ``depth`` defaults to ``spec.max_depth``. With ``product=False`` the lists
+    Each argument is a value or a list; ``activation`` and ``init`` take names from the spec's
+    choices (or the callables given there) and default to its first choice; ``depth`` defaults
+    to ``spec.max_depth``. With ``product=False`` the lists
     are broadcast against each other (lists of one length, or single values).
 
     Raises:
         TypeError: a value of the wrong type (a float depth, a non-numeric scale), a non-bool
-            ``product``.
+            ``product``; an ``activation`` or ``init`` that is not a name (an index).
         ValueError: a depth outside 1..max_depth; a scale that is not finite, larger than the
             largest finite value of the run's dtypes or flushed to 0 in float32; a learning rate
             that is not > 0 or out of float32's normal range; a seed outside 0..2**31 - 1; an
-            unknown activation/initializer or an index out of range; an empty list; lists of
+            activation/initializer the spec does not offer; an empty list; lists of
             mismatched lengths; more runs than fit in memory (all train at once).
 
     Examples:
         >>> from stabkit.training import teacher_student
         >>> spec = TrainSpec(teacher_student(jax.random.key(0), n=32), max_depth=8,
-        ...                  activations=("relu", "tanh"))
+        ...                  activation=("relu", "tanh"))
         >>> runs = make_runs(spec, depth=[2, 8], activation=["relu", "tanh"], lr=[0.1, 0.01],
         ...                  seed=[0, 1])
         >>> runs.depth.shape, runs.activation[:4].tolist()
@@ -179,8 +182,10 @@ def make_runs(
     axes = {
         "depth": [positive_int(d, "depth") for d in _values(depth, "depth")],
         "scale": [finite_float(v, "scale") for v in _values(scale, "scale")],
-        "activation": _index(activation, spec.activations, "activation"),
-        "init": _index(init, spec.inits, "init"),
+        "activation": _index(
+            spec.activation[0] if activation is None else activation, spec.activation, "activation"
+        ),
+        "init": _index(spec.init[0] if init is None else init, spec.init, "init"),
         "lr": [finite_float(v, "lr") for v in _values(lr, "lr")],
         "seed": [positive_int(v, "seed", minimum=0) for v in _values(seed, "seed")],
     }
@@ -253,7 +258,7 @@ def _check_runs(spec: TrainSpec, runs: Runs) -> None:
             raise ValueError(
                 f"runs.depth[{i}]={d} is out of range: valid 1..max_depth={spec.max_depth}"
             )
-    for name, choices in (("activation", spec.activations), ("init", spec.inits)):
+    for name, choices in (("activation", spec.activation), ("init", spec.init)):
         for i, v in enumerate(host[name].tolist()):
             _check_index(v, choices, name, f"runs.{name}[{i}]")
     for i, v in enumerate(host["seed"].tolist()):

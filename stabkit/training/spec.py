@@ -117,7 +117,7 @@ def _check_run_count(spec: TrainSpec, count: int, name: str, value: Any, note: s
 class TrainSpec:
     """What one compiled :func:`train` call serves. Validated when built.
 
-    Validation runs on the host and compiles nothing: callable ``activations``, ``inits`` and
+    Validation runs on the host and compiles nothing: callable ``activation``, ``init`` and
     ``optimizer`` are traced once (:func:`jax.eval_shape`) on small inputs, so a callable of the
     wrong kind is named here rather than failing inside the training kernel; one run's memory
     (parameters, gradients, optimizer state, activations, history) is estimated and refused,
@@ -127,8 +127,10 @@ class TrainSpec:
         task: the data (:func:`teacher_student`, :func:`teacher_classification` or a :class:`Task`).
         max_depth: hidden layers the parameters hold; each run uses ``depth <= max_depth``.
         width: units per hidden layer.
-        activations: names (or callables) a run chooses from by index.
-        inits: initializer names a run chooses from by index; a run's ``scale`` multiplies the
+        activation: the activations a run chooses from: a name (or callable) or a tuple of them
+            (the spelling of :class:`stabkit.SweepSpec`); :func:`make_runs` picks by name.
+        init: the initializers a run chooses from: a name (or ``init(key, shape, dtype)``
+            callable) or a tuple of them; a run's ``scale`` multiplies the
             weights (every named initializer is linear in its multiplier).
         optimizer: a name from :func:`optimizer_names` or ``lr -> optax.GradientTransformation``
             (``lr`` is a traced scalar: each run has its own; checked when the spec is built).
@@ -143,7 +145,7 @@ class TrainSpec:
         max_consecutive_skips: if set, :func:`stabkit.skip_nonfinite` around the optimizer.
         loss_scale: if set, :func:`stabkit.loss_scaling` with this rule around everything.
         bias_std: standard deviation of the initial biases, >= 0 and at most the largest
-            finite value of the run's dtypes. With ``inits=("gaussian",)``
+            finite value of the run's dtypes. With ``init="gaussian"``
             and a run's ``scale = sigma_w`` the weights are :math:`N(0, \\sigma_w^2/n_{in})` and the
             biases :math:`N(0, \\sigma_b^2)` for ``bias_std = sigma_b``: the mean-field
             parametrisation of :mod:`stabkit.theory` (see :func:`trainability_grid`).
@@ -152,8 +154,8 @@ class TrainSpec:
     task: Task
     max_depth: int
     width: int = 32
-    activations: tuple = ("relu",)
-    inits: tuple = ("he_normal",)
+    activation: tuple = ("relu",)
+    init: tuple = ("he_normal",)
     optimizer: str | Callable[[Any], optax.GradientTransformation] = "sgd"
     steps: int = 200
     log_every: int = 1
@@ -179,11 +181,11 @@ class TrainSpec:
             if value is None or not is_floating_dtype(value):
                 raise TypeError(f"{name} must be a floating-point dtype, got {value!r}")
             set_(name, jnp.dtype(value))
-        set_("activations", _names(self.activations, "activations", get_activation))
-        set_("inits", _names(self.inits, "inits", get_initializer))
-        for i, init in enumerate(self.inits):
+        set_("activation", _names(self.activation, "activation", get_activation))
+        set_("init", _names(self.init, "init", get_initializer))
+        for i, init in enumerate(self.init):
             if not isinstance(init, str):
-                check_initializer(init, f"inits[{i}]", jax.random.key(0), (3, 4), jnp.float32)
+                check_initializer(init, f"init[{i}]", jax.random.key(0), (3, 4), jnp.float32)
         if isinstance(self.optimizer, str):
             if self.optimizer not in _OPTIMIZERS:
                 raise ValueError(
@@ -234,15 +236,16 @@ class TrainSpec:
             "one run's parameters, optimizer state, activations and history",
         )
         with _x64(self):
-            for i, phi in enumerate(self.activations):
+            for i, phi in enumerate(self.activation):
                 if not isinstance(phi, str):
-                    check_elementwise(phi, f"activations[{i}]", self.dtype)
+                    check_elementwise(phi, f"activation[{i}]", self.dtype)
             if not isinstance(self.optimizer, str):
                 _probe_optimizer(self.optimizer, self.master_dtype or self.dtype)
 
     @property
-    def n_layers(self) -> int:
-        """Weight layers per network: ``max_depth`` hidden layers and the readout."""
+    def n_weights(self) -> int:
+        """Weight matrices per network: ``max_depth`` hidden layers and the readout (a sweep's
+        ``n_layers`` counts layer slots, input included: ``max_depth + 2``)."""
         return self.max_depth + 1
 
     def _static(self) -> tuple:
