@@ -110,7 +110,7 @@ def _median(a) -> np.ndarray:
 
 def _profiles_figure(out, ds, pred, picks, chi, cfg) -> pathlib.Path:
     deep = max(cfg.depth)
-    layers = np.arange(deep + 2)
+    layers = ds.layer.values  # every slot of the deepest net: input, hidden layers, readout
     fig, axes = plt.subplots(len(ACTS), 3, figsize=(15, 3.6 * len(ACTS)), squeeze=False)
     panels = (
         ("pre_rms", "pre-activation RMS  √q^l"),
@@ -227,9 +227,9 @@ def _tolerance_figure(out, cmp, pred, cfg) -> pathlib.Path:
         for act, color in zip(ACTS, ("#c0392b", "#1f5fa8", "#8e44ad"), strict=True):
             e = np.abs(cmp[name].sel(activation=act, depth=deep)).squeeze()
             t = cmp[f"tol_{name}"].sel(activation=act, depth=deep).squeeze()
-            e = e.transpose(..., "layer").values.reshape(-1, deep + 2)
-            t = t.transpose(..., "layer").values.reshape(-1, deep + 2)
-            layers = np.arange(deep + 2)
+            layers = cmp.layer.values  # the deepest net's slots: input, hidden layers, readout
+            e = e.transpose(..., "layer").values.reshape(-1, len(layers))
+            t = t.transpose(..., "layer").values.reshape(-1, len(layers))
             ax.plot(layers, e.T, ".", ms=2, color=color, alpha=0.5)
             ax.plot([], [], ".", color=color, label=f"{act}: |log10 measured/predicted|")
             ax.plot(layers, np.nanmax(t, axis=0), "-", color=color, lw=1.2)

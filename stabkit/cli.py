@@ -140,22 +140,11 @@ def _floats(text: str) -> list[float]:
 
 
 def _valid_names(kind: str) -> tuple[str, ...]:
-    """The names stabkit accepts for ``kind``, read from the library (imported on first use)."""
-    if kind == "activation":
-        from stabkit.activations import activation_names
+    """The names the sweep's spec accepts for ``kind`` (:meth:`stabkit.SweepSpec.choices`,
+    imported on first use)."""
+    from stabkit.sweeps.spec import SweepSpec
 
-        return tuple(activation_names())
-    if kind == "init":
-        from stabkit.init import initializer_names
-
-        return tuple(initializer_names())
-    if kind == "loss":
-        from stabkit.tracing import loss_names
-
-        return tuple(loss_names())
-    from stabkit.sweeps import spec as _sweep_spec
-
-    return {"dtype": _sweep_spec._DTYPES, "input": _sweep_spec._INPUTS}[kind]
+    return SweepSpec.choices(kind)
 
 
 def _names(kind: str, many: bool = True) -> Callable[[str], list[str] | str]:
@@ -264,11 +253,8 @@ def _check_budget(spec, chunk_size: int | None, memory_budget: int) -> None:
     import jax
 
     from stabkit._checks import format_bytes
-    from stabkit.sweeps.driver import _bytes_per_config
 
-    per, dtype, width = max(
-        (_bytes_per_config(spec, d, w), d, w) for d in spec.dtype for w in spec.width
-    )
+    per, dtype, width = max((spec.config_bytes(d, w), d, w) for d in spec.dtype for w in spec.width)
     least = 2 * len(jax.devices())  # two configs a device, as stabkit.sweep plans its chunks
     if memory_budget < least * per:
         raise ValueError(

@@ -18,6 +18,7 @@ from stabkit import cli
 from stabkit.activations import activation_names
 from stabkit.init import initializer_names
 from stabkit.losses import loss_names
+from stabkit.sweeps.spec import SweepSpec
 
 
 @pytest.fixture(autouse=True)
@@ -198,6 +199,8 @@ def test_user_error_is_one_line_and_exit_2(case, place, capsys):
 def test_unknown_name_lists_what_the_library_accepts(option, names, capsys):
     line = _one_error(capsys, [*S, "--depth", "2", option, "nope"], "sweep", option, "'nope'")
     assert all(name in line for name in names), line
+    # the CLI offers what the spec validates, from the spec
+    assert cli._valid_names(option[2:]) == SweepSpec.choices(option[2:]) == tuple(names)
 
 
 def test_float8_is_refused_with_the_valid_dtypes(capsys):

@@ -15,7 +15,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import stabkit as sk
-from stabkit.sweeps import kernel as kern
 from stabkit.sweeps import spec as spec_mod
 
 TINY = dict(depth=2, width=2, batch=2)
@@ -23,9 +22,9 @@ TINY = dict(depth=2, width=2, batch=2)
 
 @pytest.fixture(autouse=True)
 def no_kernel_traced():
-    before = kern._KERNEL_TRACES
-    yield
-    assert kern._KERNEL_TRACES == before
+    with sk.count_traces() as c:
+        yield
+    assert c.traces("sweep_chunk") == 0
 
 
 # ------------------------------------------------------------------------ NumPy values accepted
@@ -183,7 +182,8 @@ def test_layer_buffers_must_fit(monkeypatch):
     # two configs' h and phi'(z) for every layer: 4096 x 2048 x 8192 float32 is 1 TiB
     with pytest.raises(ValueError, match=r"depth=4096, batch=2048, width=8192 .*1\.0 TiB"):
         sk.SweepSpec(depth=4096, width=8192, batch=2048)
-    need = 2 * spec_mod.config_bytes(64, 64, 64, 8)
+    fits = sk.SweepSpec(depth=64, width=64, batch=64, dtype="float64")
+    need = 2 * fits.config_bytes("float64", 64)
     monkeypatch.setattr(spec_mod, "memory_limit", lambda: need)
     sk.SweepSpec(depth=64, width=64, batch=64, dtype="float64")  # exactly fits
     with pytest.raises(ValueError, match=r"depth=65, batch=64, width=64 .*8-byte dtype"):
@@ -220,6 +220,60 @@ def test_activation_callables_are_traced_in_every_dtype():
     for fn, error, match in cases:
         with pytest.raises(error, match=match):
             sk.SweepSpec(depth=2, activation=["relu", fn], dtype="float16")
+
+
+def test_choices_are_the_spec_s():
+    """The names the CLI offers: the spec's (dtypes from stabkit.precision's one list)."""
+    assert sk.SweepSpec.DTYPES == ("float16", "bfloat16", "float32", "float64")
+    assert set(sk.SweepSpec.DTYPES) < set(sk.SUPPORTED_DTYPES)
+    assert sk.SweepSpec.choices("dtype") == sk.SweepSpec.DTYPES
+    assert sk.SweepSpec.choices("input") == sk.SweepSpec.INPUTS == ("normal", "uniform", "ones")
+    assert sk.SweepSpec.choices("activation") == tuple(sk.activation_names())
+    assert sk.SweepSpec.choices("init") == tuple(sk.initializer_names())
+    assert sk.SweepSpec.choices("loss") == tuple(sk.loss_names())
+    with pytest.raises(ValueError, match="unknown field 'depth'"):
+        sk.SweepSpec.choices("depth")
+    for dtype in sk.SweepSpec.DTYPES:
+        assert sk.SweepSpec(**TINY, dtype=dtype).dtype == (dtype,)
+    with pytest.raises(ValueError, match=r"float8_e4m3fn.*valid: float16, bfloat16"):
+        sk.SweepSpec(**TINY, dtype="float8_e4m3fn")
+
+
+def test_from_dataset_rebuilds_the_spec():
+    import xarray as xr
+
+    def ds(spec):
+        return xr.Dataset(attrs={"spec": json.dumps(spec)})
+
+    s = sk.SweepSpec(**TINY, activation=["tanh", "relu"], scale=[0.5, 2.0], loss="sum")
+    assert sk.SweepSpec.from_dataset(ds(s.to_dict())) == s
+    # layer slots: input, 2 hidden, readout; bytes: h and phi' of 2 layers, 16 float32
+    # temporaries, two float64 of each of the 17 statistics per slot
+    assert (
+        s.n_layers == 4
+        and s.config_bytes("float32", 2) == 2 * 2 * 4 * 4 + 16 * 4 * 4 + 2 * 8 * 4 * 17
+    )
+    with pytest.raises(TypeError, match=r"xarray\.Dataset, got dict"):
+        sk.SweepSpec.from_dataset(s.to_dict())
+    with pytest.raises(ValueError, match="'spec' attribute is missing or unreadable"):
+        sk.SweepSpec.from_dataset(xr.Dataset())
+    with pytest.raises(ValueError, match="'spec' attribute is missing or unreadable"):
+        sk.SweepSpec.from_dataset(xr.Dataset(attrs={"spec": "[1]"}))
+    # every field: a default would silently stand in for what the sweep ran (batch, loss, ...)
+    partial = {k: v for k, v in s.to_dict().items() if k not in ("batch", "seed")}
+    with pytest.raises(ValueError, match=r"lacks batch, seed$"):
+        sk.SweepSpec.from_dataset(ds(partial))
+    with pytest.raises(ValueError, match="depth values must be in"):
+        sk.SweepSpec.from_dataset(ds({**s.to_dict(), "depth": [0]}))
+    # a sweep of callables names them: they are given again, under the name the dataset knows
+    custom = sk.SweepSpec(**TINY, activation=[jnp.sin, "relu"])
+    with pytest.raises(ValueError, match=r"'sin' is not registered; pass activations="):
+        sk.SweepSpec.from_dataset(ds(custom.to_dict()))
+    assert sk.SweepSpec.from_dataset(ds(custom.to_dict()), {"sin": jnp.sin}) == custom
+    again = sk.SweepSpec.from_dataset(ds(custom.to_dict()), {"sin": lambda x: jnp.sin(x)})
+    assert again.coords() == custom.coords() and again.to_dict() == custom.to_dict()
+    with pytest.raises(TypeError, match="activations must be a dict"):
+        sk.SweepSpec.from_dataset(ds(custom.to_dict()), [jnp.sin])
 
 
 def test_from_dict_is_validated():

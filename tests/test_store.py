@@ -37,7 +37,7 @@ SPEC = dict(
 CHUNK = 4  # configs per kernel call
 ROWS = 5  # configs per zarr chunk
 N = 24
-FLUSH = ROWS * st._config_bytes(("float32",), max(SPEC["depth"]) + 2)
+FLUSH = ROWS * st._config_bytes(("float32",), sk.SweepSpec(**SPEC).n_layers)
 
 
 def spec():
@@ -228,6 +228,15 @@ def test_damaged_chunk_is_named_by_load_and_repaired_by_resume(store, ref, how, 
     assert counts[0] == 21 and counts[-1] == 24 and max(counts) == 24, err
     assert percents[-1] == 100.0 and max(percents) == 100.0, err
     assert not (store / fl._LOCK).exists()
+
+
+def test_load_keeps_the_spec_and_the_attributes(good, ref):
+    """One spec end to end: the store keeps it, load's dataset rebuilds it (and matches memory)."""
+    ds = sk.load(good)
+    assert_bits(ds, ref)
+    assert ds.attrs == ref.attrs | {"devices": ds.attrs["devices"]}
+    assert sk.SweepSpec.from_dataset(ds) == spec() == sk.SweepSpec.from_dataset(ref)
+    assert ds.sizes["layer"] == spec().n_layers
 
 
 def test_resume_of_a_complete_store_computes_nothing(store, capsys):

@@ -51,9 +51,9 @@ REV_CHUNK = 3
 @pytest.fixture(scope="module")
 def main():
     """The MAIN sweep in float32 and float16, and how many kernels it compiled."""
-    before = kern._KERNEL_TRACES
-    ds = sk.sweep(sk.SweepSpec(**MAIN, dtype=("float32", "float16")), progress=False)
-    return ds, kern._KERNEL_TRACES - before
+    with sk.count_traces() as c:
+        ds = sk.sweep(sk.SweepSpec(**MAIN, dtype=("float32", "float16")), progress=False)
+    return ds, c.traces("sweep_chunk")
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +91,9 @@ def f32(ds):
     ],
 )
 def test_spec_rejects_bad_values_before_compiling(kwargs, error, match):
-    before = kern._KERNEL_TRACES
-    with pytest.raises(error, match=match):
+    with sk.count_traces() as c, pytest.raises(error, match=match):
         sk.SweepSpec(**kwargs)
-    assert kern._KERNEL_TRACES == before
+    assert c.traces("sweep_chunk") == 0
 
 
 def test_spec_is_frozen_canonical_and_round_trips():
@@ -185,9 +184,8 @@ def test_deep_linear_closed_form_and_float16_overflow(main):
 
 def test_attributes(main):
     ds = main[0]
-    assert sk.SweepSpec.from_dict(json.loads(ds.attrs["spec"])) == sk.SweepSpec(
-        **MAIN, dtype=("float32", "float16")
-    )
+    assert sk.SweepSpec.from_dataset(ds) == sk.SweepSpec(**MAIN, dtype=("float32", "float16"))
+    assert sk.SweepSpec.from_dataset(ds.sel(depth=2)) == sk.SweepSpec.from_dataset(ds)
     assert json.loads(ds.attrs["versions"])["jax"] == jax.__version__
     probe = json.loads(ds.attrs["probe"])
     assert probe["dtypes"]["float16"]["overflow"] == "inf"
@@ -334,7 +332,7 @@ def test_four_devices_match_one(tmp_path, rev):
 
 def test_memory_budget_sets_the_chunk():
     spec = sk.SweepSpec(depth=64, width=64, batch=128)
-    per = sw._bytes_per_config(spec, "float32", 64)
+    per = spec.config_bytes("float32", 64)
     assert sw._plan_chunk(spec, "float32", 64, 1000, 1, None, 10 * per) == 10
     assert sw._plan_chunk(spec, "float32", 64, 1000, 4, None, 10 * per) == 8
     assert sw._plan_chunk(spec, "float32", 64, 1000, 4, 1, 10 * per) == 8  # two a device

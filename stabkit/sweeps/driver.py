@@ -77,14 +77,7 @@ from tqdm.auto import tqdm
 
 from stabkit._checks import check_memory, strict_bool
 from stabkit.sweeps.kernel import _INIT_KIND, _kernel, _multiplier, _Static
-from stabkit.sweeps.spec import (
-    _INT_VARS,
-    CONFIG_VARS,
-    LAYER_VARS,
-    SweepSpec,
-    _int,
-    config_bytes,
-)
+from stabkit.sweeps.spec import _INT_VARS, CONFIG_VARS, LAYER_VARS, SweepSpec, _int
 from stabkit.sweeps.store import (
     _check_disk,
     _config_bytes,
@@ -97,11 +90,6 @@ from stabkit.sweeps.store import (
 )
 
 __all__ = ["sweep"]
-
-
-def _bytes_per_config(spec: SweepSpec, dtype: str, width: int) -> int:
-    """Device memory one config of the chunk needs: its loop buffers, temporaries and stats."""
-    return config_bytes(max(spec.depth), spec.batch, width, jnp.dtype(dtype).itemsize)
 
 
 #: Host bytes of results buffered before a write to the store (and a zarr chunk's size).
@@ -138,7 +126,7 @@ def _rows_per_chunk(depths: Sequence[int], row_entries: int, most: int) -> int:
 
 def _plan_chunk(spec, dtype, width, block, ndev, chunk_size, memory_budget) -> int:
     """Configs per kernel call: the budget's worth, whole depth rows where possible."""
-    per = _bytes_per_config(spec, dtype, width)
+    per = spec.config_bytes(dtype, width)
     # At least two configs a device: XLA compiles a batch of one differently (the batch dimension
     # is simplified away), which changes the rounding of the matrix products.
     if chunk_size is not None:
@@ -211,8 +199,9 @@ def sweep(
     Returns:
         An ``xarray.Dataset`` with dims ``dtype, width, activation, init, depth, scale, bias_std,
         seed`` (and ``layer`` for the per-layer variables); see :data:`LAYER_VARS` and
-        :data:`CONFIG_VARS`. Attributes (JSON strings): ``spec``, ``versions``, ``probe`` (the
-        backend's measured floating-point behaviour), ``devices``. With ``out``, the dataset read
+        :data:`CONFIG_VARS`. Attributes (JSON strings): ``spec`` (the :class:`SweepSpec`, rebuilt
+        by :meth:`SweepSpec.from_dataset`), ``versions``, ``probe`` (the backend's measured
+        floating-point behaviour), ``devices``. With ``out``, the dataset read
         back by :func:`load` (or the path, see ``load_result``).
 
     Raises:
@@ -353,8 +342,8 @@ def _run_chunks(spec, devices, chunk_size, memory_budget, needed, store, flat, b
         x64 = jax.enable_x64(True) if dtype == "float64" else _null()
         with x64:
             kernel, cfg_sharding, rep_sharding, buf_sharding = _kernel(st)
-            shape = (n_layers - 2, chunk, spec.batch, width)
-            tshape = (n_layers - 2, chunk, width, spec.batch)
+            shape = (max(spec.depth), chunk, spec.batch, width)  # the hidden layers
+            tshape = (max(spec.depth), chunk, width, spec.batch)
             work = [jnp.zeros(sh, dtype, device=buf_sharding) for sh in (tshape, shape)]
             sdt = np.dtype(np.float64 if dtype == "float64" else np.float32)
             pending = None

@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 
 from stabkit._checks import positive_int, strict_bool
+from stabkit.deep_linear import deep_linear_gain
 from stabkit.reproduce import _output_dir
+from stabkit.sweeps.spec import _layer_slots
 from stabkit.sweeps.theory_comparison import predict_sweep
 from stabkit.theory import critical_line, weight_variance
-from stabkit.deep_linear import deep_linear_gain
 
 __all__ = ["heatmaps", "plot", "profiles"]
 
@@ -333,7 +334,7 @@ def profiles(
     _output_dir(out, "out", _PLOT_MARKER, _old_plots)
     d = int(ds.depth.values.max())
     acts = ds.activation.values.tolist()
-    layers = np.arange(d + 2)
+    layers = np.arange(_layer_slots(d))  # input, hidden layers, readout of the deepest net
     paths = []
     colors = plt.get_cmap("viridis")(np.linspace(0, 1, ds.sizes["scale"]))
     pred = _prediction(ds, theory)

@@ -10,25 +10,28 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import json
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stabkit._checks import check_elementwise, format_bytes, is_floating_dtype, memory_limit
-from stabkit.activations import get_activation, is_registered
+from stabkit._checks import (
+    _short,
+    check_elementwise,
+    format_bytes,
+    is_floating_dtype,
+    memory_limit,
+)
+from stabkit.activations import activation_names, get_activation, is_registered
 from stabkit.init import initializer_names
-from stabkit.precision import SUPPORTED_DTYPES
 from stabkit.losses import loss_names
+from stabkit.precision import SUPPORTED_DTYPES
 
-# The sweep runs in the 16-, 32- and 64-bit formats of stabkit.precision (its kernel reads 16, 32
-# and 64-bit patterns and computes in float32 at least), not in float8.
-_DTYPES = tuple(n for n in SUPPORTED_DTYPES if not n.startswith("float8"))
-_INPUTS = ("normal", "uniform", "ones")
 _AXES = ("dtype", "width", "activation", "init", "depth", "scale", "bias_std", "seed")
 
 #: Per-layer variables (config..., layer) and what they hold.
@@ -79,11 +82,6 @@ MAX_AXIS_LENGTH = 2**14
 MAX_CONFIGS = 2**31 - 1
 #: The fewest configs a kernel call holds (two a device: see stabkit.sweeps.driver._plan_chunk).
 _MIN_CHUNK = 2
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_scalar(value: Any) -> bool:
@@ -214,8 +212,9 @@ def _init(v: Any) -> str:
 
 
 def _dtype(v: Any) -> str:
+    valid = SweepSpec.DTYPES
     if isinstance(v, (bool, np.bool_)) or v is None:
-        raise TypeError(f"dtype values must be dtype names ({', '.join(_DTYPES)}), got {v!r}")
+        raise TypeError(f"dtype values must be dtype names ({', '.join(valid)}), got {v!r}")
     if isinstance(v, str):
         name = v
     else:
@@ -223,11 +222,11 @@ def _dtype(v: Any) -> str:
             name = jnp.dtype(v).name
         except TypeError:
             raise TypeError(
-                f"dtype values must be dtype names ({', '.join(_DTYPES)}), got "
+                f"dtype values must be dtype names ({', '.join(valid)}), got "
                 f"{type(v).__name__} {_short(v)}"
             ) from None
-    if name not in _DTYPES:
-        raise ValueError(f"unsupported dtype {v!r}; valid: {', '.join(_DTYPES)}")
+    if name not in valid:
+        raise ValueError(f"unsupported dtype {v!r}; valid: {', '.join(valid)}")
     return str(name)
 
 
@@ -241,13 +240,10 @@ def _choice(value: Any, name: str, valid: tuple) -> str:
     return str(value)
 
 
-def config_bytes(max_depth: int, batch: int, width: int, itemsize: int) -> int:
-    """Device bytes of one config in a sweep kernel: every layer's h and phi'(z), the
-    temporaries of a layer (z, h, phi', gradients and their float32 statistics) and the per-layer
-    statistics (the same estimate as stabkit.sweep's memory planning)."""
-    act = batch * width
-    n_layers = max_depth + 2
-    return max_depth * 2 * act * itemsize + 16 * act * 4 + 2 * 8 * n_layers * len(LAYER_VARS)
+def _layer_slots(depth: int) -> int:
+    """Slots of the ``layer`` axis a depth-``depth`` net fills: the input (layer 0), ``depth``
+    hidden layers and the readout (layer ``depth + 1``), as in :func:`stabkit.trace`."""
+    return depth + 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,6 +294,15 @@ class SweepSpec:
         ValueError: depth values must be in [1, 4096], got 0
     """
 
+    #: The dtypes a sweep runs in: the 16-, 32- and 64-bit formats of
+    #: :data:`stabkit.SUPPORTED_DTYPES` (the kernel reads 16, 32 and 64-bit patterns and computes in
+    #: float32 at least), not float8.
+    DTYPES: ClassVar[tuple[str, ...]] = tuple(
+        n for n in SUPPORTED_DTYPES if not n.startswith("float8")
+    )
+    #: The input distributions (``input``).
+    INPUTS: ClassVar[tuple[str, ...]] = ("normal", "uniform", "ones")
+
     depth: Any
     width: Any = 64
     activation: Any = "relu"
@@ -332,8 +337,8 @@ class SweepSpec:
                 f"batch must be an int, got {type(self.batch).__name__} {_short(self.batch)}"
             )
         fix("batch", _int("batch", 1, 2**20)(self.batch))
-        fix("input", _choice(self.input, "input", _INPUTS))
-        fix("loss", _choice(self.loss, "loss", tuple(loss_names())))
+        fix("input", _choice(self.input, "input", self.choices("input")))
+        fix("loss", _choice(self.loss, "loss", self.choices("loss")))
         if not _is_scalar(self.saturation_threshold) or callable(self.saturation_threshold):
             raise TypeError(
                 "saturation_threshold must be a number in [0, 1], got "
@@ -353,9 +358,10 @@ class SweepSpec:
 
     def _check_sizes(self) -> None:
         """The layer buffers of the smallest chunk (two configs) must fit in memory at all."""
-        item = max(jnp.dtype(d).itemsize for d in self.dtype)
+        dtype = max(self.dtype, key=lambda d: jnp.dtype(d).itemsize)
+        item = jnp.dtype(dtype).itemsize
         depth, width = max(self.depth), max(self.width)
-        need = _MIN_CHUNK * config_bytes(depth, self.batch, width, item)
+        need = _MIN_CHUNK * self.config_bytes(dtype, width)
         limit = memory_limit()
         if need > limit:
             raise ValueError(
@@ -413,8 +419,43 @@ class SweepSpec:
 
     @property
     def n_layers(self) -> int:
-        """Length of the ``layer`` dimension: the largest depth + 2."""
-        return max(self.depth) + 2
+        """Slots of the dataset's ``layer`` axis: input, hidden layers and readout of the
+        deepest net (its depth + 2; shallower nets leave the slots above their readout NaN)."""
+        return _layer_slots(max(self.depth))
+
+    def config_bytes(self, dtype: str, width: int) -> int:
+        """Device bytes one config of the sweep kernel for (``dtype``, ``width``) needs: every
+        layer's h and phi'(z) at the deepest depth, the temporaries of a layer (z, h, phi',
+        gradients and their float32 statistics) and the per-layer statistics (the estimate
+        :func:`stabkit.sweep` plans its chunks by)."""
+        act = self.batch * width
+        depth = max(self.depth)
+        itemsize = jnp.dtype(dtype).itemsize
+        return depth * 2 * act * itemsize + 16 * act * 4 + 2 * 8 * self.n_layers * len(LAYER_VARS)
+
+    @classmethod
+    def choices(cls, field: str) -> tuple[str, ...]:
+        """The names a field given by name accepts: ``activation`` (the registered ones; a
+        callable is accepted too), ``init``, ``dtype``, ``input`` or ``loss``.
+
+        Examples:
+            >>> SweepSpec.choices("input")
+            ('normal', 'uniform', 'ones')
+        """
+        if field == "activation":
+            return tuple(activation_names())
+        if field == "init":
+            return tuple(initializer_names())
+        if field == "loss":
+            return tuple(loss_names())
+        if field == "dtype":
+            return cls.DTYPES
+        if field == "input":
+            return cls.INPUTS
+        raise ValueError(
+            f"unknown field {field!r}; the fields given by name: activation, init, dtype, input, "
+            "loss"
+        )
 
     def coords(self) -> dict[str, list]:
         """Each axis's coordinate values (activation callables by name)."""
@@ -441,3 +482,80 @@ class SweepSpec:
         if "depth" not in d:
             raise ValueError("the spec has no depth (the one field without a default)")
         return cls(**d)
+
+    @classmethod
+    def from_dataset(cls, ds, activations: Mapping[str, Callable] | None = None) -> SweepSpec:
+        """The spec of a sweep dataset (:func:`stabkit.sweep`, :func:`stabkit.load`), rebuilt
+        from its ``spec`` attribute (the JSON of :meth:`to_dict`) and validated again.
+
+        A selection (``ds.sel(...)``) keeps the whole sweep's spec. A dataset names its
+        activations: callables that are not registered must be given again as ``activations``
+        (name -> callable; a callable whose ``__name__`` differs is wrapped under the name).
+
+        Raises:
+            TypeError: ``ds`` is not an ``xarray.Dataset``; ``activations`` is not a dict from
+                names to callables.
+            ValueError: the attribute is missing, unreadable or lacks a field; an activation is
+                neither registered nor in ``activations``; the spec is not valid here.
+
+        Examples:
+            >>> import xarray as xr
+            >>> s = SweepSpec(depth=[2, 3], width=4, batch=2)
+            >>> SweepSpec.from_dataset(xr.Dataset(attrs={"spec": _spec_json(s.to_dict())})) == s
+            True
+        """
+        import xarray as xr
+
+        if not isinstance(ds, xr.Dataset):
+            raise TypeError(f"from_dataset needs an xarray.Dataset, got {type(ds).__name__}")
+        if activations is None:
+            activations = {}
+        if not isinstance(activations, Mapping) or not all(isinstance(a, str) for a in activations):
+            raise TypeError(
+                "activations must be a dict from activation names to callables, got "
+                f"{_short(activations)}"
+            )
+        try:
+            d = json.loads(ds.attrs["spec"])
+        except (KeyError, TypeError, ValueError):
+            d = None
+        if not isinstance(d, dict):
+            raise ValueError(
+                "the dataset's 'spec' attribute is missing or unreadable (a dataset from "
+                "stabkit.sweep or stabkit.load holds its SweepSpec there)"
+            )
+        # The settings first: the axes are also the dataset's coordinates, these only the spec's.
+        fields = [f.name for f in dataclasses.fields(cls)]
+        missing = [k for k in (*(f for f in fields if f not in _AXES), *_AXES) if k not in d]
+        if missing:
+            raise ValueError(f"the dataset's 'spec' attribute lacks {', '.join(missing)}")
+        names = d["activation"] if isinstance(d["activation"], list) else [d["activation"]]
+        acts = []
+        for name in names:
+            if isinstance(name, str) and name in activations:
+                fn = activations[name]
+                acts.append(fn if _name(fn) == name else _renamed(fn, name))
+            elif isinstance(name, str) and name not in activation_names():
+                raise ValueError(
+                    f"activation {name!r} is not registered; pass activations={{{name!r}: "
+                    "callable}"
+                )
+            else:
+                acts.append(name)
+        return cls.from_dict({**d, "activation": acts})
+
+
+def _renamed(fn: Callable, name: str) -> Callable:
+    """``fn`` under the name a dataset knows it by (a spec names its callables by __name__)."""
+
+    def phi(x):
+        return fn(x)
+
+    phi.__name__ = phi.__qualname__ = name
+    return phi
+
+
+def _spec_json(d: Mapping[str, Any]) -> str:
+    """The ``spec`` attribute of a sweep dataset: :meth:`SweepSpec.to_dict`'s dict as JSON
+    (read back by :meth:`SweepSpec.from_dataset`)."""
+    return json.dumps(d, sort_keys=True)

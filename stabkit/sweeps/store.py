@@ -54,7 +54,15 @@ from stabkit.sweeps.files import (
     _write_atomically,
     _WriterLock,
 )
-from stabkit.sweeps.spec import _AXES, _INT_VARS, CONFIG_VARS, LAYER_VARS, SweepSpec
+from stabkit.sweeps.spec import (
+    _AXES,
+    _INT_VARS,
+    CONFIG_VARS,
+    LAYER_VARS,
+    SweepSpec,
+    _layer_slots,
+    _spec_json,
+)
 
 _FORMAT = 2  # on-disk layout version (1: progress.json, no marker, no checksums)
 _MARKER = "stabkit-store.json"
@@ -115,13 +123,20 @@ def _config_bytes(spec_dtypes: Sequence[str], n_layers: int) -> int:
     )
 
 
+def _grid(spec: dict[str, Any]) -> tuple[tuple[int, ...], int]:
+    """The grid's shape and the layer slots (:attr:`SweepSpec.n_layers`) of a stored spec.
+
+    A store keeps :meth:`SweepSpec.to_dict`'s dict, which is read without rebuilding the
+    :class:`SweepSpec`: a sweep of activation callables stores their names only."""
+    return tuple(len(spec[a]) for a in _AXES), _layer_slots(max(spec["depth"]))
+
+
 def _dataset(meta: dict[str, Any], flat: dict[str, np.ndarray]):
     """The N-D dataset from the flat (config-major) arrays, as sweep and load return it."""
     import xarray as xr
 
     d = meta["spec"]
-    shape = tuple(len(d[a]) for a in _AXES)
-    n_layers = max(d["depth"]) + 2
+    shape, n_layers = _grid(d)
     coords = {a: list(d[a]) for a in _AXES}
     coords["layer"] = np.arange(n_layers)
     data = {}
@@ -129,7 +144,8 @@ def _dataset(meta: dict[str, Any], flat: dict[str, np.ndarray]):
         a = flat[name]
         dims = (*_AXES, "layer") if name in LAYER_VARS else _AXES
         data[name] = (dims, a.reshape(shape + a.shape[1:]), {"description": desc})
-    attrs = {k: json.dumps(meta[k], sort_keys=True) for k in ("spec", "versions", "probe")}
+    attrs = {"spec": _spec_json(d)}  # read back by SweepSpec.from_dataset
+    attrs.update({k: json.dumps(meta[k], sort_keys=True) for k in ("versions", "probe")})
     attrs["devices"] = json.dumps(meta["devices"])
     attrs["stabkit_format"] = meta["format"]
     return xr.Dataset(data, coords=coords, attrs=attrs)
@@ -145,7 +161,7 @@ def _digest(a: np.ndarray) -> str:
 
 def _configs(spec: dict[str, Any], start: int, stop: int) -> str:
     """Which configs flat rows ``start:stop`` hold, for an error message."""
-    shape = tuple(len(spec[a]) for a in _AXES)
+    shape, _ = _grid(spec)
     n = math.prod(shape)
 
     def at(i):
@@ -162,8 +178,8 @@ class _Arrays:
         import zarr
 
         self.path, self.spec = path, spec
-        self.n = math.prod(len(spec[a]) for a in _AXES)
-        self.n_layers = max(spec["depth"]) + 2
+        shape, self.n_layers = _grid(spec)
+        self.n = math.prod(shape)
         try:
             self.group = zarr.open_group(str(path), mode=mode)
         except Exception as e:  # a missing or damaged zarr.json: JSON, KeyError, zarr's own
@@ -531,7 +547,7 @@ def _store_bytes(spec: SweepSpec, configs: int) -> int:
     layers each config runs (a config's layers beyond its depth are NaN and compress away)."""
     per_layer = sum(_var_dtype(k, spec.dtype).itemsize for k in LAYER_VARS)
     per_config = sum(_var_dtype(k, spec.dtype).itemsize for k in CONFIG_VARS)
-    mean_layers = sum(d + 2 for d in spec.depth) / len(spec.depth)
+    mean_layers = sum(_layer_slots(d) for d in spec.depth) / len(spec.depth)
     return math.ceil(configs * (per_config + per_layer * mean_layers))
 
 
@@ -558,7 +574,8 @@ def _free_bytes(path: pathlib.Path) -> int | None:
 
 
 def load(path: str | os.PathLike):
-    """Read a sweep written by ``sweep(spec, out=path)`` back as the same ``xarray.Dataset``.
+    """Read a sweep written by ``sweep(spec, out=path)`` back as the same ``xarray.Dataset``
+    (its ``spec`` attribute rebuilt by ``SweepSpec.from_dataset(load(path))``).
 
     Reads zarr arrays and JSON only (never pickle), and verifies every chunk of every variable
     on every load: its file is there, passes its crc32c checksum and hashes to the sha256 its
@@ -602,8 +619,8 @@ def load(path: str | os.PathLike):
         raise ValueError(f"{path}: the spec in zarr.json differs from {path / _MARKER}")
     spec = meta["spec"]
     try:
-        n_layers = max(spec["depth"]) + 2
-        n = math.prod(len(spec[a]) for a in _AXES)
+        shape, n_layers = _grid(spec)
+        n = math.prod(shape)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path / _MARKER}: the spec is damaged ({e!r})") from None
     check_memory(

@@ -10,18 +10,16 @@ of the sweep engine; :mod:`stabkit.theory` re-exports both functions.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stabkit._checks import _check_scalar, _short
-from stabkit.activations import activation_names
+from stabkit._checks import _check_scalar
 from stabkit.init import init_rule
 from stabkit.sweeps.kernel import sweep_input
-from stabkit.sweeps.spec import _AXES
+from stabkit.sweeps.spec import _AXES, SweepSpec
 from stabkit.theory.profiles import Profile, _check_profile_memory, _profile, weight_variance
 from stabkit.theory.quadrature import DEFAULT_ORDER, _check_order, _kernel
 
@@ -34,24 +32,18 @@ _WEIGHT_KIND = {
 }
 
 
-def _sweep_spec(ds, name: str = "ds", variables: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The JSON spec of a sweep dataset; ValueError naming what is missing if ``ds`` is not one."""
-    import json
-
+def _sweep_spec(
+    ds, name: str = "ds", variables: tuple[str, ...] = (), activations=None, spec: bool = True
+) -> SweepSpec | None:
+    """The spec of a sweep dataset (:meth:`SweepSpec.from_dataset`, with ``activations``; None
+    without ``spec``: :func:`compare_sweep` reads none, and a sweep of callables has only their
+    names); ValueError naming what is missing if ``ds`` is not a sweep dataset."""
     import xarray as xr
 
     what = f"{name} must be a dataset from stabkit.sweep or stabkit.load"
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"{what}, got {type(ds).__name__}")
-    try:
-        spec = json.loads(ds.attrs["spec"])
-    except (AttributeError, KeyError, TypeError, ValueError):
-        raise ValueError(f"{what} (its 'spec' attribute is missing or unreadable)") from None
-    missing = [
-        key for key in ("batch", "input", "loss") if not isinstance(spec, dict) or key not in spec
-    ]
-    if missing:
-        raise ValueError(f"{what}: its 'spec' attribute lacks {', '.join(missing)}")
+    rebuilt = SweepSpec.from_dataset(ds, activations) if spec else None
     missing = [d for d in (*_AXES, "layer") if d not in ds.coords]
     if missing:
         raise ValueError(f"{what}: coordinate(s) {', '.join(missing)} missing")
@@ -61,7 +53,7 @@ def _sweep_spec(ds, name: str = "ds", variables: tuple[str, ...] = ()) -> dict[s
     unknown = [str(d) for d in ds.dtype.values if str(d) not in _ROUNDING]
     if unknown:
         raise ValueError(f"{what}: its dtype coordinate holds {unknown}; valid: {list(_ROUNDING)}")
-    return spec
+    return rebuilt
 
 
 def predict_sweep(
@@ -109,34 +101,21 @@ def predict_sweep(
     """
     import xarray as xr
 
-    spec = _sweep_spec(ds)
+    spec = _sweep_spec(ds, activations=activations)
     order = _check_order(order)
-    if activations is None:
-        activations = {}
-    if not isinstance(activations, Mapping) or not all(isinstance(a, str) for a in activations):
-        raise TypeError(
-            "activations must be a dict from activation names to callables, got "
-            f"{_short(activations)}"
-        )
-    activations = dict(activations)
+    activations = dict(activations or {})
     dims = _AXES
     c = {d: ds[d].values.tolist() for d in dims}
     n_layers = int(ds.sizes["layer"])
     n_configs = math.prod(len(v) for v in c.values())
     _check_profile_memory(n_configs, n_layers, "ds (configs, layers)", (n_configs, n_layers))
-    registered = set(activation_names())
-    for act in c["activation"]:
-        if act not in activations and act not in registered:
-            raise ValueError(
-                f"activation {act!r} is not registered; pass activations={{{act!r}: callable}}"
-            )
     # q0 of each (dtype, width, seed): the batch the sweep fed in, in float64.
     q0 = np.empty((len(c["dtype"]), len(c["width"]), len(c["seed"])))
     for i, dt in enumerate(c["dtype"]):
         for j, w in enumerate(c["width"]):
             for s, seed in enumerate(c["seed"]):
                 with jax.enable_x64(dt == "float64"):
-                    x = sweep_input(int(seed), int(spec["batch"]), int(w), dt, spec["input"])
+                    x = sweep_input(int(seed), spec.batch, int(w), dt, spec.input)
                     x = np.asarray(x.astype(jnp.float32 if dt != "float64" else jnp.float64))
                 q0[i, j, s] = np.mean(np.square(x.astype(np.float64)))
     sw = np.stack([weight_variance(i, np.asarray(c["scale"], np.float64)) for i in c["init"]])
@@ -155,7 +134,7 @@ def predict_sweep(
         "width": b(np.asarray(c["width"])[None, :, None, None, None, None, None], shp),
     }
     flat = {k: np.ascontiguousarray(v).ravel() for k, v in full.items()}
-    mse = spec["loss"] == "mse"
+    mse = spec.loss == "mse"
     names = list(Profile._fields[1:])
     out = {f: np.full((len(c["activation"]), *shp, n_layers), np.nan) for f in names}
     for ai, act in enumerate(c["activation"]):
@@ -179,7 +158,7 @@ def predict_sweep(
             out[f][ai] = a.reshape(*shp, n_layers)
     # activation goes third: (dtype, width, activation, init, ...)
     out = {f: np.moveaxis(v, 0, 2) for f, v in out.items()}
-    entries = float(spec["batch"]) * b(np.asarray(c["width"], np.float64)[None, :], shp[:2])
+    entries = float(spec.batch) * b(np.asarray(c["width"], np.float64)[None, :], shp[:2])
     top_idx = depth + 1
     pre = out["pre_rms"]
     # The readout's RMS, picked per depth: (dtype, width, activation, init, depth, scale, ...)
@@ -267,7 +246,7 @@ def compare_sweep(ds, prediction=None, *, n_sigma: float = DEFAULT_N_SIGMA, **kw
     import xarray as xr
 
     n_sigma = _check_scalar(n_sigma, "n_sigma", lo=0.0, closed=False)
-    _sweep_spec(ds, "ds", ("pre_rms", "post_rms", "grad_post_rms"))
+    _sweep_spec(ds, "ds", ("pre_rms", "post_rms", "grad_post_rms"), spec=False)
     if prediction is None:
         pred = predict_sweep(ds, **kwargs)
     else:
@@ -277,7 +256,8 @@ def compare_sweep(ds, prediction=None, *, n_sigma: float = DEFAULT_N_SIGMA, **kw
                 "arguments and would be ignored"
             )
         need = ("pre_rms", "post_rms", "grad_post_rms", "grad_gain")
-        _sweep_spec(prediction, "prediction", (*need, "pre_spread", "post_spread", "grad_spread"))
+        more = ("pre_spread", "post_spread", "grad_spread")
+        _sweep_spec(prediction, "prediction", (*need, *more), spec=False)
         pred = prediction
     depth = ds.depth
     layer = ds.layer
