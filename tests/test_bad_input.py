@@ -320,7 +320,7 @@ CASES = [
     ("TrainSpec", "log_every", 3, "log_every"),
     ("TrainSpec", "optimizer", "nope", "optimizer"),
     ("TrainSpec", "optimizer", lambda: lambda lr: 5, "optimizer"),
-    ("TrainSpec", "activations", ("nope",), "nope"),
+    ("TrainSpec", "activation", ("nope",), "nope"),
     ("TrainSpec", "dtype", "int32", "dtype"),
     ("TrainSpec", "task", "abc", "task"),
     ("TrainSpec", "clip_norm", -1.0, "clip_norm"),
