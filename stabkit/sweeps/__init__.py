@@ -5,10 +5,13 @@ One concept per file:
 * ``spec.py``: :class:`SweepSpec` (the grid, validated when built), :data:`LAYER_VARS` and
   :data:`CONFIG_VARS` (the dataset's variables), the memory estimate of a config.
 * ``kernel.py``: the compiled chunk kernel (``jit(shard_map(vmap))`` per (dtype, width)) and
-  :func:`sweep_input`, the input batch every config sees.
+  :func:`sweep_input`, the input batch every config sees; ``chunk_stats.py``: its per-config
+  statistics (RMS, max, census, dead units), the same whatever the chunk.
 * ``driver.py``: :func:`sweep`, which plans the chunks and drives them; its docstring explains
   how the engine is fast and why its results are bit-identical whatever the chunking and devices.
-* ``store.py``: the in-memory dataset, the streamed, resumable zarr store and :func:`load`.
+* ``dataset.py``: the results in memory (variables, shapes, dtypes, metadata) and the N-D
+  ``xarray.Dataset``; ``chunks.py``: a store's zarr arrays and the verification of each chunk;
+  ``store.py``: the streamed, resumable zarr store and :func:`load`.
 * ``files.py``: the store's files: checked paths, atomic JSON, the exclusive writer lock.
 * ``theory_comparison.py``: a sweep against the mean field, :func:`predict_sweep` and
   :func:`compare_sweep`. It imports the theory; the theory imports nothing of the engine

@@ -76,18 +76,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from stabkit._checks import check_memory, strict_bool
+from stabkit.sweeps.dataset import _config_bytes, _dataset, _meta, _var_dtype, _var_shape
 from stabkit.sweeps.kernel import _INIT_KIND, _kernel, _multiplier, _Static
 from stabkit.sweeps.spec import _INT_VARS, CONFIG_VARS, LAYER_VARS, SweepSpec, _int
-from stabkit.sweeps.store import (
-    _check_disk,
-    _config_bytes,
-    _dataset,
-    _meta,
-    _Store,
-    _var_dtype,
-    _var_shape,
-    load,
-)
+from stabkit.sweeps.store import _check_disk, _Store, load
 
 __all__ = ["sweep"]
 

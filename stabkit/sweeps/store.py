@@ -1,4 +1,4 @@
-"""The sweep's storage: the in-memory dataset, the streamed zarr store (resume) and :func:`load`.
+"""The sweep's store: the streamed, resumable zarr directory and :func:`load`.
 
 A store is a directory that stabkit owns from its first file on (format 2)::
 
@@ -25,26 +25,31 @@ Nothing outside these names is ever written, and nothing is deleted but stabkit'
 files, lock (and ``<lock>.break-<tag>`` while a stale lock is taken over), records, and, before
 the first record exists, a zarr metadata file a crash left torn: a directory that is not empty
 and holds no marker is refused before anything is touched. Nothing is pickled. The lock and the
-atomic files: :mod:`stabkit.sweeps.files`.
+atomic files: :mod:`stabkit.sweeps.files`; the arrays and their chunks:
+:mod:`stabkit.sweeps.chunks`; the dataset and its metadata: :mod:`stabkit.sweeps.dataset`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import os
 import pathlib
 import shutil
-import sys
-from collections.abc import Sequence
-from typing import Any
 
-import jax
 import numpy as np
 
 from stabkit._checks import check_memory, format_bytes
+from stabkit.sweeps.chunks import _RECORDS, _Arrays, _digest
+from stabkit.sweeps.dataset import (
+    _FORMAT,
+    _VARS,
+    _config_bytes,
+    _dataset,
+    _grid,
+    _var_dtype,
+    _var_shape,
+)
 from stabkit.sweeps.files import (
     _create_exclusive,
     _existing_ancestor,
@@ -54,258 +59,9 @@ from stabkit.sweeps.files import (
     _write_atomically,
     _WriterLock,
 )
-from stabkit.sweeps.spec import (
-    _AXES,
-    _INT_VARS,
-    CONFIG_VARS,
-    LAYER_VARS,
-    SweepSpec,
-    _layer_slots,
-    _spec_json,
-)
+from stabkit.sweeps.spec import CONFIG_VARS, LAYER_VARS, SweepSpec, _layer_slots
 
-_FORMAT = 2  # on-disk layout version (1: progress.json, no marker, no checksums)
 _MARKER = "stabkit-store.json"
-_RECORDS = "stabkit-chunks"
-_VARS = (*LAYER_VARS, *CONFIG_VARS)
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("stabkit", "jax", "jaxlib", "numpy", "xarray", "zarr"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "?"
-    return out
-
-
-def _probe_json() -> dict[str, Any]:
-    from stabkit.precision import probe
-
-    p = probe()
-    return {
-        "device": p.device,
-        "platform": p.platform,
-        "dtypes": {k: dict(v._asdict()) for k, v in p.dtypes.items()},
-        "unsupported": dict(p.unsupported),
-    }
-
-
-def _meta(spec: SweepSpec) -> dict[str, Any]:
-    return {
-        "format": _FORMAT,
-        "spec": spec.to_dict(),
-        "versions": _versions(),
-        "probe": _probe_json(),
-        "devices": [str(d) for d in jax.devices()],
-    }
-
-
-def _stat_dtype(spec_dtypes: Sequence[str]) -> np.dtype:
-    return np.dtype(np.float64 if "float64" in spec_dtypes else np.float32)
-
-
-def _var_shape(name: str, n: int, n_layers: int) -> tuple[int, ...]:
-    return (n, n_layers) if name in LAYER_VARS else (n,)
-
-
-def _var_dtype(name: str, spec_dtypes: Sequence[str]) -> np.dtype:
-    return np.dtype(np.int32) if name in _INT_VARS else _stat_dtype(spec_dtypes)
-
-
-def _config_bytes(spec_dtypes: Sequence[str], n_layers: int) -> int:
-    """Bytes of results one config holds, every variable together."""
-    return sum(
-        _var_dtype(k, spec_dtypes).itemsize * (n_layers if k in LAYER_VARS else 1) for k in _VARS
-    )
-
-
-def _grid(spec: dict[str, Any]) -> tuple[tuple[int, ...], int]:
-    """The grid's shape and the layer slots (:attr:`SweepSpec.n_layers`) of a stored spec.
-
-    A store keeps :meth:`SweepSpec.to_dict`'s dict, which is read without rebuilding the
-    :class:`SweepSpec`: a sweep of activation callables stores their names only."""
-    return tuple(len(spec[a]) for a in _AXES), _layer_slots(max(spec["depth"]))
-
-
-def _dataset(meta: dict[str, Any], flat: dict[str, np.ndarray]):
-    """The N-D dataset from the flat (config-major) arrays, as sweep and load return it."""
-    import xarray as xr
-
-    d = meta["spec"]
-    shape, n_layers = _grid(d)
-    coords = {a: list(d[a]) for a in _AXES}
-    coords["layer"] = np.arange(n_layers)
-    data = {}
-    for name, desc in {**LAYER_VARS, **CONFIG_VARS}.items():
-        a = flat[name]
-        dims = (*_AXES, "layer") if name in LAYER_VARS else _AXES
-        data[name] = (dims, a.reshape(shape + a.shape[1:]), {"description": desc})
-    attrs = {"spec": _spec_json(d)}  # read back by SweepSpec.from_dataset
-    attrs.update({k: json.dumps(meta[k], sort_keys=True) for k in ("versions", "probe")})
-    attrs["devices"] = json.dumps(meta["devices"])
-    attrs["stabkit_format"] = meta["format"]
-    return xr.Dataset(data, coords=coords, attrs=attrs)
-
-
-# --------------------------------------------------------------------------------------- chunks
-
-
-def _digest(a: np.ndarray) -> str:
-    a = np.ascontiguousarray(a)
-    return hashlib.sha256(a.astype(a.dtype.newbyteorder("<"), copy=False).data).hexdigest()
-
-
-def _configs(spec: dict[str, Any], start: int, stop: int) -> str:
-    """Which configs flat rows ``start:stop`` hold, for an error message."""
-    shape, _ = _grid(spec)
-    n = math.prod(shape)
-
-    def at(i):
-        idx = np.unravel_index(i, shape)
-        return " ".join(f"{a}={spec[a][int(j)]}" for a, j in zip(_AXES, idx, strict=True))
-
-    return f"configs {start}..{stop - 1} of {n}: from {at(start)} to {at(stop - 1)}"
-
-
-class _Arrays:
-    """The zarr group of a store: its arrays, checked against the spec, and chunk verification."""
-
-    def __init__(self, path: pathlib.Path, spec: dict[str, Any], mode: str):
-        import zarr
-
-        self.path, self.spec = path, spec
-        shape, self.n_layers = _grid(spec)
-        self.n = math.prod(shape)
-        try:
-            self.group = zarr.open_group(str(path), mode=mode)
-        except Exception as e:  # a missing or damaged zarr.json: JSON, KeyError, zarr's own
-            raise ValueError(
-                f"{path / 'zarr.json'} (the store's zarr group) is missing or damaged: "
-                f"{type(e).__name__}: {e}"
-            ) from None
-        self.arrays: dict[str, Any] = {}
-        self.rows = 0
-
-    def meta(self) -> dict[str, Any]:
-        try:
-            meta = self.group.attrs["stabkit"]
-        except KeyError:
-            raise ValueError(
-                f"{self.path / 'zarr.json'} is a zarr group without stabkit's attributes: not a "
-                "stabkit sweep"
-            ) from None
-        if not isinstance(meta, dict) or not all(
-            k in meta for k in ("format", "spec", "versions", "probe", "devices")
-        ):
-            raise ValueError(f"{self.path / 'zarr.json'}: the 'stabkit' attribute is damaged")
-        return dict(meta)
-
-    def open(self, name: str):
-        """The array of variable ``name``, checked; ValueError naming it if missing or wrong."""
-        file = self.path / name / "zarr.json"
-        try:
-            arr = self.group[name]
-        except KeyError:
-            raise ValueError(
-                f"{self.path} is missing variable {name!r} ({file} not found)"
-            ) from None
-        except Exception as e:
-            raise ValueError(
-                f"{file} (variable {name!r}) is damaged: {type(e).__name__}: {e}"
-            ) from None
-        shape = _var_shape(name, self.n, self.n_layers)
-        dtype = _var_dtype(name, self.spec["dtype"])
-        chunks = getattr(arr, "chunks", None)
-        if (
-            not hasattr(arr, "shape")
-            or arr.shape != shape
-            or arr.dtype != dtype
-            or chunks is None
-            or tuple(chunks[1:]) != shape[1:]
-            or (self.rows and chunks[0] != self.rows)
-        ):
-            raise ValueError(
-                f"{file}: variable {name!r} is not what this sweep writes (shape "
-                f"{getattr(arr, 'shape', None)}, dtype {getattr(arr, 'dtype', None)}, chunks "
-                f"{chunks}; expected shape {shape}, dtype {dtype}"
-                + (f", chunks of {self.rows} configs)" if self.rows else ")")
-            )
-        self.rows = chunks[0]
-        self.arrays[name] = arr
-        return arr
-
-    def create(self, name: str, rows: int):
-        """Create variable ``name`` (after the marker: this directory is stabkit's)."""
-        from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
-
-        shape = _var_shape(name, self.n, self.n_layers)
-        dt = _var_dtype(name, self.spec["dtype"])
-        self.group.create_array(
-            name,
-            shape=shape,
-            chunks=(min(rows, self.n), *shape[1:]),
-            dtype=dt,
-            fill_value=-1 if dt.kind == "i" else np.nan,
-            serializer=BytesCodec(),
-            compressors=[ZstdCodec(), Crc32cCodec()],  # the checksum of the compressed bytes
-        )
-        return self.open(name)
-
-    @property
-    def n_chunks(self) -> int:
-        return -(-self.n // self.rows)
-
-    def bounds(self, c: int) -> tuple[int, int]:
-        return c * self.rows, min((c + 1) * self.rows, self.n)
-
-    def where(self, name: str, c: int) -> str:
-        a, b = self.bounds(c)
-        return (
-            f"{self.path}: variable {name!r}, chunk {c} of {self.n_chunks} "
-            f"({_configs(self.spec, a, b)})"
-        )
-
-    def record_file(self, c: int) -> pathlib.Path:
-        return self.path / _RECORDS / f"{c}.json"
-
-    def read_chunk(self, c: int, out: dict[str, np.ndarray] | None = None) -> str | None:
-        """Verify chunk ``c`` of every variable (into ``out``, if given): None if complete, else
-        what is wrong, naming the store, the variable, the chunk and its configs."""
-        a, b = self.bounds(c)
-        record_file = self.record_file(c)
-        if not record_file.exists():
-            return (
-                f"{self.path}: chunk {c} of {self.n_chunks} ({_configs(self.spec, a, b)}) was "
-                f"never completed (no {record_file})"
-            )
-        try:
-            record = _read_json(record_file, f"the completion record of chunk {c}")
-            digests = record["sha256"]
-            if record.get("configs") != [a, b] or not isinstance(digests, dict):
-                raise ValueError(f"{record_file} does not describe configs {a}..{b - 1}")
-        except (ValueError, KeyError, TypeError) as e:
-            return f"{self.path}: chunk {c} of {self.n_chunks}: damaged completion record: {e}"
-        for name, arr in self.arrays.items():
-            coords = (c, 0) if name in LAYER_VARS else (c,)
-            file = self.path / name / arr.metadata.encode_chunk_key(coords)
-            if not file.is_file():
-                return f"{self.where(name, c)}: the chunk file {file} is missing"
-            try:
-                data = np.asarray(arr[a:b])
-            except Exception as e:  # crc32c mismatch (truncated, flipped), undecodable
-                return f"{self.where(name, c)}: the chunk file {file} is corrupt ({e})"
-            if digests.get(name) != _digest(data):
-                return (
-                    f"{self.where(name, c)}: the chunk file {file} does not hold the data "
-                    "recorded for it (sha256 mismatch)"
-                )
-            if out is not None:
-                out[name][a:b] = data
-        return None
 
 
 # ---------------------------------------------------------------------------------------- store
