@@ -278,7 +278,8 @@ def check_initializer(init: Any, name: str, key: Any, shape: tuple[int, ...], dt
 # error names every argument and its shape).
 
 #: Lengths and depths are bounded by lax.scan / lax.map's int32 trip counts.
-_MAX_INT = 2**31 - 1
+#: The largest int32: the bound of every int32 counter, seed and step (one home).
+INT32_MAX = 2**31 - 1
 #: The smallest normal float64: the absolute floor of the fixed-point step test, and the smallest
 #: non-zero parameter (XLA:CPU reads subnormal float64 inputs as 0).
 _TINY = float(np.finfo(np.float64).tiny)
@@ -300,7 +301,7 @@ def _describe(x: float) -> str:
 
 def _check_int(value: Any, name: str, why: str) -> int:
     """An int in [1, 2^31 - 1] (NumPy integers welcome); ``why`` explains the upper bound."""
-    return bounded_int(value, name, 1, _MAX_INT, why)
+    return bounded_int(value, name, 1, INT32_MAX, why)
 
 
 def _real_array(value: Any, name: str) -> np.ndarray:

@@ -16,10 +16,10 @@ import numpy as np
 import optax
 from jax.typing import DTypeLike
 
-from stabkit._checks import bounded_int, finite_float, is_floating_dtype
+from stabkit._checks import INT32_MAX, bounded_int, finite_float, is_floating_dtype
 from stabkit._numerics import compute_dtype
 from stabkit.fixes.norms import _floating_leaves, all_finite
-from stabkit.fixes.skipping import _INT32_MAX, _check_state, _tree_select
+from stabkit.fixes.skipping import _check_state, _tree_select
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +70,7 @@ class DynamicLossScale:
             raise TypeError(f"dtype must be a floating-point dtype, got {self.dtype!r}")
         dtype = jnp.dtype(self.dtype)
         object.__setattr__(self, "dtype", dtype)
-        period = bounded_int(self.period, "period", 1, _INT32_MAX, "the counter is int32")
+        period = bounded_int(self.period, "period", 1, INT32_MAX, "the counter is int32")
         object.__setattr__(self, "period", period)
         factor = finite_float(self.factor, "factor", positive=True)
         if factor <= 1:

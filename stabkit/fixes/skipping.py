@@ -2,7 +2,7 @@
 
 ``_check_state`` (the state is the one this transformation's init made) and ``_tree_select`` (a
 step kept or discarded, leaf by leaf) are shared with :mod:`stabkit.fixes.loss_scale`, which
-skips the same way; so is ``_INT32_MAX``, the bound of their int32 counters.
+skips the same way.
 """
 
 from __future__ import annotations
@@ -11,14 +11,12 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from stabkit._checks import bounded_int
+from stabkit._checks import INT32_MAX, bounded_int
 from stabkit.fixes.norms import _floating_leaves, all_finite
 
 #: The loss scale's and the skip counter's counters are int32.
-_INT32_MAX = int(np.iinfo(np.int32).max)
 
 
 class SkipState(NamedTuple):
@@ -89,7 +87,7 @@ def skip_nonfinite(
             f"inner must be an optax.GradientTransformation, got {type(inner).__name__}"
         )
     max_skips = bounded_int(
-        max_consecutive_skips, "max_consecutive_skips", 0, _INT32_MAX, "the counter is int32"
+        max_consecutive_skips, "max_consecutive_skips", 0, INT32_MAX, "the counter is int32"
     )
 
     def init_fn(params):

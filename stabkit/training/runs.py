@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from stabkit._checks import finite_float, is_floating_dtype, positive_int, strict_bool
-from stabkit.training.spec import _INT32_MAX, TrainSpec, _check_run_count, _dtype_max
+from stabkit._checks import INT32_MAX, finite_float, is_floating_dtype, positive_int, strict_bool
+from stabkit.training.spec import TrainSpec, _check_run_count, _dtype_max
 
 __all__ = [
     "Runs",
@@ -82,8 +82,8 @@ def _check_lr(value: float, label: str) -> None:
 
 
 def _check_seed(value: int, label: str) -> None:
-    if not 0 <= value <= _INT32_MAX:
-        raise ValueError(f"{label}={value} is out of range: seeds are int32, valid 0..{_INT32_MAX}")
+    if not 0 <= value <= INT32_MAX:
+        raise ValueError(f"{label}={value} is out of range: seeds are int32, valid 0..{INT32_MAX}")
 
 
 def _check_index(value: int, choices: tuple, what: str, label: str) -> None:

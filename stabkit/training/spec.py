@@ -22,6 +22,7 @@ import optax
 from jax.typing import DTypeLike
 
 from stabkit._checks import (
+    INT32_MAX,
     bounded_int,
     check_elementwise,
     check_initializer,
@@ -44,7 +45,6 @@ __all__ = [
 
 
 #: Seeds, steps and counters are int32 in the kernel.
-_INT32_MAX = int(np.iinfo(np.int32).max)
 
 
 def _names(value: Any, what: str, check: Callable[[Any], Any]) -> tuple:
@@ -194,7 +194,7 @@ class TrainSpec:
                 )
         elif not callable(self.optimizer):
             raise TypeError(f"optimizer must be a name or a callable, got {self.optimizer!r}")
-        set_("steps", bounded_int(self.steps, "steps", 1, _INT32_MAX, "the step counter is int32"))
+        set_("steps", bounded_int(self.steps, "steps", 1, INT32_MAX, "the step counter is int32"))
         set_("log_every", positive_int(self.log_every, "log_every"))
         if self.steps % self.log_every:
             raise ValueError(f"steps={self.steps} must be a multiple of log_every={self.log_every}")
@@ -211,7 +211,7 @@ class TrainSpec:
                     self.max_consecutive_skips,
                     "max_consecutive_skips",
                     0,
-                    _INT32_MAX,
+                    INT32_MAX,
                     "the skip counter is int32",
                 ),
             )
