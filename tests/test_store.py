@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 
@@ -30,6 +29,7 @@ from stabkit.sweeps import driver as sw
 from stabkit.sweeps import files as fl
 from stabkit.sweeps import store as st
 from stabkit.sweeps.spec import LAYER_VARS
+from tests import faults
 
 SPEC = dict(
     depth=(2, 3), width=4, activation=("tanh", "relu"), scale=(0.5, 1.0, 1.5), seed=(0, 1), batch=2
@@ -432,55 +432,6 @@ def test_memory_and_disk_are_checked_before_allocating(tmp_path, monkeypatch):
 
 # -------------------------------------------------------------------------- processes and kills
 
-_WRITER = """
-import sys, time
-import stabkit as sk
-from stabkit.sweeps import driver as sw
-from stabkit.sweeps import store as st
-sw._FLUSH_BYTES = {flush}
-write, calls = st._Store._write_chunk, [0]
-
-def write_then_wait(self, c, data):
-    write(self, c, data)
-    calls[0] += 1
-    if calls[0] == 2:
-        print("READY", flush=True)
-        time.sleep(600)
-
-st._Store._write_chunk = write_then_wait
-sk.sweep(sk.SweepSpec(**{spec}), out=sys.argv[1], chunk_size={chunk}, progress=False)
-"""
-
-_TORN = """
-import os, signal, sys
-import zarr.storage._local as local
-import stabkit as sk
-from stabkit.sweeps import driver as sw
-from stabkit.sweeps import files
-sw._FLUSH_BYTES = {flush}
-kill_at, events = int(sys.argv[2]), [0]
-put, replace = local._put, files._replace
-
-def event(path, data):
-    events[0] += 1
-    if events[0] == kill_at:  # a torn write (half the file), then kill -9
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(data[: len(data) // 2])
-        os.kill(os.getpid(), signal.SIGKILL)
-
-def torn_put(path, value, exclusive=False):
-    event(path, bytes(value.as_buffer_like()))
-    return put(path, value, exclusive=exclusive)
-
-def torn_replace(tmp, dst):
-    event(dst, tmp.read_bytes())
-    return replace(tmp, dst)
-
-local._put, files._replace = torn_put, torn_replace
-sk.sweep(sk.SweepSpec(**{spec}), out=sys.argv[1], chunk_size={chunk}, progress=False)
-"""
-
 
 @pytest.fixture(scope="module")
 def jax_cache(tmp_path_factory):
@@ -492,18 +443,15 @@ def jax_cache(tmp_path_factory):
     }
 
 
-def _popen(code, *args, env, **kw):
-    code = textwrap.dedent(code).format(spec=SPEC, chunk=CHUNK, flush=FLUSH)
-    return subprocess.Popen(
-        [sys.executable, "-c", code, *map(str, args)], env={**os.environ, **env}, text=True, **kw
-    )
+def _fault(name, out, env, **kwargs):
+    return faults.start(name, out, env=env, spec=SPEC, chunk=CHUNK, flush=FLUSH, **kwargs)
 
 
 def test_two_writers_then_kill_then_resume(tmp_path, ref, jax_cache):
     """A writer runs (two chunks written, then waiting); a second one is refused at once naming
     it; the first is killed -9; resume takes its stale lock over and finishes bit-identically."""
     out = tmp_path / "s.zarr"
-    proc = _popen(_WRITER, out, env=jax_cache, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = _fault("writer_then_wait", out, jax_cache)
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 300)
         assert ready and proc.stdout.readline().strip() == "READY", proc.stderr.read()
@@ -551,7 +499,7 @@ def test_kill_at_a_torn_write_then_resume_is_bit_identical(
     assert total > 5 * 30  # zarr metadata, then 5 x (29 chunk files and a record)
     kill_at = 1 if where == "first write" else int(np.random.default_rng().integers(2, total + 1))
     out = tmp_path / "s.zarr"
-    proc = _popen(_TORN, out, kill_at, env=jax_cache, stderr=subprocess.PIPE)
+    proc = _fault("torn_at", out, jax_cache, kill_at=kill_at)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == -signal.SIGKILL, (kill_at, err)
     assert (out / st._MARKER).exists() and (out / fl._LOCK).exists(), kill_at

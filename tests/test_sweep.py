@@ -25,6 +25,7 @@ import stabkit as sk
 from stabkit.sweeps import driver as sw
 from stabkit.sweeps import kernel as kern
 from stabkit.sweeps.spec import LAYER_VARS
+from tests import faults
 
 MAIN = dict(
     depth=(2, 5, 30),
@@ -256,28 +257,6 @@ def test_save_load_round_trip(tmp_path, rev):
     xr.testing.assert_identical(sk.load(path), rev)
 
 
-_KILLED = """
-import os, signal, sys
-import stabkit as sk
-from stabkit.sweeps import driver as sw
-from stabkit.sweeps import store as st
-write, calls = st._Store._write_chunk, [0]
-sw._FLUSH_BYTES = 100_000  # zarr chunks (and writes) of 44 configs: 14 of them
-
-def write_and_die(self, c, data):
-    calls[0] += 1
-    if calls[0] == 5:  # die in the middle of the 5th write: 5 of its arrays are on disk
-        start, stop = self.arrays.bounds(c)
-        for name in list(data)[:5]:
-            self.arrays.arrays[name][start:stop] = data[name]
-        os.kill(os.getpid(), signal.SIGKILL)
-    write(self, c, data)
-
-st._Store._write_chunk = write_and_die
-sk.sweep(sk.SweepSpec(**{spec}), out=sys.argv[1], chunk_size={chunk}, progress=False)
-"""
-
-
 def _python(code, *args, env=None):
     env = {**os.environ, **(env or {})}
     return subprocess.run(
@@ -291,8 +270,9 @@ def _python(code, *args, env=None):
 
 def test_sigkill_then_resume_is_bit_identical(tmp_path, rev):
     out = tmp_path / "killed.zarr"
-    proc = _python(_KILLED.format(spec=REV, chunk=REV_CHUNK), out)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    proc = faults.start("killed_in_fifth_write", out, spec=REV, chunk=REV_CHUNK, flush=100_000)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, err
     records = sorted(int(p.stem) for p in (out / "stabkit-chunks").glob("*.json"))
     assert records == [0, 1, 2, 3]  # the 5th chunk's record was never written
     assert json.loads((out / "stabkit-writer.lock").read_text())["pid"] > 0  # left by the dead
