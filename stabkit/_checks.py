@@ -8,9 +8,11 @@ values), so they cost nothing under ``jit`` and never force a device-to-host tra
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 import os
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -396,3 +398,74 @@ def _broadcast_shape(grids: dict[str, np.ndarray]) -> tuple[int, ...]:
                     f"shapes: {shapes}"
                 ) from None
     raise AssertionError(f"no clashing pair among {shapes}")  # pragma: no cover
+
+
+# ------------------------------------------------ list values (a sweep's axes)
+
+
+def is_scalar(value: Any) -> bool:
+    """One value (not a container of values): a number, string, dtype, callable or 0-d array."""
+    return (
+        value is None
+        or isinstance(value, (str, bytes, numbers.Number, np.generic, np.dtype))
+        or callable(value)
+        or (isinstance(value, np.ndarray) and value.ndim == 0)
+    )
+
+
+def _scalar_value(v: Any) -> Any:
+    """A NumPy scalar or 0-d array as its NumPy scalar; anything else unchanged."""
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+        return v[()]
+    return v
+
+
+def int_values(name: str, minimum: int, maximum: int = INT32_MAX) -> Callable[[Any], int]:
+    """A converter of one value of a list ``name`` (an axis) to an int in [minimum, maximum]."""
+
+    def convert(v: Any) -> int:
+        v = _scalar_value(v)
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name} values must be ints, got {type(v).__name__} {_short(v)}")
+        if not minimum <= int(v) <= maximum:
+            raise ValueError(f"{name} values must be in [{minimum}, {maximum}], got {v}")
+        return int(v)
+
+    return convert
+
+
+def real_values(name: str, nonnegative: bool, maximum: float = math.inf) -> Callable[[Any], float]:
+    """A converter of one value of a list ``name`` to a finite float (>= 0, <= maximum)."""
+
+    def convert(v: Any) -> float:
+        v = _scalar_value(v)
+        real = isinstance(v, (int, float, np.integer, np.floating)) or (
+            isinstance(v, np.generic) and is_floating_dtype(v.dtype)  # bfloat16, float8
+        )
+        if isinstance(v, (bool, np.bool_)) or not real:
+            raise TypeError(
+                f"{name} values must be real numbers, got {type(v).__name__} {_short(v)}"
+            )
+        try:
+            f = float(v)
+        except OverflowError:  # an int beyond float64
+            f = math.inf
+        if not math.isfinite(f) or (nonnegative and f < 0) or f > maximum:
+            kind = "finite and >= 0" if nonnegative else "finite"
+            if maximum < math.inf:
+                kind = f"finite and in [0, {maximum:g}]"
+            raise ValueError(f"{name} values must be {kind}, got {_describe(f)}")
+        return f
+
+    return convert
+
+
+def choice(value: Any, name: str, valid: tuple) -> str:
+    """``value`` if it is one of the names ``valid``."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{name} must be one of {', '.join(valid)}, got {type(value).__name__} {_short(value)}"
+        )
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+    return str(value)

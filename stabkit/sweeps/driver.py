@@ -75,10 +75,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from stabkit._checks import check_memory, strict_bool
+from stabkit._checks import check_memory, int_values, strict_bool
 from stabkit.sweeps.dataset import _config_bytes, _dataset, _meta, _var_dtype, _var_shape
 from stabkit.sweeps.kernel import _INIT_KIND, _kernel, _multiplier, _Static
-from stabkit.sweeps.spec import _INT_VARS, CONFIG_VARS, LAYER_VARS, SweepSpec, _int
+from stabkit.sweeps.spec import _INT_VARS, CONFIG_VARS, LAYER_VARS, SweepSpec
 from stabkit.sweeps.store import _check_disk, _Store, load
 
 __all__ = ["sweep"]
@@ -222,8 +222,8 @@ def sweep(
     if not isinstance(spec, SweepSpec):
         raise TypeError(f"spec must be a SweepSpec, got {type(spec).__name__}")
     if chunk_size is not None:
-        chunk_size = _int("chunk_size", 1)(chunk_size)
-    memory_budget = _int("memory_budget", 1, 2**62)(memory_budget)
+        chunk_size = int_values("chunk_size", 1)(chunk_size)
+    memory_budget = int_values("memory_budget", 1, 2**62)(memory_budget)
     resume = strict_bool(resume, "resume")
     progress = strict_bool(progress, "progress")
     load_result = strict_bool(load_result, "load_result")

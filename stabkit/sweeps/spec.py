@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import json
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -23,9 +22,12 @@ import numpy as np
 from stabkit._checks import (
     _short,
     check_elementwise,
+    choice,
     format_bytes,
-    is_floating_dtype,
+    int_values,
+    is_scalar,
     memory_limit,
+    real_values,
 )
 from stabkit.activations import activation_names, get_activation, is_registered
 from stabkit.init import initializer_names
@@ -84,15 +86,6 @@ MAX_CONFIGS = 2**31 - 1
 _MIN_CHUNK = 2
 
 
-def _is_scalar(value: Any) -> bool:
-    return (
-        value is None
-        or isinstance(value, (str, bytes, numbers.Number, np.generic, np.dtype))
-        or callable(value)
-        or (isinstance(value, np.ndarray) and value.ndim == 0)
-    )
-
-
 def _axis(value: Any, name: str, convert: Callable[[Any], Any]) -> tuple:
     """An axis's values: one value, or a list, tuple, range or 1-d array of distinct ones.
 
@@ -104,7 +97,7 @@ def _axis(value: Any, name: str, convert: Callable[[Any], Any]) -> tuple:
             f"{name} must be a value or an ordered sequence (list, tuple, range, 1-d array), got "
             f"the unordered {type(value).__name__} {_short(value)}"
         )
-    if _is_scalar(value):
+    if is_scalar(value):
         values = (value,)
     elif isinstance(value, np.ndarray) or hasattr(value, "__array__"):
         try:
@@ -139,53 +132,6 @@ def _axis(value: Any, name: str, convert: Callable[[Any], Any]) -> tuple:
             "dataset's coordinates)"
         )
     return out
-
-
-def _scalar_value(v: Any) -> Any:
-    """A NumPy scalar or 0-d array as its NumPy scalar; anything else unchanged."""
-    if isinstance(v, np.ndarray) and v.ndim == 0:
-        return v[()]
-    return v
-
-
-def _int(name: str, minimum: int, maximum: int = 2**31 - 1) -> Callable[[Any], int]:
-    def convert(v: Any) -> int:
-        v = _scalar_value(v)
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name} values must be ints, got {type(v).__name__} {_short(v)}")
-        if not minimum <= int(v) <= maximum:
-            raise ValueError(f"{name} values must be in [{minimum}, {maximum}], got {v}")
-        return int(v)
-
-    return convert
-
-
-def _describe(f: float) -> str:
-    return "NaN" if math.isnan(f) else ("inf" if f > 0 else "-inf") if math.isinf(f) else repr(f)
-
-
-def _float(name: str, nonnegative: bool, maximum: float = math.inf) -> Callable[[Any], float]:
-    def convert(v: Any) -> float:
-        v = _scalar_value(v)
-        real = isinstance(v, (int, float, np.integer, np.floating)) or (
-            isinstance(v, np.generic) and is_floating_dtype(v.dtype)  # bfloat16, float8
-        )
-        if isinstance(v, (bool, np.bool_)) or not real:
-            raise TypeError(
-                f"{name} values must be real numbers, got {type(v).__name__} {_short(v)}"
-            )
-        try:
-            f = float(v)
-        except OverflowError:  # an int beyond float64
-            f = math.inf
-        if not math.isfinite(f) or (nonnegative and f < 0) or f > maximum:
-            kind = "finite and >= 0" if nonnegative else "finite"
-            if maximum < math.inf:
-                kind = f"finite and in [0, {maximum:g}]"
-            raise ValueError(f"{name} values must be {kind}, got {_describe(f)}")
-        return f
-
-    return convert
 
 
 def _name(fn: Any) -> str:
@@ -228,16 +174,6 @@ def _dtype(v: Any) -> str:
     if name not in valid:
         raise ValueError(f"unsupported dtype {v!r}; valid: {', '.join(valid)}")
     return str(name)
-
-
-def _choice(value: Any, name: str, valid: tuple) -> str:
-    if not isinstance(value, str):
-        raise TypeError(
-            f"{name} must be one of {', '.join(valid)}, got {type(value).__name__} {_short(value)}"
-        )
-    if value not in valid:
-        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
-    return str(value)
 
 
 def _layer_slots(depth: int) -> int:
@@ -318,34 +254,37 @@ class SweepSpec:
 
     def __post_init__(self):
         fix = functools.partial(object.__setattr__, self)
-        fix("depth", tuple(sorted(_axis(self.depth, "depth", _int("depth", 1, 4096)))))
-        fix("width", tuple(sorted(_axis(self.width, "width", _int("width", 1, 8192)))))
+        fix("depth", tuple(sorted(_axis(self.depth, "depth", int_values("depth", 1, 4096)))))
+        fix("width", tuple(sorted(_axis(self.width, "width", int_values("width", 1, 8192)))))
         fix("activation", _axis(self.activation, "activation", _activation))
         fix("init", _axis(self.init, "init", _init))
-        fix("scale", tuple(sorted(_axis(self.scale, "scale", _float("scale", False)))))
-        fix("bias_std", tuple(sorted(_axis(self.bias_std, "bias_std", _float("bias_std", True)))))
+        fix("scale", tuple(sorted(_axis(self.scale, "scale", real_values("scale", False)))))
+        fix(
+            "bias_std",
+            tuple(sorted(_axis(self.bias_std, "bias_std", real_values("bias_std", True)))),
+        )
         fix("dtype", _axis(self.dtype, "dtype", _dtype))
-        fix("seed", tuple(sorted(_axis(self.seed, "seed", _int("seed", 0)))))
+        fix("seed", tuple(sorted(_axis(self.seed, "seed", int_values("seed", 0)))))
         if self.n_configs > MAX_CONFIGS:
             lengths = ", ".join(f"{a} {n}" for a, n in zip(_AXES, self.shape, strict=True))
             raise ValueError(
                 f"the spec has {self.n_configs} configs ({lengths}), more than the {MAX_CONFIGS} "
                 "a sweep may hold (configs are indexed with int32)"
             )
-        if not _is_scalar(self.batch) or isinstance(self.batch, str):
+        if not is_scalar(self.batch) or isinstance(self.batch, str):
             raise TypeError(
                 f"batch must be an int, got {type(self.batch).__name__} {_short(self.batch)}"
             )
-        fix("batch", _int("batch", 1, 2**20)(self.batch))
-        fix("input", _choice(self.input, "input", self.choices("input")))
-        fix("loss", _choice(self.loss, "loss", self.choices("loss")))
-        if not _is_scalar(self.saturation_threshold) or callable(self.saturation_threshold):
+        fix("batch", int_values("batch", 1, 2**20)(self.batch))
+        fix("input", choice(self.input, "input", self.choices("input")))
+        fix("loss", choice(self.loss, "loss", self.choices("loss")))
+        if not is_scalar(self.saturation_threshold) or callable(self.saturation_threshold):
             raise TypeError(
                 "saturation_threshold must be a number in [0, 1], got "
                 f"{type(self.saturation_threshold).__name__} {_short(self.saturation_threshold)}"
             )
         # |phi'(z)| below it counts as saturated: above 1 every tanh or sigmoid unit would be.
-        threshold = _float("saturation_threshold", True, 1.0)(self.saturation_threshold)
+        threshold = real_values("saturation_threshold", True, 1.0)(self.saturation_threshold)
         fix("saturation_threshold", threshold)
         if self.batch * max(self.width) > 2**24:
             raise ValueError(
