@@ -6,6 +6,9 @@ exit status 2. A traceback is printed only for a bug (any other exception, or a 
 ``TypeError`` raised outside stabkit's own checks), followed by a line saying so, and exit status
 1. Ctrl-C is one line and exit status 130. Everything a user types is checked before anything
 compiles.
+
+One file (about 590 lines) on purpose: each command's options sit beside the code that reads them,
+and the error handling that wraps them all is here once.
 """
 
 from __future__ import annotations

@@ -44,6 +44,10 @@ References:
     K. He et al., "Delving Deep into Rectifiers", ICCV 2015 (sec. 2.2). A. Saxe et al., "Exact
     solutions to the nonlinear dynamics of learning in deep linear neural networks", ICLR 2014
     (orthogonal initialization).
+
+One file (about 520 lines) on purpose: the table of initializers and their variance rules
+(``init_rule``, which the sweep kernel and the theory read), their samplers and the argument checks
+they share.
 """
 
 from __future__ import annotations

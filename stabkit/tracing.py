@@ -208,6 +208,21 @@ def _summary(t: Trace, max_rows: int) -> str:
 # ------------------------------------------------------------------------------------- statistics
 
 
+def first_layer_where(mask: jax.Array) -> jax.Array:
+    """The lowest layer (last axis of ``mask``) where ``mask`` holds, -1 where it never does.
+
+    The first inf, NaN or all-zero layer going forward, in :func:`trace` and in the sweep."""
+    n = mask.shape[-1]
+    hit = jnp.min(jnp.where(mask, jnp.arange(n), n), axis=-1)
+    return jnp.where(hit >= n, -1, hit).astype(jnp.int32)
+
+
+def last_layer_where(mask: jax.Array) -> jax.Array:
+    """The highest layer where ``mask`` holds, -1 where it never does (the first bad layer going
+    backward, from the readout down)."""
+    return jnp.max(jnp.where(mask, jnp.arange(mask.shape[-1]), -1), axis=-1).astype(jnp.int32)
+
+
 def _rms(v: jax.Array, axis: Any = None) -> jax.Array:
     """RMS over ``axis`` in the compute dtype, without overflow (see :func:`rms_by_sqrt_max`)."""
     return rms_by_sqrt_max(v.astype(compute_dtype(v.dtype)), axis)
@@ -297,12 +312,10 @@ def _trace_jit(
     entries = units * batch
 
     def first_layer(mask):
-        hit = jnp.where(mask & valid, layers, d_max + 2)
-        first = jnp.min(hit)
-        return jnp.where(first > d_max + 1, -1, first).astype(jnp.int32)
+        return first_layer_where(mask & valid)
 
     def last_layer(mask):
-        return jnp.max(jnp.where(mask & valid, layers, -1)).astype(jnp.int32)
+        return last_layer_where(mask & valid)
 
     return Trace(
         depth=depth,

@@ -355,3 +355,22 @@ def test_cli_parses_ranges():
         cli.build_parser().parse_args(["sweep", "--depth", "1:x"])
     args = cli.build_parser().parse_args(["sweep", "--depth", "1:64", "--scale", "0.5:2.0:16"])
     assert len(args.depth) == 64 and len(args.scale) == 16 and args.scale[-1] == 2.0
+
+
+def test_devices_argument(rev):
+    """devices= picks the devices (here the first one alone): the same bits, named in the attrs."""
+    one = sk.sweep(
+        sk.SweepSpec(**REV), chunk_size=REV_CHUNK, progress=False, devices=jax.devices()[:1]
+    )
+    xr.testing.assert_identical(one.drop_attrs(), rev.drop_attrs())
+    assert json.loads(one.attrs["devices"]) == [str(jax.devices()[0])]
+    spec = sk.SweepSpec(depth=2, width=2, batch=2)
+    for bad, error, match in [
+        ([], ValueError, "devices is empty"),
+        ("cpu", TypeError, "sequence of jax devices"),
+        ([0], TypeError, "must be jax devices"),
+        (jax.devices()[:1] * 2, ValueError, "distinct"),
+    ]:
+        with sk.count_traces() as c, pytest.raises(error, match=match):
+            sk.sweep(spec, progress=False, devices=bad)
+        assert c.traces("sweep_chunk") == 0

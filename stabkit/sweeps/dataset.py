@@ -50,13 +50,13 @@ def _probe_json() -> dict[str, Any]:
     }
 
 
-def _meta(spec: SweepSpec) -> dict[str, Any]:
+def _meta(spec: SweepSpec, devices: Sequence[jax.Device]) -> dict[str, Any]:
     return {
         "format": _FORMAT,
         "spec": spec.to_dict(),
         "versions": _versions(),
         "probe": _probe_json(),
-        "devices": [str(d) for d in jax.devices()],
+        "devices": [str(d) for d in devices],
     }
 
 

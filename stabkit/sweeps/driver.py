@@ -69,6 +69,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -158,6 +159,27 @@ def _work(spec: SweepSpec):
             yield dtype, width, block, blocks
 
 
+def _check_devices(devices: Any) -> tuple[jax.Device, ...]:
+    if devices is None:
+        return tuple(jax.devices())
+    if isinstance(devices, (str, bytes)) or not isinstance(devices, Sequence):
+        raise TypeError(
+            f"devices must be a sequence of jax devices (e.g. jax.devices()[:2]) or None, got "
+            f"{type(devices).__name__} {devices!r}"
+        )
+    out = tuple(devices)
+    bad = [d for d in out if not isinstance(d, jax.Device)]
+    if bad:
+        raise TypeError(f"devices must be jax devices (from jax.devices()), got {bad[0]!r}")
+    if not out:
+        raise ValueError("devices is empty; give at least one device, or None for all")
+    if len(set(out)) != len(out):
+        raise ValueError(f"devices must be distinct, got {[str(d) for d in out]}")
+    if len({d.platform for d in out}) > 1:
+        raise ValueError(f"devices must be of one platform, got {[str(d) for d in out]}")
+    return out
+
+
 def sweep(
     spec: SweepSpec,
     *,
@@ -167,6 +189,7 @@ def sweep(
     memory_budget: int = 2**30,
     progress: bool = True,
     load_result: bool = True,
+    devices: Sequence[jax.Device] | None = None,
 ):
     """Trace every configuration of ``spec``; one compiled kernel per (dtype, width).
 
@@ -187,6 +210,9 @@ def sweep(
         progress: a progress bar (configs/s, ETA) on stderr.
         load_result: with ``out``, return the dataset read back (True) or only the path (False:
             a sweep larger than memory streams to disk without ever being held whole).
+        devices: the devices to split each chunk's configs over, distinct and of one platform;
+            default every device JAX sees (``jax.devices()``). The results are the same bit for
+            bit whatever the devices (the dataset's ``devices`` attribute names them).
 
     Returns:
         An ``xarray.Dataset`` with dims ``dtype, width, activation, init, depth, scale, bias_std,
@@ -227,6 +253,7 @@ def sweep(
     resume = strict_bool(resume, "resume")
     progress = strict_bool(progress, "progress")
     load_result = strict_bool(load_result, "load_result")
+    devices = _check_devices(devices)
     n, n_layers = spec.n_configs, spec.n_layers
     if out is None or load_result:
         # The results are held whole (or read back whole): refuse before computing any of them.
@@ -237,8 +264,7 @@ def sweep(
             else "pass load_result=False to stream them to the store without reading them back"
         )
         check_memory(n * per, "spec.n_configs", n, f"the results ({per} bytes a config; {hint})")
-    meta = _meta(spec)
-    devices = tuple(jax.devices())
+    meta = _meta(spec, devices)
     store = contextlib.nullcontext()
     flat = None
     if out is None:

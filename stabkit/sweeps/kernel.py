@@ -24,6 +24,7 @@ from stabkit.init import init_rule, initializer_names
 from stabkit.losses import LOSSES
 from stabkit.sweeps.chunk_stats import ChunkStats
 from stabkit.sweeps.spec import LAYER_VARS
+from stabkit.tracing import first_layer_where, last_layer_where
 
 _PRECISION = jax.lax.Precision.HIGHEST
 
@@ -269,11 +270,10 @@ def _summary(stats, depth, loss, n_layers: int, entries: int) -> dict:
     valid = layers[None, :] <= top[:, None]
 
     def first(mask):
-        hit = jnp.min(jnp.where(mask & valid, layers, n_layers), axis=1)
-        return jnp.where(hit >= n_layers, -1, hit).astype(jnp.int32)
+        return first_layer_where(mask & valid)
 
     def last(mask):
-        return jnp.max(jnp.where(mask & valid, layers, -1), axis=1).astype(jnp.int32)
+        return last_layer_where(mask & valid)
 
     out_rms = t["post_rms"][cfg, top]
     out = dict(t)
