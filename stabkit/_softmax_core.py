@@ -51,10 +51,15 @@ def _pow2_emax(dtype) -> float:
     return 2.0 ** (int(jnp.finfo(dtype).maxexp) - 1)
 
 
+def _floor(v):
+    """``v``, with -inf raised to the most negative finite number (NaN stays NaN)."""
+    return jnp.maximum(v, jnp.finfo(v.dtype).min)
+
+
 def _live(x):
     """1 where ``x > -inf``, 0 where ``x == -inf``, NaN where ``x`` is NaN or ``+inf``: the weight
     of an entry's derivative, from max, subtract and exp only (see ``_log_softmax_jvp``)."""
-    return jnp.exp(x - jnp.maximum(x, jnp.finfo(x.dtype).min))
+    return jnp.exp(x - _floor(x))
 
 
 def _stats(x, axes):
@@ -85,16 +90,16 @@ def _stats(x, axes):
     finite = jnp.isfinite(m)
     # x - m as jax.nn has it, with the max of an empty row taken as the most negative finite
     # number: its d is -inf, not NaN (-inf - -inf), its t = -1 and k = 0 (see _log_norm).
-    d = x - jnp.maximum(m, jnp.finfo(x.dtype).min)
+    d = x - _floor(m)
     e = jnp.exp(d)
-    # A 0/1 weight: constant under differentiation (the JVP rules differentiate t and k for
-    # higher derivatives; the slope -2^emax at d = 0 would meet the tie tangents there).
     if math.prod(x.shape[a] for a in axes) > _FUSED_ROWS:
         # Long rows: XLA:CPU's fused loop adds a row's terms one after another (2836 ulp in
         # float32 on 100,000 terms of 8e-9), its own reduction splits the row into a tree.
         u = _sum(jnp.where(d == 0, 0, e), axes)
         c = _sum(jnp.where(d == 0, 1, 0).astype(d.dtype), axes)
     else:
+        # A 0/1 weight: constant under differentiation (the JVP rules differentiate t and k for
+        # higher derivatives; the slope -2^emax at d = 0 would meet the tie tangents there).
         below = lax.stop_gradient(_positive(-d))
         u = _sum(e * below, axes)
         c = _sum(1 - below, axes)
@@ -144,7 +149,7 @@ def _softmax(x, mask, axes, compensate):
     xm = _masked(x, mask)
     m, _, _, e, _, k = _stats(xm, axes)
     if compensate:  # float32/float64: the tails keep their relative accuracy
-        e = _compensated_exp(xm, jnp.maximum(m, jnp.finfo(m.dtype).min))
+        e = _compensated_exp(xm, _floor(m))
     # An empty row: e = 0 and k = 0, so 0 everywhere. A +inf or NaN row: NaN (k is NaN there).
     return e / jnp.maximum(k, 1)
 

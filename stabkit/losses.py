@@ -16,14 +16,15 @@ gradient from :attr:`Loss.output_grad`: both read the formulas from :data:`LOSSE
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from stabkit._checks import _first_line
 from stabkit._numerics import compute_dtype
 
-__all__ = ["LOSSES", "Loss", "get_loss", "loss_names", "whole_array_loss"]
+__all__ = ["LOSSES", "Loss", "check_loss_callable", "get_loss", "loss_names", "whole_array_loss"]
 
 Reduce = Callable[[jax.Array], jax.Array]
 
@@ -91,3 +92,33 @@ def whole_array_loss(name: str) -> Callable[[jax.Array], jax.Array]:
     """The loss ``name`` of a whole output array, in the compute dtype (what ``trace`` uses)."""
     get_loss(name)
     return _WHOLE[name]
+
+
+def check_loss_callable(loss_fn: Callable, shape: tuple[int, ...], dtype: Any) -> None:
+    """A loss callable must map the ``(batch, out_dim)`` output to a real floating scalar.
+
+    Traced once with ``jax.eval_shape`` (nothing compiles, nothing runs).
+
+    Raises:
+        TypeError: the callable fails when traced, or returns no array or a non-floating one.
+        ValueError: it returns an array that is not a scalar.
+    """
+    arg = jax.ShapeDtypeStruct(shape, dtype)
+    try:
+        out = jax.eval_shape(lambda y: loss_fn(y), arg)  # a lambda: eval_shape keeps weak refs
+    except Exception as err:  # whatever the user's callable raises while traced
+        raise TypeError(
+            f"loss {loss_fn!r} failed on the network's output (shape {shape}, {dtype}): "
+            f"{_first_line(err)} (it must be a JAX-traceable loss(y) -> scalar)"
+        ) from err
+    if not isinstance(out, jax.ShapeDtypeStruct):
+        raise TypeError(
+            f"loss {loss_fn!r} must return a scalar array; on the output (shape {shape}, "
+            f"{dtype}) it returned {type(out).__name__}"
+        )
+    if out.shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
+        raise (ValueError if out.shape != () else TypeError)(
+            f"loss {loss_fn!r} must return a real floating-point scalar (shape ()), the value "
+            f"jax.grad differentiates; on the output (shape {shape}, {dtype}) it returned shape "
+            f"{tuple(out.shape)} dtype {out.dtype}"
+        )

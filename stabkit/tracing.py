@@ -56,7 +56,7 @@ from jax.typing import ArrayLike
 from stabkit._checks import check_memory, finite_float, positive_int
 from stabkit._numerics import compute_dtype, rms_by_sqrt_max
 from stabkit.activations import Activation, get_activation
-from stabkit.losses import whole_array_loss
+from stabkit.losses import check_loss_callable, whole_array_loss
 from stabkit.nets import (
     MLPParams,
     _check_depth,
@@ -433,7 +433,7 @@ def trace(
     # anything is traced for real (jax.eval_shape: nothing compiled, nothing run).
     _check_elementwise(phi, "activation", (batch, width), params.dtype, derivative=True)
     if not isinstance(loss, str):
-        _check_loss(loss_fn, (batch, params.out_dim), params.dtype)
+        check_loss_callable(loss_fn, (batch, params.out_dim), params.dtype)
     # The per-layer buffers: the zero perturbations of z and h, the forward residuals the
     # backward pass keeps, their gradients (in the dtype) and the gradients' float32 copies.
     itemsize = params.dtype.itemsize
@@ -446,27 +446,3 @@ def trace(
         f"{params.dtype.name})",
     )
     return _trace_jit(params, x2, depth, threshold, phi, loss_fn)
-
-
-def _check_loss(loss_fn: Callable, shape: tuple[int, int], dtype: Any) -> None:
-    """A loss callable must map the ``(batch, out_dim)`` output to a real floating scalar."""
-    arg = jax.ShapeDtypeStruct(shape, dtype)
-    try:
-        out = jax.eval_shape(lambda y: loss_fn(y), arg)  # a lambda: eval_shape keeps weak refs
-    except Exception as err:  # whatever the user's callable raises while traced
-        raise TypeError(
-            f"loss {loss_fn!r} failed on the network's output (shape {shape}, {dtype}): "
-            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} (it must be a "
-            "JAX-traceable loss(y) -> scalar)"
-        ) from err
-    if not isinstance(out, jax.ShapeDtypeStruct):
-        raise TypeError(
-            f"loss {loss_fn!r} must return a scalar array; on the output (shape {shape}, "
-            f"{dtype}) it returned {type(out).__name__}"
-        )
-    if out.shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
-        raise (ValueError if out.shape != () else TypeError)(
-            f"loss {loss_fn!r} must return a real floating-point scalar (shape ()), the value "
-            f"jax.grad differentiates; on the output (shape {shape}, {dtype}) it returned shape "
-            f"{tuple(out.shape)} dtype {out.dtype}"
-        )

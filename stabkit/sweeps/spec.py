@@ -473,6 +473,13 @@ class SweepSpec:
         for name in names:
             if isinstance(name, str) and name in activations:
                 fn = activations[name]
+                try:
+                    hash(fn)
+                except TypeError:
+                    raise TypeError(
+                        f"activations[{name!r}] must be a hashable callable (it keys the "
+                        f"kernels), got {_short(fn)}"
+                    ) from None
                 acts.append(fn if _name(fn) == name else _renamed(fn, name))
             elif isinstance(name, str) and name not in activation_names():
                 raise ValueError(
@@ -484,8 +491,12 @@ class SweepSpec:
         return cls.from_dict({**d, "activation": acts})
 
 
+@functools.lru_cache(maxsize=64)
 def _renamed(fn: Callable, name: str) -> Callable:
-    """``fn`` under the name a dataset knows it by (a spec names its callables by __name__)."""
+    """``fn`` under the name a dataset knows it by (a spec names its callables by __name__).
+
+    One wrapper per (fn, name): the kernels are cached by activation, so a fresh wrapper each
+    time the spec is rebuilt would compile them again."""
 
     def phi(x):
         return fn(x)
