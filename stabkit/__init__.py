@@ -28,6 +28,10 @@ Public API (each module's docstring has the details):
   bias x dtype x seed) in one compiled kernel per (dtype, width), sharded over the devices, into
   an ``xarray.Dataset``; streamed to zarr and resumable (``out=``, ``resume=True``); ``load``;
   its plots (``stabkit.sweeps.plots``) and its comparison with the theory.
+* :mod:`stabkit.inspection`: ``inspect(fn, *args)`` evaluates any JAX function's jaxpr equation
+  by equation in one compiled program and returns a ``Report``: every ``Origin`` of an inf, a
+  NaN or an underflow (primitive, source line, scope, forward/backward, loop iteration, entry,
+  whether it reaches the output) and per-equation statistics.
 * :mod:`stabkit.tracecount`: ``count_traces``, how many times JAX traced and compiled each
   function inside a block (a sweep or a training grid is meant to be a few kernels).
 * :mod:`stabkit.reproduce`: the registry behind ``stabkit reproduce``.
@@ -53,6 +57,7 @@ from stabkit.fixes import (
     skip_nonfinite,
 )
 from stabkit.init import InitRule, get_initializer, init_rule, initializer_names
+from stabkit.inspection import Origin, Report, inspect
 from stabkit.losses import loss_names
 from stabkit.nets import MLPParams, mlp_apply, mlp_init
 from stabkit.precision import (
