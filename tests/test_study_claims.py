@@ -902,3 +902,164 @@ def test_signal_theory_claims_fail_on_bad_numbers(studies, tmp_path, spoil, fail
     for n in (numbers, _stored(tmp_path, numbers)):
         verdicts = _verdicts(studies["signal_theory"].claims(n))
         assert [i for i, ok in enumerate(verdicts) if not ok] == [failing]
+
+
+# inspect -------------------------------------------------------------------------------------
+
+_INSPECT_TOOLS = ("jax_debug_nans", "jax_debug_infs", "jax_debug_infs, disable_jit", "checkify")
+
+
+def _found(primitive, line, alarm=True, runs=1, text="a message"):
+    return {"alarm": alarm, "primitive": primitive, "line": line, "text": text, "python_runs": runs}
+
+
+def _origin(kind, primitive, line, direction="forward", reaches=True, iteration=None, scope=""):
+    return {
+        "kind": kind,
+        "primitive": primitive,
+        "line": line,
+        "text": "w = jnp.exp(logits)",
+        "scope": scope,
+        "direction": direction,
+        "iteration": iteration,
+        "index": [0],
+        "reaches_output": reaches,
+        "node": 3,
+    }
+
+
+def _inspect_case(ops, lines, origins, others, finite=False):
+    chosen = next((o for o in origins if o["reaches_output"]), origins[0])
+    found = _found(chosen["primitive"], chosen["line"], alarm=not finite)
+    found.update(origins=origins, outputs_equal_plain_call=True)
+    return {
+        "issue": "jax-ml/jax#1",
+        "title": "a case",
+        "expected": {"ops": ops, "lines": lines, "finite_output": finite},
+        "output_nonfinite": not finite,
+        "tools": {"inspect": found, **dict(zip(_INSPECT_TOOLS, others, strict=True))},
+    }
+
+
+def _inspect_numbers():
+    nothing = _found(None, None, alarm=False, text="no error")
+    return {
+        "exp_overflow_float16": math.log(65504.0),
+        "cases": {
+            "attention": {
+                **_inspect_case(
+                    ["exp", "reduce_sum"],
+                    [87, 88],
+                    [
+                        _origin("inf", "exp", 87, scope="attention/softmax"),
+                        _origin("nan", "div", 89, scope="attention/softmax"),
+                    ],
+                    [_found("div", 89, runs=2), nothing, _found("exp", 87), _found("div", 89)],
+                ),
+                "max_logit": 20.5,
+            },
+            "normalise": _inspect_case(
+                ["div", "mul"],
+                [96],
+                [_origin("inf", "div", 96, "backward"), _origin("nan", "mul", 96, "backward")],
+                [_found("mul", None, runs=2), nothing, _found("div", 96), _found("div", 96)],
+            ),
+            "vmap_cond": _inspect_case(
+                ["div"],
+                [123, 133],
+                [_origin("nan", "div", 133, reaches=False)],
+                [nothing, nothing, _found("div", 130), _found("div", None)],
+                finite=True,
+            ),
+            "scan": _inspect_case(
+                ["log"],
+                [146],
+                [_origin("nan", "log", 146, iteration=[2])],
+                [_found("scan", 149, runs=2), nothing, nothing, _found("log", 146)],
+            ),
+        },
+    }
+
+
+def test_inspect_outcomes(studies):
+    outcome = studies["inspect"].outcome
+    expected = {"ops": ["exp"], "lines": [87], "finite_output": False}
+    assert outcome(_found("exp", 87), expected) == "line"
+    assert outcome(_found("exp", None), expected) == "op"
+    assert outcome(_found("div", 87), expected) == "other"
+    assert outcome(_found(None, None, alarm=False), expected) == "nothing"
+    finite = {**expected, "finite_output": True}
+    assert outcome(_found("exp", 87), finite) == "false alarm"
+    assert outcome(_found(None, None, alarm=False), finite) == "silent"
+    assert outcome(_found("exp", 87, alarm=False), finite) == "line"  # a discarded origin
+
+
+def test_inspect_claims_pass_on_good_numbers(studies, tmp_path):
+    study = studies["inspect"]
+    claims = study.claims(_inspect_numbers())
+    assert _verdicts(claims) == [True] * 7
+    assert "inf from exp in 'attention/softmax' at line 87" in claims[0].measured
+    assert "jax_debug_nans: 'a message' (line 89)" in claims[0].measured
+    assert "right op and line in 4/4" in claims[2].measured
+    assert "checkify: 2/4 op and line" in claims[3].measured
+    _assert_same_after_json(study, _inspect_numbers(), tmp_path)
+
+
+def _inspect_set(case, *path, value):
+    def spoil(numbers):
+        d = numbers["cases"][case]
+        for key in path[:-1]:
+            d = d[key]
+        d[path[-1]] = value
+
+    return spoil
+
+
+def _first_origin(case, key, value):
+    def spoil(numbers):
+        numbers["cases"][case]["tools"]["inspect"]["origins"][0][key] = value
+
+    return spoil
+
+
+def _others_right(numbers):
+    # checkify names the right line everywhere, inspect misses one case
+    for e in numbers["cases"].values():
+        right = e["expected"]
+        e["tools"]["checkify"] = _found(
+            right["ops"][0], right["lines"][0], not right["finite_output"]
+        )
+    numbers["cases"]["scan"]["tools"]["inspect"]["line"] = 150
+
+
+@pytest.mark.parametrize(
+    "spoil, failing",
+    [
+        (_first_origin("attention", "primitive", "div"), [0]),
+        (_first_origin("attention", "line", 89), [0]),
+        (_first_origin("attention", "scope", ""), [0]),
+        (_inspect_set("attention", "max_logit", value=10.0), [0]),
+        (_first_origin("normalise", "direction", "forward"), [1]),
+        (_first_origin("normalise", "reaches_output", False), [1]),
+        (_inspect_set("normalise", "output_nonfinite", value=False), [1]),
+        (_inspect_set("normalise", "tools", "inspect", "line", value=90), [2]),
+        (_inspect_set("attention", "tools", "inspect", "primitive", value="div"), [2]),
+        (_others_right, [2, 3]),
+        (_first_origin("vmap_cond", "reaches_output", True), [4]),
+        (_inspect_set("vmap_cond", "output_nonfinite", value=True), [4]),
+        (_inspect_set("scan", "tools", "inspect", "alarm", value=False), [2, 4]),
+        (_first_origin("scan", "iteration", [3]), [5]),
+        (_first_origin("scan", "iteration", None), [5]),
+        (_inspect_set("scan", "tools", "inspect", "python_runs", value=2), [6]),
+        (
+            _inspect_set("normalise", "tools", "inspect", "outputs_equal_plain_call", value=False),
+            [6],
+        ),
+    ],
+)
+def test_inspect_claims_fail_on_bad_numbers(studies, tmp_path, spoil, failing):
+    numbers = _inspect_numbers()
+    spoil(numbers)
+    for n in (numbers, _stored(tmp_path, numbers)):
+        verdicts = _verdicts(studies["inspect"].claims(n))
+        assert [i for i, ok in enumerate(verdicts) if not ok] == failing
