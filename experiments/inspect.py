@@ -173,7 +173,7 @@ class Case:
     title: str
     fn: Callable
     args: tuple
-    source: Callable  # the function whose lines hold the origin
+    source: tuple[Callable, ...]  # the functions whose lines hold the origin
     marks: tuple[str, ...]  # text of those lines
     ops: tuple[str, ...]  # the primitives that make the first inf or NaN
     finite_output: bool = False  # True: the NaN is discarded before the output
@@ -197,7 +197,7 @@ def _cases(quick: bool) -> list[Case]:
             f"float16 attention, {tokens} tokens x {dim}: exp(logits) overflows",
             attention,
             _attention_inputs(tokens, dim, gain=2.5),
-            attention,
+            (attention,),
             ("jnp.exp(logits)", "jnp.sum(w, axis=-1"),
             ("exp", "reduce_sum"),
         ),
@@ -207,7 +207,7 @@ def _cases(quick: bool) -> list[Case]:
             "grad of x / where(ss > 0, sqrt(ss), 0) at a zero row",
             jax.grad(normalise_loss),
             (x, w),
-            normalise,
+            (normalise,),
             ("jnp.sqrt(ss)",),
             ("div", "mul"),
         ),
@@ -217,7 +217,7 @@ def _cases(quick: bool) -> list[Case]:
             "grad of where(x < 1, x, sqrt(x)) at 0 is NaN",
             jax.grad(where_sqrt),
             (0.0,),
-            where_sqrt,
+            (where_sqrt,),
             ("jnp.sqrt(x)",),
             ("div", "mul"),
         ),
@@ -227,7 +227,7 @@ def _cases(quick: bool) -> list[Case]:
             "grad of where(mask, 0, arctan2(a, a)) at a = 0 is NaN",
             jax.grad(where_arctan2),
             (jnp.array([3.0, 0.0, -5.0]),),
-            where_arctan2,
+            (where_arctan2,),
             ("jnp.arctan2(a, a)",),
             ("div", "mul"),
         ),
@@ -237,7 +237,7 @@ def _cases(quick: bool) -> list[Case]:
             "vmap of grad of a cond-guarded normalize: both branches run, output finite",
             jax.vmap(jax.grad(safe_normalize_sum)),
             (jnp.zeros((4, 3)),),
-            safe_normalize,  # and safe_norm
+            (safe_normalize, safe_norm),
             ("x / safe_norm(x)", "jnp.linalg.norm(x, keepdims=True)"),
             ("div", "integer_pow", "sqrt", "rsqrt", "mul"),
             finite_output=True,
@@ -248,7 +248,7 @@ def _cases(quick: bool) -> list[Case]:
             "a NaN made inside lax.scan, at its third step",
             scan_log_likelihood,
             (jnp.array([1.0, 2.0, -1.0, 3.0, 4.0]),),
-            scan_log_likelihood,
+            (scan_log_likelihood,),
             ("jnp.log(x)",),
             ("log",),
         ),
@@ -258,7 +258,7 @@ def _cases(quick: bool) -> list[Case]:
             "grad of logsumexp([-inf, -inf + x]) is NaN",
             jax.grad(log_semiring),
             (1.0,),
-            log_semiring,
+            (log_semiring,),
             ("jax.nn.logsumexp(",),
             ("div", "mul"),
         ),
@@ -268,7 +268,7 @@ def _cases(quick: bool) -> list[Case]:
             "clip_by_global_norm(0) of zero gradients is NaN",
             clipped_update,
             ({"w": jnp.zeros(3)},),
-            clipped_update,
+            (clipped_update,),
             ("clipper.update(",),
             ("div",),
         ),
@@ -280,7 +280,7 @@ def _lines_of(case: Case) -> list[int]:
     import inspect as pyinspect  # the standard library's, not this study
 
     found = []
-    for fn in {case.source, safe_norm} if case.name == "vmap_cond" else {case.source}:
+    for fn in case.source:
         lines, start = pyinspect.getsourcelines(fn)
         found += [start + i for i, text in enumerate(lines) if any(m in text for m in case.marks)]
     return sorted(found)
