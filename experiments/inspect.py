@@ -594,8 +594,9 @@ def claims(numbers: dict) -> list[Claim]:
     result.append(
         Claim(
             "on the same jitted cases, how often each other tool names the right op and line",
-            "the flags re-run the function op by op and name the first NaN (inf) primitive; "
-            "checkify checks NaN and division by zero; neither sees a discarded NaN as harmless",
+            "the flags check a jitted function's outputs, then re-run it op by op and name the "
+            "first primitive making a NaN (inf), with no user line for one of a backward pass; "
+            "checkify checks NaN and division by zero, in discarded branches too",
             "; ".join(
                 f"{t}: {counts[t]['line']}/{n} op and line, {counts[t]['op']} op only, "
                 f"{counts[t]['other']} another op, {counts[t]['nothing']} nothing, "
