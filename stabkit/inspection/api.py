@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from stabkit._checks import INT32_MAX, _short, memory_limit
+from stabkit._checks import INT32_MAX, _short, is_floating_dtype, memory_limit
 from stabkit.inspection.evaluate import Evaluator
 from stabkit.inspection.program import flatten, has_floating
 from stabkit.inspection.report import Report
@@ -102,13 +102,14 @@ def _prepare(fn: Any, args: tuple, kwargs: dict):
         # per-iteration statistics bounded to an eighth of the memory
         budget = int(min(budget, memory_limit() // 8 // (_RECORD_BYTES * in_loops)))
     evaluator = Evaluator(closed, program, max(budget, 0))
-    names = [
-        _argument_name(p, len(args)) for p, _ in jax.tree_util.tree_leaves_with_path((args, kwargs))
-    ]
+    leaves = jax.tree_util.tree_leaves_with_path((args, kwargs))
+    floating = [i for i, a in enumerate(avals) if is_floating_dtype(a[1])]
     meta = {
-        "input_names": names,
-        "input_avals": [(list(a[0]), jax.numpy.dtype(a[1]).name) for a in avals],
+        # the floating arguments, whose statistics come first in report.stats
+        "input_names": [_argument_name(leaves[i][0], len(args)) for i in floating],
+        "input_avals": [(list(avals[i][0]), jax.numpy.dtype(avals[i][1]).name) for i in floating],
         "fn": _fn_name(fn),
+        "level_values": evaluator.level_values,  # filled when the program is traced
     }
     entry = (closed, program, jax.jit(evaluator), jax.tree.structure(out_shape), meta)
     if len(per_fn) >= _CACHE_SIZE:

@@ -3,27 +3,33 @@
 One :class:`ArrayStats` per array: the census of its classes, read from the bits (XLA on CPU reads
 float32/bfloat16/float64 subnormals as 0 in comparisons, so a class must come from the bits), the
 largest finite and smallest nonzero ``|x|`` (compared as bit patterns: the bits of a non-negative
-float order as its value does, and integer comparisons know no denormals-are-zero), the mean square
-of the finite entries scaled by an exact power of two (no overflow, no underflow), and the flat
-index of the first inf, NaN and underflowed entry. Records of the same array over the iterations
+float order as its value does, and integer comparisons know no denormals-are-zero), the mean
+square of the finite entries scaled by an exact power of two (no overflow, no underflow), and the
+flat index of the first inf, NaN and underflowed entry.
+
+On the device, arrays of one shape and dtype are reduced together (:func:`stats_group`); values
+known at trace time on the host (:func:`stats_np`). Records of the same array over the iterations
 of a loop :func:`combine` into one of the same shape, so a 1,000-step loop keeps one record.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from stabkit._numerics import exponent, pow2
-from stabkit.precision.formats import _UINT, _classify, _format
+from stabkit.precision.formats import _UINT, _format
 
 #: The census fields, in the order of :attr:`ArrayStats.counts`.
 CLASSES = ("normal", "subnormal", "zero", "inf", "nan")
-#: The kinds of origin, in the order of :attr:`ArrayStats.first` and of a node's flags.
+#: The kinds of origin, in the order of :attr:`ArrayStats.first` and of the origin flags.
 KINDS = ("inf", "nan", "underflow")
+#: Bits of the int32 flags a value carries: it holds an inf, a NaN, a zero or subnormal.
+INF, NAN, TINY = 1, 2, 4
 # The exponent of a record with no nonzero finite entry: below any real one, so that combining it
 # with another record keeps the other's scale (2**(2 * (_NO_SCALE - e)) is 0).
 _NO_SCALE = -(1 << 20)
@@ -35,7 +41,7 @@ def stat_dtype() -> jnp.dtype:
 
 
 class ArrayStats(NamedTuple):
-    """What one floating array held (JAX arrays; stacked along leading axes for many arrays).
+    """What one floating array held (arrays; stacked along leading axes for many arrays).
 
     Attributes:
         counts: int32 ``(5,)``: normal, subnormal, zero, inf, NaN entries.
@@ -45,99 +51,261 @@ class ArrayStats(NamedTuple):
             number where no finite entry is nonzero).
         meansq: mean of ``(x * 2**-e)**2`` over the finite entries, in ``[0, 1]``.
         first: int32 ``(3,)``: flat index of the first inf, NaN and underflowed entry, -1 if none.
-        underflow: int32: how many entries underflowed (see :func:`stats`).
+        underflow: int32: how many entries underflowed (see :func:`raw`).
     """
 
-    counts: jax.Array
-    maxabs: jax.Array
-    minabs: jax.Array
-    exponent: jax.Array
-    meansq: jax.Array
-    first: jax.Array
-    underflow: jax.Array
+    counts: Any
+    maxabs: Any
+    minabs: Any
+    exponent: Any
+    meansq: Any
+    first: Any
+    underflow: Any
 
 
-def _first(mask: jax.Array) -> jax.Array:
-    """Flat index of the first True of ``mask``, -1 if none (computed only where there is one)."""
-    flat = mask.reshape(-1)
-    return jax.lax.cond(
-        jnp.any(flat),
-        lambda m: jnp.argmax(m).astype(jnp.int32),
-        lambda m: jnp.int32(-1),
-        flat,
-    )
+@functools.cache
+def _layout(dtype: Any) -> tuple:
+    """(unsigned type, |x| mask, smallest normal's bits, inf's bits or None, kind, sign bit) of a
+    format: its classes are integer comparisons of the magnitude bits."""
+    fmt = _format(dtype, "x.dtype")
+    sign = 1 << (fmt.bits - 1)
+    inf = ((1 << fmt.exponent_bits) - 1) << fmt.mantissa_bits if fmt.kind == "ieee" else None
+    return _UINT[fmt.bits], sign - 1, 1 << fmt.mantissa_bits, inf, fmt.kind, sign
 
 
-def classes(x: jax.Array):
-    """The (normal, subnormal, zero, inf, nan) masks of ``x`` and its unsigned bit patterns."""
-    fmt = _format(x.dtype, "x.dtype")
-    bits = jax.lax.bitcast_convert_type(x, _UINT[fmt.bits])
-    return _classify(bits, fmt), bits, fmt
+def _classes(xp: Any, bits: Any, dtype: Any) -> tuple:
+    uint, mask, min_normal, inf_bits, kind, sign = _layout(jnp.dtype(dtype))
+    mag = bits & np.array(mask, uint)
+    if kind == "ieee":
+        inf = mag == np.array(inf_bits, uint)
+        nan = mag > np.array(inf_bits, uint)
+    elif kind == "fn":  # no inf; all ones is NaN
+        inf = xp.zeros(bits.shape, bool)
+        nan = mag == np.array(mask, uint)
+    else:  # fnuz: no inf, no -0; the sign bit alone is the NaN
+        inf = xp.zeros(bits.shape, bool)
+        nan = bits == np.array(sign, uint)
+    zero = (mag == np.array(0, uint)) & ~nan
+    subnormal = (mag < np.array(min_normal, uint)) & ~zero & ~nan
+    return mag, zero, subnormal, inf, nan
+
+
+def classes(x: jax.Array) -> tuple[jax.Array, ...]:
+    """(magnitude bits, zero, subnormal, inf, nan) of a JAX array, read from its bits."""
+    uint = _layout(jnp.dtype(x.dtype))[0]
+    return _classes(jnp, jax.lax.bitcast_convert_type(x, uint), x.dtype)
+
+
+def classes_np(x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """:func:`classes` of a host array, with NumPy."""
+    uint = _layout(jnp.dtype(x.dtype))[0]
+    return _classes(np, np.ascontiguousarray(x).view(uint).reshape(x.shape), x.dtype)
 
 
 def flags(x: jax.Array) -> jax.Array:
-    """bool ``(3,)``: does ``x`` hold an inf, a NaN, an entry that is zero or subnormal."""
-    (_, subnormal, zero, inf, nan), _, _ = classes(x)
-    return jnp.stack([jnp.any(inf), jnp.any(nan), jnp.any(subnormal | zero)])
+    """int32 bit mask (:data:`INF`, :data:`NAN`, :data:`TINY`) of what ``x`` holds: one
+    reduction (bitwise or)."""
+    _, zero, subnormal, inf, nan = classes(x)
+    code = (
+        inf.astype(jnp.int32) * INF
+        + nan.astype(jnp.int32) * NAN
+        + (zero | subnormal).astype(jnp.int32) * TINY
+    )
+    return jax.lax.reduce(code, np.int32(0), jax.lax.bitwise_or, tuple(range(x.ndim)))
 
 
-def normal_mask(x: jax.Array) -> jax.Array:
-    """True where ``x`` is a normal number (finite, nonzero, not subnormal), by its bits."""
-    return classes(x)[0][0]
+def flags_of_counts(counts: Any) -> Any:
+    """The flags of values from their counts (``(..., 5)``, NumPy or JAX)."""
+    c = counts
+    return (
+        (c[..., 3] > 0).astype(np.int32) * INF
+        + (c[..., 4] > 0).astype(np.int32) * NAN
+        + ((c[..., 1] + c[..., 2]) > 0).astype(np.int32) * TINY
+    )
 
 
-def stats(x: jax.Array, underflowed: jax.Array | None = None) -> ArrayStats:
-    """The :class:`ArrayStats` of a floating array ``x`` (any shape, any supported format).
+def masks(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(normal, inf, nan) masks of ``x``, by its bits."""
+    _, zero, subnormal, inf, nan = classes(x)
+    return ~(zero | subnormal | inf | nan), inf, nan
+
+
+def stats_group(
+    x: jax.Array,
+    underflowed: jax.Array | None = None,
+    fresh: tuple[jax.Array, jax.Array] | None = None,
+) -> ArrayStats:
+    """The :class:`ArrayStats` (leading axis ``k``) of ``k`` arrays of one shape and dtype
+    stacked along axis 0 of ``x``.
+
+    Three reductions for all ``k``: one variadic reduction for the counts and the largest and
+    smallest magnitudes, the mean square scaled by the power of two the largest gives, and, only
+    where some entry is inf, NaN or underflowed (a ``cond``: in a healthy program it never runs),
+    the first such indices. One reduction per group, not per array: XLA compiles each reduction
+    in tens of milliseconds, and a variadic reducer's cost per entry grows with its operands.
 
     Args:
-        x: the array.
-        underflowed: boolean mask (``x``'s shape or broadcastable) of the entries that are zero or
-            subnormal although computed from normal inputs; None: no entry underflowed.
+        x: ``(k, ...)``, the stacked arrays.
+        underflowed: boolean mask (``x``'s shape) of the entries that are zero or subnormal
+            although computed from normal inputs; None: no entry underflowed.
+        fresh: for elementwise equations, the masks of the entries whose inputs hold no inf and
+            no NaN at that position: the first indices are then those of the first inf and NaN
+            made there, not the first passed on.
     """
-    (normal, subnormal, zero, inf, nan), bits, fmt = classes(x)
-    counts = jnp.stack([jnp.sum(m, dtype=jnp.int32) for m in (normal, subnormal, zero, inf, nan)])
-    sign_off = np.array((1 << (fmt.bits - 1)) - 1, bits.dtype)
-    mag = bits & sign_off
-    finite = normal | subnormal | zero
-    big = jnp.max(jnp.where(finite, mag, jnp.zeros_like(mag)))
-    small = jnp.min(
-        jnp.where(normal | subnormal, mag, np.array(np.iinfo(mag.dtype).max, mag.dtype))
-    )
+    mag, zero, subnormal, inf, nan = classes(x)
+    k, member = x.shape[0], x.shape[1:]
+    axes = tuple(range(1, x.ndim))
+    n = int(np.prod(member, dtype=np.int64))
+    top = np.array(np.iinfo(mag.dtype).max, mag.dtype)
+    finite = ~(inf | nan)
+    uf = underflowed & (zero | subnormal) if underflowed is not None else None
+    operands = [
+        subnormal.astype(jnp.int32),
+        zero.astype(jnp.int32),
+        inf.astype(jnp.int32),
+        nan.astype(jnp.int32),
+        jax.lax.select(finite, mag, jnp.zeros_like(mag)),
+        jax.lax.select(finite & ~zero, mag, jnp.full_like(mag, top)),
+    ]
+    inits = [np.int32(0)] * 4 + [np.array(0, mag.dtype), top]
+    if uf is not None:
+        operands.append(uf.astype(jnp.int32))
+        inits.append(np.int32(0))
+    n_ops = len(operands)
+
+    def reducer(p, q):
+        out = [p[0] + q[0], p[1] + q[1], p[2] + q[2], p[3] + q[3]]
+        out += [jax.lax.max(p[4], q[4]), jax.lax.min(p[5], q[5])]
+        return tuple(out + ([p[6] + q[6]] if n_ops > 6 else []))
+
+    r = jax.lax.reduce(tuple(operands), tuple(inits), reducer, axes)
+    n_sub, n_zero, n_inf, n_nan, big, small = r[:6]
+    n_uf = r[6] if uf is not None else jnp.zeros(k, jnp.int32)
+    counts = jnp.stack([n - n_sub - n_zero - n_inf - n_nan, n_sub, n_zero, n_inf, n_nan], axis=1)
     fdt = stat_dtype()
-    dtype = x.dtype
-    maxabs = jax.lax.bitcast_convert_type(big, dtype).astype(fdt)
-    has_small = jnp.any(normal | subnormal)
-    minabs = jnp.where(
-        has_small, jax.lax.bitcast_convert_type(small, dtype).astype(fdt), jnp.array(jnp.inf, fdt)
-    )
+    maxabs = jax.lax.bitcast_convert_type(big, x.dtype).astype(fdt)
+    smallest = jax.lax.bitcast_convert_type(small, x.dtype).astype(fdt)
+    minabs = jnp.where(small == top, np.array(np.inf, fdt), smallest)
     # e with maxabs < 2**e; two exact multiplications by normal powers of two bring every finite
     # entry into [0, 1) without a reciprocal that could be flushed to 0.
-    e = jnp.where(maxabs > 0, exponent(maxabs) + 1, 0)
+    has = big > np.array(0, big.dtype)
+    e = jnp.where(has, exponent(maxabs) + 1, 0)
     lo, hi = e // 2, e - e // 2
-    a = jnp.where(finite, x, jnp.zeros_like(x)).astype(fdt) * pow2(-lo, fdt) * pow2(-hi, fdt)
-    n_finite = jnp.maximum(counts[0] + counts[1] + counts[2], 1)
-    meansq = jnp.sum(jnp.square(a)) / n_finite.astype(fdt)
-    if underflowed is None:
-        uf_first, uf_count = jnp.int32(-1), jnp.int32(0)
+    column = (k,) + (1,) * len(member)
+    # two factors, applied one after the other: their product can be subnormal (2^-128)
+    a = jax.lax.select(finite, x, jnp.zeros_like(x)).astype(fdt)
+    a = a * pow2(-lo, fdt).reshape(column) * pow2(-hi, fdt).reshape(column)
+    n_finite = jnp.maximum(n - n_inf - n_nan, 1)
+    meansq = jnp.sum(jnp.square(a), axis=axes) / n_finite.astype(fdt)
+    first = jax.lax.cond(
+        jnp.any((n_inf + n_nan + n_uf) > 0),
+        functools.partial(_first_indices, has_uf=uf is not None, has_fresh=fresh is not None),
+        lambda *_: jnp.full((k, 3), -1, jnp.int32),
+        x,
+        uf if uf is not None else np.bool_(False),
+        fresh if fresh is not None else (np.bool_(True), np.bool_(True)),
+    )
+    e = jnp.where(has, e, _NO_SCALE).astype(jnp.int32)
+    return ArrayStats(counts, maxabs, minabs, e, meansq, first, n_uf)
+
+
+def _first_indices(x, uf, fresh, *, has_uf: bool, has_fresh: bool) -> jax.Array:
+    """int32 ``(k, 3)``: flat index in each stacked array of its first (fresh) inf, (fresh) NaN
+    and underflowed entry, -1 if none."""
+    _, _, _, inf, nan = classes(x)
+    if has_fresh:
+        inf, nan = inf & fresh[0], nan & fresh[1]
+    member = x.shape[1:]
+    n = int(np.prod(member, dtype=np.int64))
+    idx = jnp.broadcast_to(
+        jax.lax.iota(jnp.int32, n).reshape(member) if n else jnp.zeros(member, jnp.int32), x.shape
+    )
+    none = np.int32(n)
+    masks_ = [inf, nan] + ([uf] if has_uf else [])
+    operands = tuple(jax.lax.select(m, idx, jnp.full_like(idx, none)) for m in masks_)
+    r = jax.lax.reduce(
+        operands,
+        (none,) * len(operands),
+        lambda p, q: tuple(jax.lax.min(a, b) for a, b in zip(p, q, strict=True)),
+        tuple(range(1, x.ndim)),
+    )
+    r = list(r) + ([] if has_uf else [jnp.full(x.shape[0], none)])
+    first = jnp.stack(r, axis=1)
+    return jnp.where(first < none, first, -1).astype(jnp.int32)
+
+
+def stats(
+    x: jax.Array,
+    underflowed: jax.Array | None = None,
+    fresh: tuple[jax.Array, jax.Array] | None = None,
+) -> ArrayStats:
+    """The :class:`ArrayStats` of one JAX array (:func:`stats_group` of a group of one)."""
+
+    def lift(m):
+        return None if m is None else jnp.broadcast_to(m, x.shape)[None]
+
+    fresh = None if fresh is None else (lift(fresh[0]), lift(fresh[1]))
+    s = stats_group(x[None], lift(underflowed), fresh)
+    return ArrayStats(*(f[0] for f in s))
+
+
+def stats_np(
+    x: np.ndarray,
+    underflowed: np.ndarray | None = None,
+    fresh: tuple[np.ndarray, np.ndarray] | None = None,
+) -> ArrayStats:
+    """:func:`stats` of a value known when the program is traced (computed from literals and
+    constants only: a broadcast ``1.0``, the zeros of a ``where``), with NumPy on the host.
+
+    XLA would fold such a reduction of a constant at compile time, taking seconds for one array.
+    """
+    x = np.asarray(x)
+    _, zero, subnormal, inf, nan = classes_np(x)
+    n = x.size
+    inf_new, nan_new = (inf & fresh[0], nan & fresh[1]) if fresh is not None else (inf, nan)
+    uf = (
+        np.broadcast_to(underflowed, x.shape) & (zero | subnormal)
+        if underflowed is not None
+        else np.zeros(x.shape, bool)
+    )
+    finite = ~(inf | nan)
+
+    def first(m):
+        flat = np.flatnonzero(m)
+        return int(flat[0]) if flat.size else -1
+
+    counts = [int(m.sum()) for m in (subnormal, zero, inf, nan)]
+    fdt = stat_dtype()
+    a = np.abs(np.where(finite, x.astype(np.float64), 0.0))
+    nonzero = a[finite & ~zero]
+    big = float(a.max()) if n else 0.0
+    if big > 0:
+        e = int(np.frexp(big)[1])  # big = m 2**e with m in [0.5, 1)
+        meansq = float(np.sum(np.square(np.ldexp(a, -e)))) / max(n - counts[2] - counts[3], 1)
     else:
-        underflowed = jnp.broadcast_to(underflowed, x.shape) & (subnormal | zero)
-        uf_first, uf_count = _first(underflowed), jnp.sum(underflowed, dtype=jnp.int32)
-    first = jnp.stack([_first(inf), _first(nan), uf_first])
-    e = jnp.where(maxabs > 0, e, _NO_SCALE).astype(jnp.int32)
-    return ArrayStats(counts, maxabs, minabs, e, meansq, first, uf_count)
+        e, meansq = _NO_SCALE, 0.0
+    return ArrayStats(
+        np.array([n - sum(counts), *counts], np.int32),
+        np.array(big, fdt),
+        np.array(nonzero.min() if nonzero.size else np.inf, fdt),
+        np.int32(e),
+        np.array(meansq, fdt),
+        np.array([first(inf_new), first(nan_new), first(uf)], np.int32),
+        np.int32(uf.sum()),
+    )
 
 
-def empty() -> ArrayStats:
-    """The record of no entries: what :func:`combine` starts from."""
+def empty(lead: tuple[int, ...] = ()) -> ArrayStats:
+    """The record of no entries (``lead``: leading axes): what :func:`combine` starts from."""
     fdt = stat_dtype()
     return ArrayStats(
-        jnp.zeros(5, jnp.int32),
-        jnp.zeros((), fdt),
-        jnp.array(jnp.inf, fdt),
-        jnp.array(_NO_SCALE, jnp.int32),
-        jnp.zeros((), fdt),
-        jnp.full(3, -1, jnp.int32),
-        jnp.zeros((), jnp.int32),
+        jnp.zeros((*lead, 5), jnp.int32),
+        jnp.zeros(lead, fdt),
+        jnp.full(lead, jnp.inf, fdt),
+        jnp.full(lead, _NO_SCALE, jnp.int32),
+        jnp.zeros(lead, fdt),
+        jnp.full((*lead, 3), -1, jnp.int32),
+        jnp.zeros(lead, jnp.int32),
     )
 
 
@@ -148,8 +316,8 @@ def combine(a: ArrayStats, b: ArrayStats) -> ArrayStats:
     na = jnp.sum(a.counts[..., :3], axis=-1).astype(fdt)
     nb = jnp.sum(b.counts[..., :3], axis=-1).astype(fdt)
     # 2**(2 (e_a - e)) as a float: far below 1 it rounds to 0, which is what it weighs
-    wa = jnp.exp2((2 * (a.exponent - e)).astype(fdt))
-    wb = jnp.exp2((2 * (b.exponent - e)).astype(fdt))
+    wa = jnp.exp2((2 * jnp.maximum(a.exponent - e, -4096)).astype(fdt))
+    wb = jnp.exp2((2 * jnp.maximum(b.exponent - e, -4096)).astype(fdt))
     meansq = (na * a.meansq * wa + nb * b.meansq * wb) / jnp.maximum(na + nb, 1)
     return ArrayStats(
         a.counts + b.counts,
@@ -160,3 +328,12 @@ def combine(a: ArrayStats, b: ArrayStats) -> ArrayStats:
         jnp.where(a.first >= 0, a.first, b.first),
         a.underflow + b.underflow,
     )
+
+
+def rms(s: ArrayStats) -> np.ndarray:
+    """The RMS of the finite entries (float64, on the host); NaN where none is finite."""
+    e = np.maximum(np.asarray(s.exponent, np.float64), -4096.0)
+    n_finite = np.asarray(s.counts)[..., :3].sum(-1)
+    with np.errstate(under="ignore", over="ignore"):
+        out = np.sqrt(np.asarray(s.meansq, np.float64)) * np.exp2(e)
+    return np.where(n_finite > 0, out, np.nan)

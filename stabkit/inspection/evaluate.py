@@ -2,25 +2,31 @@
 inside one compiled function, recording the statistics of every floating value it computes.
 
 Each first-order equation is bound as it is (``primitive.bind(*inputs, **params)``), so the values
-are those the program computes; beside them the interpreter records an :class:`NodeRecord`: the
-:class:`~stabkit.inspection.array_stats.ArrayStats` of its floating outputs and whether it is an
-*origin* of an inf, a NaN or an underflow (its output holds one while its inputs hold none of that
-kind). Each value carries three flags (holds an inf, a NaN, a zero or subnormal) so that the test
-needs no second pass over the inputs.
+are those the program computes. Beside each floating output the interpreter adds one variadic
+reduction (:func:`~stabkit.inspection.array_stats.raw`); everything else is done once per
+*level* (the top of the program, a loop body, a branch; calls are evaluated inline in their
+caller's level), vectorized over the level's values: the statistics, the flags (holds an inf, a
+NaN, a zero or subnormal) and the *origins*: an equation whose output holds an inf, a NaN or an
+underflow while its inputs hold none of that kind (entry by entry for elementwise equations).
+A level's result is a :class:`LevelRecord`, one row per value.
 
-Calls are evaluated inline. A ``scan`` or ``while`` becomes a ``lax.scan``/``lax.while_loop`` of
-the interpreted body whose carry holds the records combined over the iterations (memory does not
-grow with the trip count) and, for scans whose trip counts multiply to at most ``max_iterations``,
-the per-iteration statistics as scan outputs. A ``cond`` becomes a ``lax.switch`` of interpreted
-branches; the branch not taken reports empty records.
+A ``scan`` or ``while`` becomes a ``lax.scan``/``lax.while_loop`` of the interpreted body whose
+carry holds the records combined over the iterations (memory does not grow with the trip count)
+and, for scans whose trip counts multiply to at most the budget, the per-iteration statistics as
+scan outputs. A ``cond`` becomes a ``lax.switch`` of interpreted branches; the branches not taken
+report empty records. Values known at trace time (from literals and constants only) get their
+statistics on the host: XLA would spend seconds folding a reduction of a constant.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
 from jax.extend.core import Literal, jaxpr_as_fun
 
 from stabkit._checks import is_floating_dtype
@@ -28,25 +34,23 @@ from stabkit.inspection import array_stats as st
 from stabkit.inspection.program import CALLS, Program, _jaxpr_of
 
 
-class NodeRecord(NamedTuple):
-    """What one equation did, over every time it ran.
+class LevelRecord(NamedTuple):
+    """What the values of one level did, over every time the level ran (leading axis: value).
 
     Attributes:
-        stats: the ArrayStats of its floating outputs, stacked (leading axis: output).
-        origin: bool ``(3,)``: it was an origin of an inf, a NaN, an underflow (at least once).
-        iteration: int32 ``(3, d)``: the loop indices (outermost first) of the first time it was
-            each kind of origin, -1 if never; ``d`` is the number of loops around it.
-        count: int32 ``(3,)``: how many (innermost) iterations it was each kind of origin.
-        index: int32 ``(3,)``: flat index of the first offending entry at that iteration.
-        output: int32 ``(3,)``: which floating output that entry is in.
+        stats: their :class:`~stabkit.inspection.array_stats.ArrayStats`.
+        origin: bool ``(V, 3)``: the value was an origin of an inf, a NaN, an underflow.
+        iteration: int32 ``(V, 3, d)``: the loop indices (outermost first) of the first time it
+            was each kind of origin, -1 if never; ``d`` is the number of loops around the level.
+        count: int32 ``(V, 3)``: how many (innermost) iterations it was each kind of origin.
+        index: int32 ``(V, 3)``: flat index of the first offending entry at that iteration.
     """
 
     stats: st.ArrayStats
-    origin: jax.Array
-    iteration: jax.Array
-    count: jax.Array
-    index: jax.Array
-    output: jax.Array
+    origin: Any
+    iteration: Any
+    count: Any
+    index: Any
 
 
 def _floating(x: Any) -> bool:
@@ -54,10 +58,96 @@ def _floating(x: Any) -> bool:
 
 
 def _static_flags(value: Any) -> Any:
-    """The flags of a literal or constant known on the host (None for non-floating values)."""
+    """The flags of a value known on the host (None for non-floating values), with NumPy; of a
+    traced value, on the device."""
     if not _floating(value):
         return None
-    return st.flags(jnp.asarray(value))
+    if isinstance(value, jax.core.Tracer):
+        return st.flags(value)
+    a = np.asarray(value)
+    tiny = float(ml_dtypes.finfo(a.dtype).smallest_normal)
+    a = a.astype(np.float64)
+    code = (
+        st.INF * bool(np.isinf(a).any())
+        + st.NAN * bool(np.isnan(a).any())
+        + st.TINY * bool((np.abs(a) < tiny).any())
+    )
+    return np.int32(code)
+
+
+#: Values of one shape and dtype reduced together, at most this many and this many bytes: one
+#: reduction for all of them (XLA compiles a reduction in tens of ms), while holding them alive
+#: only until the group is full.
+GROUP_VALUES = 16
+GROUP_BYTES = 64 << 20
+
+
+class _Level:
+    """Trace-time bookkeeping of one level: its values' raw reductions and where each value's
+    inputs' flags come from."""
+
+    def __init__(self) -> None:
+        self.raws: list = []  # per value: a host ArrayStats, or None (reduced in a group)
+        self.groups: dict = {}  # open groups: key -> list of (slot, value, underflowed, fresh)
+        self.reduced: list = []  # closed groups: (ArrayStats with a leading axis, slots)
+        self.values: list[tuple[int, int]] = []  # per value: (node id, output)
+        self.dtypes: list = []
+        self.sizes: list[int] = []
+        self.elementwise: list[bool] = []
+        self.whole: list[bool] = []  # underflow judged for the whole output, from the inputs' flags
+        self.inputs: list[list[tuple[str, int]]] = []  # per value: flag references
+        self.ext: list = []  # flags from outside the level's own values
+        self.records: dict = {}  # nested levels' records
+        self.iters: dict = {}  # nested scans' per-iteration statistics
+
+    def external(self, flags: Any) -> tuple[str, int] | None:
+        if flags is None:
+            return None
+        self.ext.append(flags)
+        return ("e", len(self.ext) - 1)
+
+    def value(self, node, j, raw, dtype, size, inputs) -> tuple[str, int]:
+        """Add a value: ``raw`` is its host ArrayStats, or ``(x, underflowed, fresh)`` to reduce
+        on the device with others of its shape and dtype."""
+        node_id, elementwise = node.id, node.elementwise
+        self.whole.append(node.underflow_rule == "whole")
+        slot = len(self.values)
+        if isinstance(raw, st.ArrayStats):
+            self.raws.append(raw)
+        else:
+            self.raws.append(None)
+            x, underflowed, fresh = raw
+            key = (x.shape, jnp.dtype(x.dtype).name, underflowed is None, fresh is None)
+            group = self.groups.setdefault(key, [])
+            group.append((slot, x, underflowed, fresh))
+            nbytes = sum(int(np.prod(m[1].shape)) * m[1].dtype.itemsize for m in group)
+            if len(group) >= GROUP_VALUES or nbytes >= GROUP_BYTES:
+                self.flush(key)
+        self.values.append((node_id, j))
+        self.dtypes.append(dtype)
+        self.sizes.append(size)
+        self.elementwise.append(elementwise)
+        self.inputs.append(inputs)
+        return ("v", len(self.values) - 1)
+
+    def flush(self, key=None) -> None:
+        """Reduce the open group ``key`` (all open groups if None) in one stacked reduction."""
+        for k in [key] if key is not None else list(self.groups):
+            members = self.groups.pop(k)
+            xs = [m[1] for m in members]
+            shape = xs[0].shape
+
+            def stack(masks):
+                if masks[0] is None:
+                    return None
+                return jnp.stack([jnp.broadcast_to(m, shape) for m in masks])
+
+            underflowed = stack([m[2] for m in members])
+            fresh = None
+            if members[0][3] is not None:
+                fresh = (stack([m[3][0] for m in members]), stack([m[3][1] for m in members]))
+            stats = st.stats_group(jnp.stack(xs), underflowed, fresh)
+            self.reduced.append((stats, [m[0] for m in members]))
 
 
 def _empty_like(tree: Any, loop: bool = False) -> Any:
@@ -65,40 +155,40 @@ def _empty_like(tree: Any, loop: bool = False) -> Any:
     ``loop``: records that a loop aggregates, with one more loop index."""
 
     def fill(rec):
-        if isinstance(rec, NodeRecord):
-            rows, depth = rec.iteration.shape
-            return NodeRecord(
+        if isinstance(rec, LevelRecord):
+            v, rows, depth = rec.iteration.shape
+            return LevelRecord(
                 fill(rec.stats),
                 jnp.zeros(rec.origin.shape, bool),
-                jnp.full((rows, depth + loop), -1, jnp.int32),
+                jnp.full((v, rows, depth + loop), -1, jnp.int32),
                 jnp.zeros(rec.count.shape, jnp.int32),
                 jnp.full(rec.index.shape, -1, jnp.int32),
-                jnp.full(rec.output.shape, -1, jnp.int32),
             )
-        e = st.empty()
-        lead = rec.counts.shape[:-1]
-        return st.ArrayStats(*(jnp.broadcast_to(f, (*lead, *f.shape)) for f in e))
+        return st.empty(rec.counts.shape[:-1])
 
     return {k: fill(v) for k, v in tree.items()}
 
 
-def _stack(stats: list[st.ArrayStats]) -> st.ArrayStats:
-    return st.ArrayStats(*(jnp.stack(f) for f in zip(*stats, strict=True)))
-
-
-def _aggregate(agg: NodeRecord, rec: NodeRecord, t: jax.Array) -> NodeRecord:
+def _aggregate(agg: LevelRecord, rec: LevelRecord, t: jax.Array) -> LevelRecord:
     """``agg`` (iterations before ``t``) combined with ``rec`` (iteration ``t``)."""
     seen = agg.count > 0
     now = rec.count > 0
-    here = jnp.concatenate([jnp.broadcast_to(t.astype(jnp.int32), (3, 1)), rec.iteration], axis=1)
-    return NodeRecord(
+    v = rec.origin.shape[0]
+    here = jnp.concatenate(
+        [jnp.broadcast_to(t.astype(jnp.int32), (v, 3, 1)), rec.iteration], axis=2
+    )
+    return LevelRecord(
         st.combine(agg.stats, rec.stats),
         agg.origin | rec.origin,
-        jnp.where(seen[:, None], agg.iteration, jnp.where(now[:, None], here, -1)),
+        jnp.where(seen[..., None], agg.iteration, jnp.where(now[..., None], here, -1)),
         agg.count + rec.count,
         jnp.where(seen, agg.index, rec.index),
-        jnp.where(seen, agg.output, rec.output),
     )
+
+
+def level_key(path: tuple) -> str:
+    """The name of a level's records: its path, ``"3.body"`` (strings: pytree keys must sort)."""
+    return ".".join(str(k) for k in path) or "top"
 
 
 class Evaluator:
@@ -108,134 +198,198 @@ class Evaluator:
         self.closed = closed
         self.program = program
         self.max_iterations = max_iterations
+        #: (node id, output) of each row of each level's record, by level key
+        self.level_values: dict[tuple, list[tuple[int, int]]] = {}
 
     def __call__(self, consts: list, args: list):
-        ins = [(c, _static_flags(c)) for c in consts]
-        inputs = []
-        for v in args:
-            if _floating(v):
-                s = st.stats(v)
-                inputs.append(s)
-                ins.append((v, self._flags_of(s)))
-            else:
-                inputs.append(None)
-                ins.append((v, None))
+        floats = [v for v in args if _floating(v)]
+        inputs = None
+        if floats:
+            inputs = jax.tree.map(lambda *a: jnp.stack(a), *[st.stats(v) for v in floats])
+        in_flags = iter(st.flags_of_counts(inputs.counts)) if floats else iter(())
+        level = _Level()
+        ins = [(c, level.external(st.flags(c) if _floating(c) else None)) for c in consts]
+        ins += [(v, level.external(next(in_flags)) if _floating(v) else None) for v in args]
         n = len(consts)
-        outs, recs, iters = self.jaxpr(self.closed.jaxpr, ins[:n], ins[n:], (), self.max_iterations)
-        return [v for v, _ in outs], inputs, recs, iters
+        outs = self.jaxpr(self.closed.jaxpr, ins[:n], ins[n:], (), level, self.max_iterations)
+        records, iters = self._close(level, ())
+        return [v for v, _ in outs], inputs, records, iters
 
-    @staticmethod
-    def _flags_of(s: st.ArrayStats) -> jax.Array:
-        c = s.counts
-        return jnp.stack([c[3] > 0, c[4] > 0, (c[1] + c[2]) > 0])
+    # -- one level -----------------------------------------------------------------------------
+    def _close(self, level: _Level, key: tuple):
+        """The level's own record (vectorized over its values) with its nested records."""
+        records, iters = dict(level.records), dict(level.iters)
+        if not level.values:
+            return records, iters
+        key = level_key(key)
+        self.level_values[key] = list(level.values)
+        level.flush()
+        device = [slot for g in level.reduced for slot in g[1]]
+        host = [i for i, r in enumerate(level.raws) if r is not None]
+        parts = [g[0] for g in level.reduced]
+        if host:
+            parts.append(
+                st.ArrayStats(
+                    *(jnp.asarray(np.stack(f)) for f in zip(*[level.raws[i] for i in host]))
+                )
+            )
+        order = np.argsort(np.array(device + host))
+        stats = jax.tree.map(lambda *a: jnp.concatenate(a)[order], *parts)
+        v = len(level.values)
+        flags = st.flags_of_counts(stats.counts)
+        ext = [jnp.asarray(f, jnp.int32) for f in level.ext]
+        every = jnp.concatenate(
+            [flags, jnp.stack(ext) if ext else jnp.zeros(0, jnp.int32), jnp.zeros(1, jnp.int32)]
+        )
+        width = max([len(r) for r in level.inputs] + [1])
+        pad = v + len(ext)
+        table = np.full((v, width), pad, np.int32)
+        for i, refs in enumerate(level.inputs):
+            for k, (kind, idx) in enumerate(refs):
+                table[i, k] = idx if kind == "v" else v + idx
+        any_in = jax.lax.reduce(every[table], np.int32(0), jax.lax.bitwise_or, (1,))
+        # a dot_general's zeros are an underflow only if no input held a zero, inf or NaN
+        gate = jnp.where(np.array(level.whole), any_in == 0, True)
+        stats = stats._replace(
+            first=stats.first.at[:, 2].set(jnp.where(gate, stats.first[:, 2], -1)),
+            underflow=jnp.where(gate, stats.underflow, 0),
+        )
+        elementwise = np.array(level.elementwise)
+        new = stats.first >= 0
+        whole = jnp.stack(
+            [
+                (stats.counts[:, 3] > 0) & ((any_in & st.INF) == 0),
+                (stats.counts[:, 4] > 0) & ((any_in & st.NAN) == 0),
+                new[:, 2],
+            ],
+            axis=1,
+        )
+        origin = jnp.where(elementwise[:, None], new, whole)
+        records[key] = LevelRecord(
+            stats,
+            origin,
+            jnp.zeros((v, 3, 0), jnp.int32),
+            origin.astype(jnp.int32),
+            jnp.where(origin, stats.first, -1),
+        )
+        return records, iters
 
-    def jaxpr(self, jaxpr, consts, args, path, budget):
-        """Evaluate ``jaxpr``; (outputs, records by node id, per-iteration stats by node id)."""
+    def jaxpr(self, jaxpr, consts, args, path, level: _Level, budget: int):
+        """Evaluate ``jaxpr`` into ``level``; its outputs as (value, flag reference) pairs."""
         env: dict[Any, tuple] = {}
         for var, val in zip([*jaxpr.constvars, *jaxpr.invars], [*consts, *args], strict=True):
             env[var] = val
 
         def read(v):
             if isinstance(v, Literal):
-                return (v.val, _static_flags(v.val))
+                val = np.asarray(v.val, v.aval.dtype) if hasattr(v.aval, "dtype") else v.val
+                return (val, level.external(_static_flags(val)))
             return env[v]
 
-        records: dict = {}
-        iters: dict = {}
         for i, eqn in enumerate(jaxpr.eqns):
             key = (*path, i)
             ins = [read(v) for v in eqn.invars]
             name = eqn.primitive.name
             if name in CALLS and CALLS[name] in eqn.params:
                 inner, inner_consts = _jaxpr_of(eqn.params[CALLS[name]])
-                cs = [(c, _static_flags(c)) for c in inner_consts]
-                outs, r, it = self.jaxpr(inner, cs, ins, key, budget)
+                cs = [(c, level.external(_static_flags(c))) for c in inner_consts]
+                outs = self.jaxpr(inner, cs, ins, key, level, budget)
             elif name == "scan":
-                outs, r, it = self._scan(eqn, ins, key, budget)
+                outs = self._scan(eqn, ins, key, level, budget)
             elif name == "while":
-                outs, r, it = self._while(eqn, ins, key)
+                outs = self._while(eqn, ins, key, level)
             elif name == "cond":
-                outs, r, it = self._cond(eqn, ins, key, budget)
+                outs = self._cond(eqn, ins, key, level, budget)
             else:
-                outs, r, it = self._first_order(eqn, ins, key)
-            records.update(r)
-            iters.update(it)
+                outs = self._first_order(eqn, ins, key, level)
             for var, val in zip(eqn.outvars, outs, strict=True):
                 env[var] = val
-        return [read(v) for v in jaxpr.outvars], records, iters
+        return [read(v) for v in jaxpr.outvars]
 
-    def _first_order(self, eqn, ins, key):
+    def _first_order(self, eqn, ins, key, level: _Level):
         vals = [v for v, _ in ins]
-        out = eqn.primitive.bind(*vals, **eqn.params)
-        out = list(out) if eqn.primitive.multiple_results else [out]
         node = self.program.by_path[key]
-        if not node.recorded:  # no floating output
-            return [(o, None) for o in out], {}, {}
-        in_flags = [f for (_, f) in ins if f is not None]
-        if in_flags:
-            any_in = jnp.any(jnp.stack(in_flags), axis=0)
+        concrete = not any(isinstance(v, jax.core.Tracer) for v in vals)
+        if concrete:  # literals and constants only: evaluated now
+            with jax.ensure_compile_time_eval():
+                out = eqn.primitive.bind(*vals, **eqn.params)
         else:
-            any_in = jnp.zeros(3, bool)
-        underflowed = None
-        if node.underflow_rule == "elementwise":
-            masks = [st.normal_mask(v) for v in vals if _floating(v)]
-            underflowed = masks[0]
-            for m in masks[1:]:
-                underflowed = underflowed & m
+            out = eqn.primitive.bind(*vals, **eqn.params)
+        out = list(out) if eqn.primitive.multiple_results else [out]
+        if concrete:
+            out = [np.asarray(o) for o in out]
+        if not node.recorded:  # no floating output
+            return [(o, None) for o in out]
+        refs = [r for (_, r) in ins if r is not None]
+        xp = np if concrete else jnp
+        underflowed = fresh = None
+        if node.elementwise:
+            fl = [v for v in vals if _floating(v)]
+            cls = [(st.classes_np(np.asarray(v)) if concrete else st.classes(v)) for v in fl]
+            normal = functools.reduce(xp.logical_and, [~(c[1] | c[2] | c[3] | c[4]) for c in cls])
+            inf = functools.reduce(xp.logical_or, [c[3] for c in cls])
+            nan = functools.reduce(xp.logical_or, [c[4] for c in cls])
+            fresh = (~inf, ~nan)
+            if node.underflow_rule == "elementwise":
+                underflowed = normal
         elif node.underflow_rule == "whole":
-            underflowed = ~jnp.any(any_in)
-        results, stats = [], []
-        for o in out:
-            if _floating(o):
-                s = st.stats(o, underflowed)
-                stats.append(s)
-                results.append((o, self._flags_of(s)))
+            if concrete:
+                clean = not any(int(_static_flags(np.asarray(v))) for v in vals if _floating(v))
+                underflowed = np.bool_(clean)
             else:
+                underflowed = None  # judged below, from the inputs' flags
+        results, j = [], 0
+        for o in out:
+            if not _floating(o):
                 results.append((o, None))
-        s = _stack(stats)
-        has = jnp.stack(
-            [jnp.any(s.counts[:, 3] > 0), jnp.any(s.counts[:, 4] > 0), jnp.any(s.underflow > 0)]
-        )
-        origin = jnp.stack([has[0] & ~any_in[0], has[1] & ~any_in[1], has[2]])
-        # first output holding each kind, and its first offending entry
-        present = s.first >= 0  # (n_out, 3)
-        output = jnp.argmax(present, axis=0).astype(jnp.int32)
-        index = jnp.take_along_axis(s.first, output[None, :], axis=0)[0]
-        rec = NodeRecord(
-            s,
-            origin,
-            jnp.zeros((3, 0), jnp.int32),
-            origin.astype(jnp.int32),
-            jnp.where(origin, index, -1),
-            jnp.where(origin, output, -1),
-        )
-        return results, {node.id: rec}, {}
+                continue
+            size = int(np.prod(o.shape, dtype=np.int64))
+            if concrete:
+                raw = st.stats_np(o, underflowed, fresh)
+            elif node.underflow_rule == "whole":
+                raw = (o, jnp.ones((), bool), fresh)
+            else:
+                raw = (o, underflowed, fresh)
+            ref = level.value(node, j, raw, o.dtype, size, refs)
+            results.append((o, ref))
+            j += 1
+        return results
 
-    def _body_shapes(self, fn, *args):
-        """ShapeDtypeStructs of the records ``fn`` returns (a trace, nothing runs)."""
-        return jax.eval_shape(fn, *args)
+    # -- loops and branches --------------------------------------------------------------------
+    def _body(self, jaxpr, inner_consts, args, key, budget):
+        """Evaluate a loop body or branch as its own level: (outputs, records, per-iteration)."""
+        level = _Level()
+        cs = [(c, level.external(_static_flags(c))) for c in inner_consts]
+        ins = [(v, level.external(f)) for v, f in args]
+        outs = self.jaxpr(jaxpr, cs, ins, key, level, budget)
+        records, iters = self._close(level, key)
+        return [v for v, _ in outs], records, iters
 
-    def _scan(self, eqn, ins, key, budget):
+    @staticmethod
+    def _with_flags(vals):
+        return [(v, st.flags(v) if _floating(v) else None) for v in vals]
+
+    def _outputs(self, level: _Level, vals):
+        return [(v, level.external(st.flags(v)) if _floating(v) else None) for v in vals]
+
+    def _scan(self, eqn, ins, key, level: _Level, budget):
         p = eqn.params
         jaxpr, inner_consts = _jaxpr_of(p["jaxpr"])
         n_consts, n_carry, length = p["num_consts"], p["num_carry"], int(p["length"])
-        cs = [(c, _static_flags(c)) for c in inner_consts]
-        consts, init, xs = (
-            ins[:n_consts],
-            ins[n_consts : n_consts + n_carry],
-            ins[n_consts + n_carry :],
-        )
+        consts = [v for v, _ in ins[:n_consts]]
+        init = [v for v, _ in ins[n_consts : n_consts + n_carry]]
+        xs = [v for v, _ in ins[n_consts + n_carry :]]
         retain = 0 < length <= budget
         inner_budget = budget // max(length, 1) if retain else 0
         body_key = (*key, "body")
 
-        def run_body(carry_vals, x_vals):
-            cargs = [(v, st.flags(v) if _floating(v) else None) for v in carry_vals]
-            xargs = [(v, st.flags(v) if _floating(v) else None) for v in x_vals]
-            return self.jaxpr(jaxpr, cs, [*consts, *cargs, *xargs], body_key, inner_budget)
+        const_args = self._with_flags(consts)  # loop-invariant: once, outside the loop
 
-        x_slices = [v[0] for v, _ in xs]
-        shapes = self._body_shapes(lambda c, x: run_body(c, x)[1:], [v for v, _ in init], x_slices)
+        def run_body(carry, x):
+            args = [*const_args, *self._with_flags([*carry, *x])]
+            return self._body(jaxpr, inner_consts, args, body_key, inner_budget)
+
+        shapes = jax.eval_shape(lambda c, x: run_body(c, x)[1:], init, [v[0] for v in xs])
         agg0 = _empty_like(shapes[0], loop=True)
 
         def body(carry, x):
@@ -244,84 +398,78 @@ class Evaluator:
             outs, recs, inner = run_body(vals, x_vals)
             agg = {k: _aggregate(agg[k], recs[k], t) for k in recs}
             per_iter = {k: inner.get(k, recs[k].stats) for k in recs} if retain else {}
-            return ([v for v, _ in outs[:n_carry]], agg), ([v for v, _ in outs[n_carry:]], per_iter)
+            return (outs[:n_carry], agg), (outs[n_carry:], per_iter)
 
         (carry, agg), (ys, per_iter) = jax.lax.scan(
             body,
-            ([v for v, _ in init], agg0),
-            (jnp.arange(length, dtype=jnp.int32), [v for v, _ in xs]),
+            (init, agg0),
+            (jnp.arange(length, dtype=jnp.int32), xs),
             length=length,
             reverse=p["reverse"],
         )
-        outs = [(v, st.flags(v) if _floating(v) else None) for v in [*carry, *ys]]
-        return outs, agg, per_iter
+        level.records.update(agg)
+        level.iters.update(per_iter)
+        return self._outputs(level, [*carry, *ys])
 
-    def _while(self, eqn, ins, key):
+    def _while(self, eqn, ins, key, level: _Level):
         p = eqn.params
         nc, nb = p["cond_nconsts"], p["body_nconsts"]
         cond_fun = jaxpr_as_fun(p["cond_jaxpr"])
         jaxpr, inner_consts = _jaxpr_of(p["body_jaxpr"])
-        cs = [(c, _static_flags(c)) for c in inner_consts]
-        cconsts, bconsts, init = ins[:nc], ins[nc : nc + nb], ins[nc + nb :]
+        cconsts = [v for v, _ in ins[:nc]]
+        bconsts = [v for v, _ in ins[nc : nc + nb]]
+        init = [v for v, _ in ins[nc + nb :]]
         body_key = (*key, "body")
 
-        def run_body(vals):
-            args = [(v, st.flags(v) if _floating(v) else None) for v in vals]
-            return self.jaxpr(jaxpr, cs, [*bconsts, *args], body_key, 0)
+        const_args = self._with_flags(bconsts)
 
-        shapes = self._body_shapes(lambda c: run_body(c)[1], [v for v, _ in init])
-        agg0 = _empty_like(shapes, loop=True)
+        def run_body(vals):
+            args = [*const_args, *self._with_flags(vals)]
+            return self._body(jaxpr, inner_consts, args, body_key, 0)
+
+        agg0 = _empty_like(jax.eval_shape(lambda c: run_body(c)[1], init), loop=True)
 
         def cond(state):
-            _, vals, _ = state
-            return cond_fun(*[v for v, _ in cconsts], *vals)[0]
+            return cond_fun(*cconsts, *state[1])[0]
 
         def body(state):
             t, vals, agg = state
             outs, recs, _ = run_body(vals)
             agg = {k: _aggregate(agg[k], recs[k], t) for k in recs}
-            return t + 1, [v for v, _ in outs], agg
+            return t + 1, outs, agg
 
-        _, vals, agg = jax.lax.while_loop(cond, body, (jnp.int32(0), [v for v, _ in init], agg0))
-        outs = [(v, st.flags(v) if _floating(v) else None) for v in vals]
-        return outs, agg, {}
+        _, vals, agg = jax.lax.while_loop(cond, body, (jnp.int32(0), init, agg0))
+        level.records.update(agg)
+        return self._outputs(level, vals)
 
-    def _cond(self, eqn, ins, key, budget):
+    def _cond(self, eqn, ins, key, level: _Level, budget):
         branches = eqn.params["branches"]
-        index, ops = ins[0][0], ins[1:]
+        index = ins[0][0]
+        ops = [v for v, _ in ins[1:]]
+        op_flags = [f for _, f in self._with_flags(ops)]
 
         def make(b):
             jaxpr, inner_consts = _jaxpr_of(branches[b])
-            cs = [(c, _static_flags(c)) for c in inner_consts]
 
-            def run(op_vals, op_flags):
-                args = list(zip(op_vals, op_flags, strict=True))
-                outs, recs, it = self.jaxpr(jaxpr, cs, args, (*key, b), budget)
-                return [v for v, _ in outs], [f for _, f in outs], recs, it
+            def run(op_vals, flags):
+                args = list(zip(op_vals, flags, strict=True))
+                return self._body(jaxpr, inner_consts, args, (*key, b), budget)
 
             return run
 
         runs = [make(b) for b in range(len(branches))]
-        op_vals = [v for v, _ in ops]
-        op_flags = [f for _, f in ops]
-        shapes = [jax.eval_shape(r, op_vals, op_flags) for r in runs]
-        all_recs = {k: v for s in shapes for k, v in s[2].items()}
-        all_iters = {k: v for s in shapes for k, v in s[3].items()}
-        empty_recs = _empty_like(all_recs)
-        empty_iters = _empty_like(all_iters)
-        # output flags are None for non-floating outputs in every branch alike
-        out_flag_none = [f is None for f in shapes[0][1]]
+        shapes = [jax.eval_shape(r, ops, op_flags) for r in runs]
+        empty_recs = _empty_like({k: v for s in shapes for k, v in s[1].items()})
+        empty_iters = _empty_like({k: v for s in shapes for k, v in s[2].items()})
 
         def wrap(run):
-            def branch(op_vals, op_flags):
-                vals, flags, recs, it = run(op_vals, op_flags)
-                flags = [jnp.zeros(3, bool) if f is None else f for f in flags]
-                return vals, flags, {**empty_recs, **recs}, {**empty_iters, **it}
+            def branch(op_vals, flags):
+                vals, recs, it = run(op_vals, flags)
+                return vals, {**empty_recs, **recs}, {**empty_iters, **it}
 
             return branch
 
-        vals, flags, recs, it = jax.lax.switch(index, [wrap(r) for r in runs], op_vals, op_flags)
-        outs = [
-            (v, None if none else f) for v, f, none in zip(vals, flags, out_flag_none, strict=True)
-        ]
-        return outs, recs, it
+        vals, recs, it = jax.lax.switch(index, [wrap(r) for r in runs], ops, op_flags)
+        level.records.update(recs)
+        level.iters.update(it)
+        return self._outputs(level, vals)

@@ -41,6 +41,69 @@ CALLS = {
 }
 LOOPS = ("scan", "while")
 
+#: Primitives that map each entry of their inputs to the same entry of the output (operands of
+#: the output's shape, or scalars): their origins are judged entry by entry, so that ``0 * inf``
+#: is found even where another entry of an input is already NaN.
+ELEMENTWISE = frozenset(
+    {
+        "add",
+        "add_any",
+        "sub",
+        "mul",
+        "div",
+        "rem",
+        "pow",
+        "max",
+        "min",
+        "neg",
+        "sign",
+        "floor",
+        "ceil",
+        "round",
+        "exp",
+        "exp2",
+        "log",
+        "log1p",
+        "expm1",
+        "tanh",
+        "logistic",
+        "sin",
+        "cos",
+        "tan",
+        "asin",
+        "acos",
+        "atan",
+        "sinh",
+        "cosh",
+        "asinh",
+        "acosh",
+        "atanh",
+        "atan2",
+        "sqrt",
+        "rsqrt",
+        "cbrt",
+        "integer_pow",
+        "square",
+        "abs",
+        "erf",
+        "erfc",
+        "erf_inv",
+        "lgamma",
+        "digamma",
+        "convert_element_type",
+        "reduce_precision",
+        "select_n",
+        "clamp",
+        "nextafter",
+        "copy",
+        "copy_p",
+        "polygamma",
+        "igamma",
+        "igammac",
+        "bessel_i0e",
+        "bessel_i1e",
+    }
+)
 #: Primitives whose rounding can turn normal inputs into a zero or subnormal, entry by entry.
 #: Not add/sub (under gradual underflow a difference that is subnormal is exact, and ``x - x = 0``
 #: is no underflow), nor max/min/select, whose zeros were chosen, not rounded.
@@ -96,6 +159,7 @@ class Node:
     outputs: tuple[int, ...]
     floating: tuple[int, ...]
     underflow_rule: str  # "elementwise", "whole" or ""
+    elementwise: bool = False
 
     @property
     def recorded(self) -> bool:
@@ -305,10 +369,15 @@ class _Walker:
         floats = [v.aval for v in eqn.outvars if _floating(v.aval)]
         name = eqn.primitive.name
         in_floats = [v.aval for v in eqn.invars if _floating(v.aval)]
+        elementwise = (
+            len(floats) == 1
+            and bool(in_floats)
+            and name in ELEMENTWISE
+            and all(a.shape in (floats[0].shape, ()) for a in in_floats)
+        )
         rule = ""
-        if floats and in_floats and name in ELEMENTWISE_UNDERFLOW:
-            if all(a.shape in (floats[0].shape, ()) for a in in_floats):
-                rule = "elementwise"
+        if elementwise and name in ELEMENTWISE_UNDERFLOW:
+            rule = "elementwise"
         elif floats and in_floats and name in WHOLE_UNDERFLOW:
             rule = "whole"
         node = Node(
@@ -327,6 +396,7 @@ class _Walker:
             outputs=tuple(outs),
             floating=tuple(o for o, v in zip(outs, eqn.outvars, strict=True) if _floating(v.aval)),
             underflow_rule=rule,
+            elementwise=elementwise,
         )
         self.nodes.append(node)
         self.by_path[key] = node

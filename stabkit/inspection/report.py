@@ -19,7 +19,7 @@ import ml_dtypes
 import numpy as np
 import xarray as xr
 
-from stabkit.inspection.array_stats import CLASSES, KINDS
+from stabkit.inspection.array_stats import CLASSES, KINDS, rms
 from stabkit.inspection.program import Node, Program
 
 
@@ -133,7 +133,7 @@ class Report:
         if not recs:
             return ()
         first = next(iter(recs.values()))
-        return tuple(first.origin.shape[:-1])
+        return tuple(first.origin.shape[:-2])
 
     def __len__(self) -> int:
         if not self.batch_shape:
@@ -166,6 +166,24 @@ class Report:
             self._host_cache = _host(self._arrays)
         return self._host_cache
 
+    def _value_rows(self) -> dict[tuple[int, int], tuple[str, int]]:
+        """(node id, output) -> (level, row) of its record."""
+        if "value_rows" not in self._meta:
+            self._meta["value_rows"] = {
+                v: (level, row)
+                for level, values in self._meta["level_values"].items()
+                for row, v in enumerate(values)
+            }
+        return self._meta["value_rows"]
+
+    def _value(self, records: dict, node_id: int, j: int):
+        """The host record (LevelRecord of NumPy arrays, without the value axis) of a value."""
+        where = self._value_rows().get((node_id, j))
+        if where is None:
+            return None
+        level, row = where
+        return jax.tree.map(lambda a: a[row], records[level])
+
     def _directions(self) -> list[str]:
         if "directions" not in self._meta:
             self._meta["directions"] = self._program.directions()
@@ -175,18 +193,18 @@ class Report:
         """var id -> holds a value that carries an origin of ``kind`` onward."""
         bad = {}
         for node in self._program.nodes:
-            rec = records.get(node.id)
-            if rec is None:
-                continue
-            c = rec.stats.counts  # (n_out, 5)
-            if kind == "nan":
-                holds = c[:, 4] > 0
-            elif kind == "inf":
-                holds = (c[:, 3] + c[:, 4]) > 0
-            else:
-                holds = c[:, 1:].sum(axis=1) > 0
-            for v, h in zip(node.floating, holds, strict=True):
-                bad[v] = bool(h)
+            for j, var in enumerate(node.floating):
+                rec = self._value(records, node.id, j)
+                if rec is None:
+                    continue
+                c = rec.stats.counts
+                if kind == "nan":
+                    holds = c[4] > 0
+                elif kind == "inf":
+                    holds = c[3] + c[4] > 0
+                else:
+                    holds = c[1:].sum() > 0
+                bad[var] = bool(holds)
         return bad
 
     @property
@@ -209,36 +227,36 @@ class Report:
         directions = self._directions()
         out, bad = [], {}
         for node in self._program.nodes:
-            rec = records.get(node.id)
-            if rec is None:
-                continue
-            for k, kind in enumerate(KINDS):
-                if not rec.origin[k]:
+            for j in range(len(node.shapes)):
+                rec = self._value(records, node.id, j)
+                if rec is None:
                     continue
-                if kind not in bad:
-                    bad[kind] = self._bad_vars(kind, records)
-                j = int(rec.output[k])
-                shape = node.shapes[j]
-                flat = int(rec.index[k])
-                index = tuple(int(i) for i in np.unravel_index(flat, shape)) if shape else ()
-                iteration = tuple(int(t) for t in rec.iteration[k]) if node.loops else None
-                out.append(
-                    Origin(
-                        kind=kind,
-                        primitive=node.primitive,
-                        source=node.source,
-                        scope=node.scope,
-                        direction=directions[node.id],
-                        iteration=iteration,
-                        index=index,
-                        reaches_output=self._program.reaches(node, bad[kind]),
-                        line=_source_line(node.source),
-                        shape=shape,
-                        dtype=node.dtypes[j],
-                        iterations=int(rec.count[k]),
-                        node=node.id,
+                for k, kind in enumerate(KINDS):
+                    if not rec.origin[k]:
+                        continue
+                    if kind not in bad:
+                        bad[kind] = self._bad_vars(kind, records)
+                    shape = node.shapes[j]
+                    flat = int(rec.index[k])
+                    index = tuple(int(i) for i in np.unravel_index(flat, shape)) if shape else ()
+                    iteration = tuple(int(t) for t in rec.iteration[k]) if node.loops else None
+                    out.append(
+                        Origin(
+                            kind=kind,
+                            primitive=node.primitive,
+                            source=node.source,
+                            scope=node.scope,
+                            direction=directions[node.id],
+                            iteration=iteration,
+                            index=index,
+                            reaches_output=self._program.reaches(node, bad[kind]),
+                            line=_source_line(node.source),
+                            shape=shape,
+                            dtype=node.dtypes[j],
+                            iterations=int(rec.count[k]),
+                            node=node.id,
+                        )
                     )
-                )
         return tuple(out)
 
     # -- statistics ----------------------------------------------------------------------------
@@ -246,15 +264,14 @@ class Report:
         """One row per recorded floating value: (node or None, output j, ArrayStats arrays)."""
         _, inputs, records, _ = self._host()
         rows = []
-        for k, s in enumerate(inputs):
-            if s is not None:
-                rows.append((None, k, s))
+        if inputs is not None:
+            for k in range(inputs.counts.shape[0]):
+                rows.append((None, k, jax.tree.map(lambda a, k=k: a[k], inputs)))
         for node in self._program.nodes:
-            rec = records.get(node.id)
-            if rec is None:
-                continue
             for j in range(len(node.shapes)):
-                rows.append((node, j, jax.tree.map(lambda a, j=j: a[j], rec.stats)))
+                rec = self._value(records, node.id, j)
+                if rec is not None:
+                    rows.append((node, j, rec.stats))
         return rows
 
     @property
@@ -283,16 +300,26 @@ class Report:
         to at most the inspection's ``max_iterations``; a ``while`` keeps only the combined
         record."""
         _, _, _, iters = self._host()
-        if node not in iters:
+        rows = self._value_rows()
+        n = (
+            self._program.nodes[node]
+            if isinstance(node, (int, np.integer)) and 0 <= node < len(self._program.nodes)
+            else None
+        )
+        where = [rows.get((node, j)) for j in range(len(n.shapes))] if n is not None else []
+        if not where or any(w is None or w[0] not in iters for w in where):
+            kept = sorted({i for (i, _), (lv, _) in rows.items() if lv in iters})
             raise ValueError(
-                f"node={node!r} has no per-iteration statistics: nodes inside scans that kept "
-                f"them are {sorted(iters)[:20]}"
+                f"node={node!r} has no per-iteration statistics; the nodes inside scans that kept "
+                f"them are {kept[:20]}{' ...' if len(kept) > 20 else ''}"
             )
-        s = iters[node]
-        n = self._program.nodes[node]
+        level = where[0][0]
+        s = iters[level]
         axes = s.counts.shape[:-2]
+        d = len(axes)
+        picked = jax.tree.map(lambda a: np.stack([np.take(a, r, axis=d) for _, r in where], d), s)
         dims = [f"iteration{i}" if len(axes) > 1 else "iteration" for i in range(len(axes))]
-        return _stats_vars(s, n.dtypes, [*dims, "output"])
+        return _stats_vars(picked, n.dtypes, [*dims, "output"])
 
     # -- text ----------------------------------------------------------------------------------
     def table(self, max_rows: int = 60) -> str:
@@ -334,10 +361,7 @@ def _stats_vars(s: Any, dtypes: Any, dims: list[str]) -> xr.Dataset:
     data["size"] = (dims, size)
     maxabs = np.asarray(s.maxabs, np.float64)
     minabs = np.asarray(s.minabs, np.float64)
-    e = np.maximum(np.asarray(s.exponent, np.float64), -4096.0)
-    with np.errstate(under="ignore"):
-        rms = np.sqrt(np.asarray(s.meansq, np.float64)) * np.exp2(e)
-    data["rms"] = (dims, np.where(counts[..., :3].sum(-1) > 0, rms, np.nan))
+    data["rms"] = (dims, rms(s))
     data["max_abs"] = (dims, maxabs)
     data["min_abs"] = (dims, minabs)
     top = np.array([_finfo(d).max for d in dtypes], np.float64)
