@@ -158,7 +158,9 @@ def stats_group(
     n = int(np.prod(member, dtype=np.int64))
     top = np.array(np.iinfo(mag.dtype).max, mag.dtype)
     finite = ~(inf | nan)
-    uf = underflowed & (zero | subnormal) if underflowed is not None else None
+    uf = None
+    if underflowed is not None and not (isinstance(underflowed, np.bool_) and not underflowed):
+        uf = underflowed & (zero | subnormal)
     operands = [
         subnormal.astype(jnp.int32),
         zero.astype(jnp.int32),
@@ -190,20 +192,22 @@ def stats_group(
     # entry into [0, 1) without a reciprocal that could be flushed to 0.
     has = big > np.array(0, big.dtype)
     e = jnp.where(has, exponent(maxabs) + 1, 0)
-    lo, hi = e // 2, e - e // 2
+    lo = jax.lax.shift_right_arithmetic(e, np.int32(1))  # floor(e / 2)
+    hi = e - lo
     column = (k,) + (1,) * len(member)
     # two factors, applied one after the other: their product can be subnormal (2^-128)
     a = jax.lax.select(finite, x, jnp.zeros_like(x)).astype(fdt)
     a = a * pow2(-lo, fdt).reshape(column) * pow2(-hi, fdt).reshape(column)
     n_finite = jnp.maximum(n - n_inf - n_nan, 1)
     meansq = jnp.sum(jnp.square(a), axis=axes) / n_finite.astype(fdt)
+    has_fresh = fresh is not None and not all(isinstance(f, np.bool_) and f for f in fresh)
     first = jax.lax.cond(
         jnp.any((n_inf + n_nan + n_uf) > 0),
-        functools.partial(_first_indices, has_uf=uf is not None, has_fresh=fresh is not None),
+        functools.partial(_first_indices, has_uf=uf is not None, has_fresh=has_fresh),
         lambda *_: jnp.full((k, 3), -1, jnp.int32),
         x,
         uf if uf is not None else np.bool_(False),
-        fresh if fresh is not None else (np.bool_(True), np.bool_(True)),
+        fresh if has_fresh else (np.bool_(True), np.bool_(True)),
     )
     e = jnp.where(has, e, _NO_SCALE).astype(jnp.int32)
     return ArrayStats(counts, maxabs, minabs, e, meansq, first, n_uf)

@@ -117,9 +117,15 @@ class _Level:
         else:
             self.raws.append(None)
             x, underflowed, fresh = raw
-            key = (x.shape, jnp.dtype(x.dtype).name, underflowed is None, fresh is None)
+            # one kind of group per shape and dtype: absent masks are constants
+            if underflowed is None:
+                underflowed = np.bool_(False)
+            if fresh is None:
+                fresh = (np.bool_(True), np.bool_(True))
+            raw = (x, underflowed, fresh)
+            key = (x.shape, jnp.dtype(x.dtype).name)
             group = self.groups.setdefault(key, [])
-            group.append((slot, x, underflowed, fresh))
+            group.append((slot, *raw))
             nbytes = sum(int(np.prod(m[1].shape)) * m[1].dtype.itemsize for m in group)
             if len(group) >= GROUP_VALUES or nbytes >= GROUP_BYTES:
                 self.flush(key)
@@ -137,15 +143,13 @@ class _Level:
             xs = [m[1] for m in members]
             shape = xs[0].shape
 
-            def stack(masks):
-                if masks[0] is None:
-                    return None
+            def stack(masks, shape=shape):
+                if all(isinstance(m, np.bool_) for m in masks) and len(set(masks)) == 1:
+                    return np.bool_(masks[0])  # the same constant for all: not materialized
                 return jnp.stack([jnp.broadcast_to(m, shape) for m in masks])
 
             underflowed = stack([m[2] for m in members])
-            fresh = None
-            if members[0][3] is not None:
-                fresh = (stack([m[3][0] for m in members]), stack([m[3][1] for m in members]))
+            fresh = (stack([m[3][0] for m in members]), stack([m[3][1] for m in members]))
             stats = st.stats_group(jnp.stack(xs), underflowed, fresh)
             self.reduced.append((stats, [m[0] for m in members]))
 
@@ -222,19 +226,18 @@ class Evaluator:
         if not level.values:
             return records, iters
         key = level_key(key)
-        self.level_values[key] = list(level.values)
         level.flush()
+        # rows: the groups' values, then those reduced on the host (the report maps them back)
         device = [slot for g in level.reduced for slot in g[1]]
         host = [i for i, r in enumerate(level.raws) if r is not None]
+        order = device + host
+        self.level_values[key] = [level.values[i] for i in order]
+        row = {slot: r for r, slot in enumerate(order)}
         parts = [g[0] for g in level.reduced]
         if host:
-            parts.append(
-                st.ArrayStats(
-                    *(jnp.asarray(np.stack(f)) for f in zip(*[level.raws[i] for i in host]))
-                )
-            )
-        order = np.argsort(np.array(device + host))
-        stats = jax.tree.map(lambda *a: jnp.concatenate(a)[order], *parts)
+            fields = zip(*[level.raws[i] for i in host], strict=True)
+            parts.append(st.ArrayStats(*(jnp.asarray(np.stack(f)) for f in fields)))
+        stats = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
         v = len(level.values)
         flags = st.flags_of_counts(stats.counts)
         ext = [jnp.asarray(f, jnp.int32) for f in level.ext]
@@ -246,15 +249,15 @@ class Evaluator:
         table = np.full((v, width), pad, np.int32)
         for i, refs in enumerate(level.inputs):
             for k, (kind, idx) in enumerate(refs):
-                table[i, k] = idx if kind == "v" else v + idx
+                table[row[i], k] = row[idx] if kind == "v" else v + idx
         any_in = jax.lax.reduce(every[table], np.int32(0), jax.lax.bitwise_or, (1,))
         # a dot_general's zeros are an underflow only if no input held a zero, inf or NaN
-        gate = jnp.where(np.array(level.whole), any_in == 0, True)
+        gate = jnp.where(np.array(level.whole)[order], any_in == 0, True)
         stats = stats._replace(
             first=stats.first.at[:, 2].set(jnp.where(gate, stats.first[:, 2], -1)),
             underflow=jnp.where(gate, stats.underflow, 0),
         )
-        elementwise = np.array(level.elementwise)
+        elementwise = np.array(level.elementwise)[order]
         new = stats.first >= 0
         whole = jnp.stack(
             [
