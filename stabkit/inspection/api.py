@@ -9,7 +9,7 @@ off the records. Compiled programs are cached per (function, argument shapes and
 inspecting the same function again runs at the speed of one compiled call.
 
 What ``jax_debug_nans`` and ``checkify`` do instead, and why this is different: see the study
-``inspect`` (``experiments/inspect.py``).
+``inspect`` (``experiments/nan_origins.py``).
 """
 
 from __future__ import annotations

@@ -24,22 +24,18 @@ after checkify of a vmapped function (jax#9159's case) ``jax_debug_nans`` missed
 next case until ``jax.clear_caches()``. jax#9159's own complaint, a ``jax_debug_nans`` error on
 a finite output, no longer happens in JAX 0.10.2; checkify's division-by-zero check raises there.
 
-Run alone: ``python experiments/inspect.py [--out DIR] [--quick]``.
+Run alone: ``python experiments/nan_origins.py [--out DIR] [--quick]`` (the study is named
+``inspect``; a file of that name would hide the standard library's ``inspect`` when run as a
+script).
 """
 
 from __future__ import annotations
-
-import os
-import sys
-
-if __name__ == "__main__":  # run as a script, this file would hide the standard library's inspect
-    _HERE = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import contextlib
 import dataclasses
 import io
 import math
+import os
 import pathlib
 import re
 import time
