@@ -104,6 +104,13 @@ ELEMENTWISE = frozenset(
         "bessel_i1e",
     }
 )
+#: Primitives that move or repeat values without computing any: their output holds exactly the
+#: values (and so the classes) of their input. They are not recorded (they cannot be an origin,
+#: and half a model's equations are reshapes and transposes); their output carries the input's
+#: flags.
+PASSTHROUGH = frozenset(
+    {"reshape", "broadcast_in_dim", "squeeze", "expand_dims", "transpose", "copy", "copy_p", "rev"}
+)
 #: Primitives whose rounding can turn normal inputs into a zero or subnormal, entry by entry.
 #: Not add/sub (under gradual underflow a difference that is subnormal is exact, and ``x - x = 0``
 #: is no underflow), nor max/min/select, whose zeros were chosen, not rounded.
@@ -160,6 +167,7 @@ class Node:
     floating: tuple[int, ...]
     underflow_rule: str  # "elementwise", "whole" or ""
     elementwise: bool = False
+    passthrough: bool = False
 
     @property
     def recorded(self) -> bool:
@@ -245,7 +253,8 @@ class Program:
                 return True
             todo.extend(self.edges.get(v, ()))
             for m in self.readers.get(v, ()):
-                todo.extend(w for w in self.nodes[m].floating if bad.get(w, False))
+                reader = self.nodes[m]
+                todo.extend(w for w in reader.floating if reader.passthrough or bad.get(w, False))
         return False
 
 
@@ -369,6 +378,12 @@ class _Walker:
         floats = [v.aval for v in eqn.outvars if _floating(v.aval)]
         name = eqn.primitive.name
         in_floats = [v.aval for v in eqn.invars if _floating(v.aval)]
+        passthrough = (
+            name in PASSTHROUGH
+            and len(floats) == 1
+            and len(in_floats) == 1
+            and np.dtype(in_floats[0].dtype) == np.dtype(floats[0].dtype)
+        )
         elementwise = (
             len(floats) == 1
             and bool(in_floats)
@@ -390,13 +405,14 @@ class _Walker:
             transposed="transpose" in ctx["transforms"],
             differentiated=any(t in ("jvp", "transpose") for t in ctx["transforms"]),
             loops=ctx["loops"],
-            shapes=tuple(tuple(int(d) for d in a.shape) for a in floats),
-            dtypes=tuple(np.dtype(a.dtype).name for a in floats),
+            shapes=() if passthrough else tuple(tuple(int(d) for d in a.shape) for a in floats),
+            dtypes=() if passthrough else tuple(np.dtype(a.dtype).name for a in floats),
             inputs=tuple(v for v in ins if v is not None),
             outputs=tuple(outs),
             floating=tuple(o for o, v in zip(outs, eqn.outvars, strict=True) if _floating(v.aval)),
             underflow_rule=rule,
             elementwise=elementwise,
+            passthrough=passthrough,
         )
         self.nodes.append(node)
         self.by_path[key] = node
