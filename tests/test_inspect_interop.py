@@ -703,3 +703,37 @@ def test_mlp_float16_overflow_matches_trace(mlp16):
     finite = slice(0, 28 - 1)
     np.testing.assert_allclose(ours["rms"][finite], t.pre_rms[1:28], rtol=1e-6)
     np.testing.assert_array_equal(ours["max_abs"][finite], t.pre_max[1:28])
+
+
+def test_mlp_vmap_of_inspect_per_example_iterations(mlp16):
+    """jax.vmap of inspect over the weights' scale: each example's origins at its own layer,
+    as inspecting that example alone says (which reuses mlp16's compilation)."""
+    base = stabkit.mlp_init(
+        jax.random.key(0),
+        depth=40,
+        width=2,
+        out_dim=1,
+        init="scaled_identity",
+        scale=1.0,
+        dtype=jnp.float16,
+    )
+    x = jnp.ones((1, 2), jnp.float16)
+
+    def scaled_params(s):
+        return jax.tree.map(lambda a: (a * s).astype(a.dtype), base)
+
+    scales = jnp.array([1.0, 1.5, 1.75], jnp.float16)
+    alone = [stabkit.inspect(linear_forward, scaled_params(s), x) for s in scales]
+    batched = jax.vmap(lambda s: stabkit.inspect(linear_forward, scaled_params(s), x))(scales)
+    assert alone[0].origins == ()
+    assert [o.iteration for o in alone[1].origins] == [(26,), (27,)]  # layers 28 and 29
+    # 1.75**l overflows sooner: at the layer trace finds, iteration layer - 2
+    t = stabkit.trace(scaled_params(scales[2]), x, activation="linear")
+    assert alone[2].origins[0].iteration == (int(t.first_inf_forward) - 2,)
+    assert int(t.first_inf_forward) < 28
+    for i in range(3):
+        assert [(o.kind, o.iteration, o.index) for o in batched[i].origins] == [
+            (o.kind, o.iteration, o.index) for o in alone[i].origins
+        ]
+    # combined over the batch: each origin once, with the first example it happened in
+    assert {(o.kind, o.example) for o in batched.origins} == {("inf", 1), ("nan", 1)}
