@@ -292,21 +292,11 @@ def test_flax_attention_logits_overflow(attention):
     assert np.isnan(bad.outputs).any()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jnp.einsum names a scope after its subscripts, which then replaces the class chain: "
-    "the logits' scope is 'BTNH,BSNH->BNTS', not 'MultiHeadAttention/...'",
-)
 def test_flax_attention_scope_names_the_module(attention):
     _, bad = attention
     assert bad.origins[0].scope.startswith("MultiHeadAttention")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="inspect caches the traced jaxpr with its constants per function: after "
-    "nnx.update the same closure is inspected with the old weights",
-)
 def test_flax_closure_sees_updated_weights():
     model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
 
@@ -416,11 +406,6 @@ def test_equinox_gradient_log_of_zero(equinox_models, equinox_reports):
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the class-chain scope includes equinox's own _ValueAndGradWrapper (its __call__ "
-    "frame), giving '_ValueAndGradWrapper/Net' for the user's Net",
-)
 def test_equinox_scope_names_no_wrapper(equinox_reports):
     fwd = equinox_reports["vg"].origins[0]
     assert fwd.scope == "Net"

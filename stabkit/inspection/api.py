@@ -5,8 +5,9 @@ The function is traced to a jaxpr once; :func:`stabkit.inspection.program.flatte
 equations; :class:`stabkit.inspection.evaluate.Evaluator` evaluates them one by one inside one
 ``jax.jit``-compiled program that records the statistics of every floating value (no host round
 trip per operation, no halting at the first NaN, no re-run); the :class:`Report` reads the origins
-off the records. Compiled programs are cached per (function, argument shapes and dtypes), so
-inspecting the same function again runs at the speed of one compiled call.
+off the records. The function is traced on every call (so a closure sees its current weights); the
+compiled program is cached by the traced program's text and the argument types, so inspecting
+the same function again costs one trace and one compiled call.
 
 What ``jax_debug_nans`` and ``checkify`` do instead, and why this is different: see the study
 ``inspect`` (``experiments/nan_origins.py``).
@@ -14,7 +15,7 @@ What ``jax_debug_nans`` and ``checkify`` do instead, and why this is different: 
 
 from __future__ import annotations
 
-import weakref
+import hashlib
 from typing import Any
 
 import jax
@@ -59,24 +60,48 @@ def _fn_name(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
 
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_STRONG_CACHE: dict = {}
+# Compiled evaluators by (argument structure and types, program text, nested constants), least
+# recently used first.
+_COMPILED: dict = {}
 _CACHE_SIZE = 32
 
 
+def _inner_consts(jaxpr: Any, out: list) -> list:
+    """The constants of every jaxpr nested in ``jaxpr`` (a call's closed-over arrays)."""
+    for eqn in jaxpr.eqns:
+        for value in eqn.params.values():
+            for v in value if isinstance(value, tuple) else (value,):
+                if hasattr(v, "jaxpr") and hasattr(v, "consts"):
+                    out.extend(v.consts)
+                    _inner_consts(v.jaxpr, out)
+                elif hasattr(v, "eqns"):
+                    _inner_consts(v, out)
+    return out
+
+
+def _fingerprint(closed: Any) -> tuple:
+    """What a compiled inspection depends on besides its arguments: the program's text and the
+    values of the constants nested in it (the top-level constants are passed as arguments)."""
+    digest = hashlib.sha256()
+    for c in _inner_consts(closed.jaxpr, []):
+        a = np.asarray(c)
+        digest.update(f"{a.dtype}{a.shape}".encode())
+        digest.update(np.ascontiguousarray(a).tobytes())
+    return str(closed.jaxpr), digest.hexdigest()
+
+
 def _prepare(fn: Any, args: tuple, kwargs: dict):
-    """(closed jaxpr, program, jitted evaluator, output treedef, input names and avals)."""
+    """(closed jaxpr, program, jitted evaluator, output treedef, meta).
+
+    ``fn`` is traced on every call: a closure over a model that changed since (``nnx.update``, a
+    training step) must be inspected with its current weights, which a cache by function would
+    not see (jax.jit's own cache has that pitfall). The compiled evaluator is cached by the
+    program's text and argument types instead, and takes the traced constants as arguments.
+    """
     flat, in_tree = jax.tree.flatten((args, kwargs))
     avals = tuple(
         (np.shape(x), str(jax.numpy.result_type(x)), getattr(x, "weak_type", False)) for x in flat
     )
-    key = (in_tree, avals, bool(jax.config.jax_enable_x64))
-    try:
-        per_fn = _CACHE.setdefault(fn, {})
-    except TypeError:  # not weak-referenceable (a functools.partial of a builtin, say)
-        per_fn = _STRONG_CACHE.setdefault(id(fn), {})
-    if key in per_fn:
-        return per_fn[key]
 
     def call(a, k):
         return fn(*a, **k)
@@ -88,20 +113,29 @@ def _prepare(fn: Any, args: tuple, kwargs: dict):
             f"fn={_fn_name(fn)} returns no floating-point array (it returns {_short(str(shapes))}):"
             " inspect follows inf, NaN and underflow, which only floating values hold"
         )
-    program = flatten(closed)
-    for node in program.nodes:
-        for shape in node.shapes:
-            if int(np.prod(shape, dtype=np.int64)) > INT32_MAX:
-                raise ValueError(
-                    f"fn={_fn_name(fn)} computes an array of shape {shape} at {node.source}: more "
-                    f"than {INT32_MAX} entries, which inspect cannot index"
-                )
-    in_loops = sum(len(n.shapes) for n in program.nodes if n.loops)
-    budget = MAX_ITERATIONS
-    if in_loops:
-        # per-iteration statistics bounded to an eighth of the memory
-        budget = int(min(budget, memory_limit() // 8 // (_RECORD_BYTES * in_loops)))
-    evaluator = Evaluator(closed, program, max(budget, 0))
+    key = (in_tree, avals, bool(jax.config.jax_enable_x64), *_fingerprint(closed))
+    program = flatten(closed)  # rebuilt each time: source lines may differ for the same text
+    if key in _COMPILED:
+        run, level_values = _COMPILED.pop(key)
+        _COMPILED[key] = (run, level_values)  # most recently used last
+    else:
+        for node in program.nodes:
+            for shape in node.shapes:
+                if int(np.prod(shape, dtype=np.int64)) > INT32_MAX:
+                    raise ValueError(
+                        f"fn={_fn_name(fn)} computes an array of shape {shape} at {node.source}: "
+                        f"more than {INT32_MAX} entries, which inspect cannot index"
+                    )
+        in_loops = sum(len(n.shapes) for n in program.nodes if n.loops)
+        budget = MAX_ITERATIONS
+        if in_loops:
+            # per-iteration statistics bounded to an eighth of the memory
+            budget = int(min(budget, memory_limit() // 8 // (_RECORD_BYTES * in_loops)))
+        evaluator = Evaluator(closed, program, max(budget, 0))
+        run, level_values = jax.jit(evaluator), evaluator.level_values
+        if len(_COMPILED) >= _CACHE_SIZE:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[key] = (run, level_values)
     leaves = jax.tree_util.tree_leaves_with_path((args, kwargs))
     floating = [i for i, a in enumerate(avals) if is_floating_dtype(a[1])]
     meta = {
@@ -109,13 +143,9 @@ def _prepare(fn: Any, args: tuple, kwargs: dict):
         "input_names": [_argument_name(leaves[i][0], len(args)) for i in floating],
         "input_avals": [(list(avals[i][0]), jax.numpy.dtype(avals[i][1]).name) for i in floating],
         "fn": _fn_name(fn),
-        "level_values": evaluator.level_values,  # filled when the program is traced
+        "level_values": level_values,  # filled when the program is first traced
     }
-    entry = (closed, program, jax.jit(evaluator), jax.tree.structure(out_shape), meta)
-    if len(per_fn) >= _CACHE_SIZE:
-        per_fn.pop(next(iter(per_fn)))
-    per_fn[key] = entry
-    return entry
+    return closed, program, run, jax.tree.structure(out_shape), meta
 
 
 def inspect(fn: Any, /, *args: Any, **kwargs: Any) -> Report:

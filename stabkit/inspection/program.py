@@ -293,13 +293,21 @@ def _source(frames: tuple[str, ...]) -> str:
 
 
 def _class_scope(frames: tuple[str, ...]) -> str:
-    """``Outer/Inner`` from the ``Class.__call__`` frames (flax nnx modules name no scope)."""
+    """``Outer/Inner`` from the ``Class.__call__`` frames (flax nnx modules name no scope); a
+    private class (equinox's ``_ValueAndGradWrapper``, ``_JitWrapper``) is a wrapper, not a
+    module."""
     names = []
     for frame in reversed(frames):
         func = frame.rsplit(" (", 1)[-1].rstrip(")")
-        if func.endswith(".__call__") and "<locals>" not in func:
+        if func.endswith(".__call__") and "<locals>" not in func and not func.startswith("_"):
             names.append(func[: -len(".__call__")])
     return "/".join(names)
+
+
+def _user_scopes(scopes: list[str]) -> list[str]:
+    """The name-stack scopes a user or a library's module gave, without the ones JAX names after
+    an operation (``jnp.einsum`` names its scope after its subscripts, ``BTNH,BSNH->BNTS``)."""
+    return [s for s in scopes if "->" not in s]
 
 
 def _jaxpr_of(value: Any) -> tuple[Any, list]:
@@ -401,7 +409,7 @@ class _Walker:
             path=key,
             source=_source(ctx["frames"]),
             frames=ctx["frames"],
-            scope="/".join(ctx["scopes"]) or _class_scope(ctx["frames"]),
+            scope="/".join(_user_scopes(ctx["scopes"])) or _class_scope(ctx["frames"]),
             transposed="transpose" in ctx["transforms"],
             differentiated=any(t in ("jvp", "transpose") for t in ctx["transforms"]),
             loops=ctx["loops"],
