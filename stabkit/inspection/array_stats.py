@@ -130,11 +130,28 @@ def masks(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     return ~(zero | subnormal | inf | nan), inf, nan
 
 
-def stats_group(
-    x: jax.Array,
-    underflowed: jax.Array | None = None,
-    fresh: tuple[jax.Array, jax.Array] | None = None,
-) -> ArrayStats:
+#: Bits of the int8 code of an entry (:func:`code`): an inf there would be made by the equation
+#: (no input entry there is inf), a NaN would be, and a zero or subnormal there would be an
+#: underflow (every input entry there is normal).
+FRESH_INF, FRESH_NAN, UNDERFLOW = 1, 2, 4
+
+
+def code(underflowed: Any = None, fresh: Any = None) -> Any:
+    """The int8 :data:`FRESH_INF` / :data:`FRESH_NAN` / :data:`UNDERFLOW` code of each entry from
+    the masks (one array to stack per value instead of three); None: the default (inf and NaN
+    fresh everywhere, no underflow)."""
+    if underflowed is None and fresh is None:
+        return None
+    inf_ok, nan_ok = fresh if fresh is not None else (True, True)
+    uf = underflowed if underflowed is not None else False
+    return (
+        jnp.asarray(inf_ok).astype(jnp.int8) * np.int8(FRESH_INF)
+        + jnp.asarray(nan_ok).astype(jnp.int8) * np.int8(FRESH_NAN)
+        + jnp.asarray(uf).astype(jnp.int8) * np.int8(UNDERFLOW)
+    )
+
+
+def stats_group(x: jax.Array, codes: jax.Array | None = None) -> ArrayStats:
     """The :class:`ArrayStats` (leading axis ``k``) of ``k`` arrays of one shape and dtype
     stacked along axis 0 of ``x``.
 
@@ -146,21 +163,23 @@ def stats_group(
 
     Args:
         x: ``(k, ...)``, the stacked arrays.
-        underflowed: boolean mask (``x``'s shape) of the entries that are zero or subnormal
-            although computed from normal inputs; None: no entry underflowed.
-        fresh: for elementwise equations, the masks of the entries whose inputs hold no inf and
-            no NaN at that position: the first indices are then those of the first inf and NaN
-            made there, not the first passed on.
+        codes: int8, ``x``'s shape: each entry's :func:`code` (None: the default everywhere).
+            Underflowed entries are zero or subnormal ones coded :data:`UNDERFLOW`; the first
+            inf and NaN indices are those of the first coded fresh, not the first passed on.
     """
+    underflowed = None if codes is None else (codes & np.int8(UNDERFLOW)) != 0
+    fresh = (
+        None
+        if codes is None
+        else ((codes & np.int8(FRESH_INF)) != 0, (codes & np.int8(FRESH_NAN)) != 0)
+    )
     mag, zero, subnormal, inf, nan = classes(x)
     k, member = x.shape[0], x.shape[1:]
     axes = tuple(range(1, x.ndim))
     n = int(np.prod(member, dtype=np.int64))
     top = np.array(np.iinfo(mag.dtype).max, mag.dtype)
     finite = ~(inf | nan)
-    uf = None
-    if underflowed is not None and not (isinstance(underflowed, np.bool_) and not underflowed):
-        uf = underflowed & (zero | subnormal)
+    uf = None if underflowed is None else underflowed & (zero | subnormal)
     operands = [
         subnormal.astype(jnp.int32),
         zero.astype(jnp.int32),
@@ -245,11 +264,8 @@ def stats(
 ) -> ArrayStats:
     """The :class:`ArrayStats` of one JAX array (:func:`stats_group` of a group of one)."""
 
-    def lift(m):
-        return None if m is None else jnp.broadcast_to(m, x.shape)[None]
-
-    fresh = None if fresh is None else (lift(fresh[0]), lift(fresh[1]))
-    s = stats_group(x[None], lift(underflowed), fresh)
+    c = code(underflowed, fresh)
+    s = stats_group(x[None], None if c is None else jnp.broadcast_to(c, x.shape)[None])
     return ArrayStats(*(f[0] for f in s))
 
 

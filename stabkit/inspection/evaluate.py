@@ -117,12 +117,7 @@ class _Level:
         else:
             self.raws.append(None)
             x, underflowed, fresh = raw
-            # one kind of group per shape and dtype: absent masks are constants
-            if underflowed is None:
-                underflowed = np.bool_(False)
-            if fresh is None:
-                fresh = (np.bool_(True), np.bool_(True))
-            raw = (x, underflowed, fresh)
+            raw = (x, st.code(underflowed, fresh))  # one kind of group per shape and dtype
             key = (x.shape, jnp.dtype(x.dtype).name)
             group = self.groups.setdefault(key, [])
             group.append((slot, *raw))
@@ -143,14 +138,13 @@ class _Level:
             xs = [m[1] for m in members]
             shape = xs[0].shape
 
-            def stack(masks, shape=shape):
-                if all(isinstance(m, np.bool_) for m in masks) and len(set(masks)) == 1:
-                    return np.bool_(masks[0])  # the same constant for all: not materialized
-                return jnp.stack([jnp.broadcast_to(m, shape) for m in masks])
-
-            underflowed = stack([m[2] for m in members])
-            fresh = (stack([m[3][0] for m in members]), stack([m[3][1] for m in members]))
-            stats = st.stats_group(jnp.stack(xs), underflowed, fresh)
+            codes = None
+            if any(m[2] is not None for m in members):
+                default = np.int8(st.FRESH_INF | st.FRESH_NAN)
+                codes = jnp.stack(
+                    [jnp.broadcast_to(default if m[2] is None else m[2], shape) for m in members]
+                )
+            stats = st.stats_group(jnp.stack(xs), codes)
             self.reduced.append((stats, [m[0] for m in members]))
 
 
@@ -210,7 +204,7 @@ def _input_stats(floats: list) -> st.ArrayStats:
             group = groups[key] = []
             chunks.append(group)
         group.append(i)
-    parts = [st.stats_group(jnp.stack([floats[i] for i in idx])) for idx in chunks]
+    parts = [st.stats_group(jnp.stack([floats[i] for i in idx])) for idx in chunks]  # no codes
     order = np.argsort(np.array([i for idx in chunks for i in idx]))
     return jax.tree.map(lambda *a: jnp.concatenate(a)[order], *parts)
 
