@@ -391,3 +391,48 @@ def test_array_stats_combine_is_the_stats_of_the_concatenation():
     np.testing.assert_allclose(both.meansq, comb.meansq, rtol=1e-6)
     empty = combine(array_stats.empty(), stats(b))
     np.testing.assert_allclose(empty.meansq, stats(b).meansq, rtol=1e-7)
+
+
+# -- the trace cache ------------------------------------------------------------------------------
+
+SCALE = jnp.array(1.0)
+
+
+def _scaled_log(x):
+    _scaled_log.traces += 1
+    return jnp.log(x * SCALE)
+
+
+_scaled_log.traces = 0
+
+
+def test_a_function_is_traced_again_only_when_what_it_reaches_changed():
+    global SCALE
+    x = jnp.array([1.0, 2.0])
+    before = _scaled_log.traces
+    assert stabkit.inspect(_scaled_log, x).origins == ()
+    assert stabkit.inspect(_scaled_log, x).origins == ()
+    assert _scaled_log.traces == before + 1  # the second call reused the trace
+    old = SCALE
+    try:
+        SCALE = jnp.array(0.0)  # a new global array: the traced constant is stale
+        r = stabkit.inspect(_scaled_log, x)
+        assert _scaled_log.traces == before + 2
+        assert [(o.kind, o.primitive) for o in r.origins] == [("inf", "log")]
+    finally:
+        SCALE = old
+
+
+def test_a_numpy_array_in_a_closure_is_traced_every_time():
+    w = np.ones(2, np.float32)
+    calls = []
+
+    def f(x):
+        calls.append(1)
+        return jnp.log(x * w)
+
+    x = jnp.array([1.0, 2.0])
+    assert stabkit.inspect(f, x).origins == ()
+    w[0] = 0.0  # changed in place: only a new trace sees it
+    assert [o.index for o in stabkit.inspect(f, x).origins] == [(0,)]
+    assert len(calls) == 2

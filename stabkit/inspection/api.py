@@ -15,7 +15,10 @@ What ``jax_debug_nans`` and ``checkify`` do instead, and why this is different: 
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import types
+import weakref
 from typing import Any
 
 import jax
@@ -90,13 +93,171 @@ def _fingerprint(closed: Any) -> tuple:
     return str(closed.jaxpr), digest.hexdigest()
 
 
-def _prepare(fn: Any, args: tuple, kwargs: dict):
-    """(closed jaxpr, program, jitted evaluator, output treedef, meta).
+# Modules whose globals are libraries' (not the user's mutable state): a function of theirs is not
+# walked, and a reference to the module itself is no state.
+_LIBRARY_MODULES = (
+    "jax", "jaxlib", "numpy", "math", "functools", "operator", "builtins", "typing", "flax",
+    "equinox", "optax", "chex", "haiku", "stabkit", "ml_dtypes", "scipy", "collections",
+    "dataclasses", "itertools", "contextlib", "abc", "enum", "warnings", "jaxtyping",
+)  # fmt: skip
+_SCALARS = (str, bytes, bool, int, float, complex, type(None), type(Ellipsis))
 
-    ``fn`` is traced on every call: a closure over a model that changed since (``nnx.update``, a
-    training step) must be inspected with its current weights, which a cache by function would
-    not see (jax.jit's own cache has that pitfall). The compiled evaluator is cached by the
-    program's text and argument types instead, and takes the traced constants as arguments.
+
+class _Same:
+    """An array in a signature: equal to another only if it is the very same object (held, so
+    that its id cannot be reused by a new array while the signature is cached)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.obj is self.obj
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _Opaque(Exception):
+    """The function reaches state whose change cannot be seen without tracing it again."""
+
+
+def _library(obj: Any) -> bool:
+    name = getattr(obj, "__module__", None) or getattr(obj, "__name__", "") or ""
+    return name.split(".")[0] in _LIBRARY_MODULES
+
+
+def _state(obj: Any, out: list, seen: set, depth: int = 0) -> None:
+    """Append to ``out`` what the traced program of a function could have captured from
+    ``obj``: the identity of every array and the value of every scalar reachable through
+    closures, ``functools.partial`` arguments, bound methods, referenced globals and pytrees.
+    Raises :class:`_Opaque` on anything else (a user's module or object that is no pytree, a
+    NumPy array, which can change in place)."""
+    if isinstance(obj, _SCALARS):
+        out.append(obj)
+        return
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if depth > 12:
+        raise _Opaque
+    if isinstance(obj, jax.Array):
+        out.append(_Same(obj))
+        return
+    if isinstance(obj, types.ModuleType) or isinstance(obj, type):
+        if _library(obj):
+            return
+        raise _Opaque
+    if isinstance(obj, functools.partial):
+        _state(obj.func, out, seen, depth + 1)
+        for a in (*obj.args, *obj.keywords.values()):
+            _state(a, out, seen, depth + 1)
+        return
+    if isinstance(obj, types.MethodType):
+        _state(obj.__func__, out, seen, depth + 1)
+        _state(obj.__self__, out, seen, depth + 1)
+        return
+    if isinstance(obj, types.FunctionType):
+        if _library(obj) and not obj.__closure__:
+            return
+        for cell in obj.__closure__ or ():
+            try:
+                _state(cell.cell_contents, out, seen, depth + 1)
+            except ValueError:  # an empty cell
+                pass
+        for name in obj.__code__.co_names:
+            if name in obj.__globals__:
+                _state(obj.__globals__[name], out, seen, depth + 1)
+        for d in obj.__defaults__ or ():
+            _state(d, out, seen, depth + 1)
+        wrapped = getattr(obj, "__wrapped__", None)
+        if wrapped is not None:
+            _state(wrapped, out, seen, depth + 1)
+        return
+    if isinstance(obj, (types.BuiltinFunctionType, np.ufunc)) or type(obj).__name__ in (
+        "PjitFunction",
+        "CompiledFunction",
+    ):
+        wrapped = getattr(obj, "__wrapped__", None)
+        if wrapped is not None:
+            _state(wrapped, out, seen, depth + 1)
+        return
+    if isinstance(obj, (tuple, list, dict)):
+        items = obj.values() if isinstance(obj, dict) else obj
+        out.append(("container", type(obj).__name__, len(obj)))
+        for v in items:
+            _state(v, out, seen, depth + 1)
+        return
+    leaves, treedef = jax.tree_util.tree_flatten(obj)
+    if treedef.num_nodes == 1 and treedef.num_leaves == 1:  # a leaf: not a pytree
+        if _library(type(obj)) and callable(obj) and not hasattr(obj, "__dict__"):
+            return  # a library's stateless callable (a jnp ufunc object, say)
+        raise _Opaque
+    out.append(("tree", str(treedef)))
+    for leaf in leaves:
+        _state(leaf, out, seen, depth + 1)
+
+
+def _signature(fn: Any) -> tuple | None:
+    """What ``fn``'s traced program depends on besides its arguments, or None if that cannot be
+    known without tracing it (then it is traced again)."""
+    out: list = []
+    try:
+        _state(fn, out, set())
+    except (_Opaque, RecursionError, TypeError):
+        return None
+    return tuple(out)
+
+
+# The last trace of each function, by function identity: (weak ref, signature, argument key,
+# entry). A hit skips tracing when nothing the function could have captured has changed.
+_TRACED: dict = {}
+
+
+def _prepare(fn: Any, args: tuple, kwargs: dict):
+    """The traced program of ``fn``, from the last trace when ``fn`` is the same object, called
+    with the same argument types, and every array it reaches is the same object as then
+    (:func:`_signature`); traced again otherwise."""
+    flat, in_tree = jax.tree.flatten((args, kwargs))
+    arg_key = (
+        in_tree,
+        tuple((np.shape(x), str(jax.numpy.result_type(x)), getattr(x, "weak_type", False))
+              for x in flat),
+        bool(jax.config.jax_enable_x64),
+    )  # fmt: skip
+    signature = _signature(fn)
+    hit = _TRACED.get(id(fn))
+    if (
+        hit is not None
+        and hit[0]() is fn
+        and signature is not None
+        and hit[1:3]
+        == (
+            signature,
+            arg_key,
+        )
+    ):
+        return hit[3]
+    entry = _trace_and_compile(fn, args, kwargs)
+    if signature is not None:
+        try:
+            ref = weakref.ref(fn)
+        except TypeError:
+            ref = None
+        if ref is not None:
+            if len(_TRACED) >= _CACHE_SIZE:
+                _TRACED.pop(next(iter(_TRACED)))
+            _TRACED[id(fn)] = (ref, signature, arg_key, entry)
+    return entry
+
+
+def _trace_and_compile(fn: Any, args: tuple, kwargs: dict):
+    """(closed jaxpr, program, jitted evaluator, output treedef, meta) of a fresh trace.
+
+    A closure over a model that changed since (``nnx.update``, a training step) must be
+    inspected with its current weights, which a cache by function alone would not see (jax.jit's
+    own cache has that pitfall): the compiled evaluator is cached by the traced program's text,
+    nested constants and argument types, and takes the traced constants as arguments.
     """
     flat, in_tree = jax.tree.flatten((args, kwargs))
     avals = tuple(
