@@ -63,3 +63,32 @@ def fake_memory(monkeypatch):
         return nbytes
 
     return set_limit
+
+
+# The files that take longest, longest first: `--dist loadfile` hands whole files to the workers
+# in collection order, and collected alphabetically these came last and ran alone at the end (a
+# tail of minutes on CI's 2 cores). Rough CPU seconds on 2 shared cores, 2026-12.
+_LONGEST_FIRST = (
+    "tests/test_sweep.py",  # ~250 s
+    "tests/test_train.py",  # ~130 s
+    "tests/test_softmax.py",
+    "tests/test_theory.py",
+    "tests/test_inspect_interop.py",
+    "tests/test_inspect_mlp.py",
+    "tests/test_store.py",
+    "tests/test_seed_rule.py",
+    "tests/test_validation_nets.py",
+    "tests/test_trace.py",
+    "tests/test_inspect.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Schedule the longest files first (a stable sort: the order within a file is kept)."""
+    rank = {path: i for i, path in enumerate(_LONGEST_FIRST)}
+
+    def key(item):
+        path = item.nodeid.split("::", 1)[0]
+        return rank.get(path, len(rank))
+
+    items.sort(key=key)
