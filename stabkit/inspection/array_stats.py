@@ -124,12 +124,6 @@ def flags_of_counts(counts: Any) -> Any:
     )
 
 
-def masks(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(normal, inf, nan) masks of ``x``, by its bits."""
-    _, zero, subnormal, inf, nan = classes(x)
-    return ~(zero | subnormal | inf | nan), inf, nan
-
-
 #: Bits of the int8 code of an entry (:func:`code`): an inf there would be made by the equation
 #: (no input entry there is inf), a NaN would be, and a zero or subnormal there would be an
 #: underflow (every input entry there is normal).

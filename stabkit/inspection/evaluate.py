@@ -33,7 +33,6 @@ from stabkit._checks import is_floating_dtype
 from stabkit.inspection import array_stats as st
 from stabkit.inspection.program import CALLS, Program, _jaxpr_of
 
-
 #: An equation of literals and constants only is evaluated while tracing, its statistics on the
 #: host, up to this many output entries (a larger one, an iota of 10^8, stays on the device rather
 #: than become a constant of the program).
@@ -330,9 +329,11 @@ class Evaluator:
     def _first_order(self, eqn, ins, key, level: _Level):
         vals = [v for v, _ in ins]
         node = self.program.by_path[key]
-        concrete = not any(isinstance(v, jax.core.Tracer) for v in vals) and sum(
-            int(np.prod(getattr(v.aval, "shape", ()), dtype=np.int64)) for v in eqn.outvars
-        ) <= _HOST_ENTRIES
+        concrete = (
+            not any(isinstance(v, jax.core.Tracer) for v in vals)
+            and sum(int(np.prod(getattr(v.aval, "shape", ()), dtype=np.int64)) for v in eqn.outvars)
+            <= _HOST_ENTRIES
+        )
         if concrete:  # literals and constants only: evaluated now
             with jax.ensure_compile_time_eval():
                 out = eqn.primitive.bind(*vals, **eqn.params)

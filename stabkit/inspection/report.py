@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 from stabkit.inspection.array_stats import CLASSES, KINDS, rms
-from stabkit.inspection.program import Node, Program
+from stabkit.inspection.program import Program
 
 
 @dataclasses.dataclass(frozen=True)
@@ -461,9 +461,3 @@ def _by_scope(ds: xr.Dataset) -> xr.Dataset:
         scope=("scope_direction", [k[0] for k in keys]),
         direction=("scope_direction", [k[1] for k in keys]),
     )
-
-
-def describe_node(node: Node) -> str:
-    """``primitive dtype[shape] at source`` for messages."""
-    shape = f"{node.dtypes[0]}{list(node.shapes[0])}" if node.shapes else ""
-    return f"{node.primitive} {shape} at {node.source or '?'}"
