@@ -615,3 +615,11 @@ def test_property_init_bad_arguments(data):
     else:
         bad = data.draw(JUNK | st.just("kaiming"))
         raises_cleanly(lambda: sinit.init_rule(bad))
+
+
+def test_a_dtype_string_numpy_cannot_parse_is_a_value_error():
+    # np.dtype(b",") raises SyntaxError; found by the property test above (hypothesis draw b",")
+    with pytest.raises(TypeError, match="is not a dtype"):
+        precision.limits(b",")
+    with pytest.raises(ValueError, match="is not a dtype"):
+        precision.limits(",")

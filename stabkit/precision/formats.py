@@ -74,7 +74,7 @@ def _format(dtype: Any, name: str = "dtype") -> _Format:
         dtype = getattr(ml_dtypes, dtype)
     try:
         dt = np.dtype(dtype)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, SyntaxError):  # np.dtype(b",") raises SyntaxError
         # A string that names no dtype is a bad value; any other object is the wrong type.
         error = ValueError if isinstance(dtype, str) else TypeError
         raise error(
