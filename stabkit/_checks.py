@@ -29,7 +29,7 @@ def is_floating_dtype(dtype: Any) -> bool:
         return False
     try:
         return bool(jnp.issubdtype(dtype, jnp.floating))
-    except TypeError:
+    except (TypeError, ValueError, SyntaxError):  # np.dtype(b",") raises SyntaxError
         return False
 
 

@@ -623,3 +623,8 @@ def test_a_dtype_string_numpy_cannot_parse_is_a_value_error():
         precision.limits(b",")
     with pytest.raises(ValueError, match="is not a dtype"):
         precision.limits(",")
+
+
+def test_a_dtype_numpy_cannot_parse_is_refused_by_the_nets():
+    with pytest.raises(TypeError, match="floating-point dtype"):
+        stabkit.mlp_init(jax.random.key(0), depth=2, width=4, dtype=b",")
