@@ -96,8 +96,6 @@ class _Level:
         self.groups: dict = {}  # open groups: key -> list of (slot, value, underflowed, fresh)
         self.reduced: list = []  # closed groups: (ArrayStats with a leading axis, slots)
         self.values: list[tuple[int, int]] = []  # per value: (node id, output)
-        self.dtypes: list = []
-        self.sizes: list[int] = []
         self.elementwise: list[bool] = []
         self.whole: list[bool] = []  # underflow judged for the whole output, from the inputs' flags
         self.inputs: list[list[tuple[str, int]]] = []  # per value: flag references
@@ -111,7 +109,7 @@ class _Level:
         self.ext.append(flags)
         return ("e", len(self.ext) - 1)
 
-    def value(self, node, j, raw, dtype, size, inputs) -> tuple[str, int]:
+    def value(self, node, j, raw, inputs) -> tuple[str, int]:
         """Add a value: ``raw`` is its host ArrayStats, or ``(x, underflowed, fresh)`` to reduce
         on the device with others of its shape and dtype."""
         node_id, elementwise = node.id, node.elementwise
@@ -130,8 +128,6 @@ class _Level:
             if len(group) >= GROUP_VALUES or nbytes >= GROUP_BYTES:
                 self.flush(key)
         self.values.append((node_id, j))
-        self.dtypes.append(dtype)
-        self.sizes.append(size)
         self.elementwise.append(elementwise)
         self.inputs.append(inputs)
         return ("v", len(self.values) - 1)
@@ -369,14 +365,13 @@ class Evaluator:
             if not _floating(o):
                 results.append((o, None))
                 continue
-            size = int(np.prod(o.shape, dtype=np.int64))
             if concrete:
                 raw = st.stats_np(o, underflowed, fresh)
             elif node.underflow_rule == "whole":
                 raw = (o, jnp.ones((), bool), fresh)
             else:
                 raw = (o, underflowed, fresh)
-            ref = level.value(node, j, raw, o.dtype, size, refs)
+            ref = level.value(node, j, raw, refs)
             results.append((o, ref))
             j += 1
         return results

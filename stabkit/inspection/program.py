@@ -185,7 +185,6 @@ class Program:
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
     consts: tuple[int, ...]
-    loops: dict[tuple, dict]
     n_vars: int = 0
 
     def __post_init__(self) -> None:
@@ -322,7 +321,6 @@ class _Walker:
         self.nodes: list[Node] = []
         self.by_path: dict[tuple, Node] = {}
         self.edges: dict[int, list[int]] = {}
-        self.loops: dict[tuple, dict] = {}
         self.n_vars = 0
 
     def new_var(self) -> int:
@@ -428,9 +426,7 @@ class _Walker:
     def _loop_body(self, kind, key, ctx, jaxpr, consts, n_in):
         ids = [self.new_var() for _ in consts] + [self.new_var() for _ in range(n_in)]
         sub = {**ctx, "loops": (*ctx["loops"], kind)}
-        first = len(self.nodes)
         res = self.walk(jaxpr, ids, (*key, "body"), sub)
-        self.loops[key] = {"kind": kind, "nodes": (first, len(self.nodes))}
         return ids[len(consts) :], res
 
     def _scan(self, eqn, ins, outs, key, ctx) -> None:
@@ -444,7 +440,6 @@ class _Walker:
             self.edge(res[j], body_in[n_consts + j])  # around the loop
         for src, dst in zip(res, outs, strict=True):
             self.edge(src, dst)
-        self.loops[key]["length"] = int(p["length"])
 
     def _while(self, eqn, ins, outs, key, ctx) -> None:
         p = eqn.params
@@ -475,7 +470,6 @@ def flatten(closed: Any) -> Program:
         inputs=tuple(in_ids[n_const:]),
         outputs=tuple(v for v in out_ids if v is not None),
         consts=tuple(in_ids[:n_const]),
-        loops=w.loops,
         n_vars=w.n_vars,
     )
 
