@@ -72,6 +72,7 @@ __all__ = [
     "Initializer",
     "bias_normal",
     "get_initializer",
+    "scaled_draw",
     "glorot_normal",
     "glorot_uniform",
     "he_normal",
@@ -255,6 +256,55 @@ def init_rule(name: str) -> InitRule:
     if name not in _INITIALIZERS:
         raise ValueError(f"unknown init {name!r}; valid names: {', '.join(sorted(_INITIALIZERS))}")
     return _INITIALIZERS[name].rule
+
+
+def scaled_draw(
+    key: jax.Array, shape: Sequence[int], dtype: DTypeLike, *, init: str, scale: Any = 1.0
+) -> jax.Array:
+    """The named initializer ``init``'s draw of ``shape`` with a multiplier that may be traced.
+
+    One home for "a unit draw times a multiplier" (the network blocks and the sweep use it): the
+    entries are the same as ``get_initializer(init, scale)(key, shape, dtype)`` for a matrix, but
+    ``scale`` may be a traced scalar (a sweep's or a training grid's data). For ``shape`` of rank
+    above 2 (a convolution kernel ``(*window, fan_in, fan_out)``), the fans are
+    ``prod(window) * shape[-2]`` and ``prod(window) * shape[-1]``, as in ``jax.nn.initializers``;
+    ``orthogonal`` and ``scaled_identity`` then apply to the last two axes at every window offset.
+
+    Args:
+        key: a PRNG key.
+        shape: the array's shape, rank >= 2.
+        dtype: the result's floating dtype (drawn in :func:`stabkit._numerics.compute_dtype` and
+            rounded once).
+        init: a name from :func:`initializer_names`.
+        scale: the multiplier (``sigma_w``, ``gain`` or ``a``); a float or a traced scalar.
+
+    Examples:
+        >>> w = scaled_draw(jax.random.key(0), (4, 4), jnp.float32, init="orthogonal", scale=2.0)
+        >>> bool(jnp.allclose(w.T @ w, 4 * jnp.eye(4), atol=1e-5))
+        True
+    """
+    kind, variance = init_rule(init)
+    shape = tuple(int(d) for d in shape)
+    if len(shape) < 2 or min(shape) < 1:
+        raise ValueError(f"shape must have rank >= 2 and positive sizes, got {shape}")
+    dtype = _dtype(dtype)
+    sdt = compute_dtype(dtype)
+    window = math.prod(shape[:-2])
+    n, m = shape[-2], shape[-1]
+    if kind == "normal":
+        unit = jax.random.normal(key, shape, sdt) * math.sqrt(variance(window * n, window * m))
+    elif kind == "uniform":
+        limit = math.sqrt(3.0 * variance(window * n, window * m))
+        unit = limit * jax.random.uniform(key, shape, sdt, minval=-1.0, maxval=1.0)
+    elif kind == "orthogonal":
+        tall = (max(n, m), min(n, m))
+        a = jax.random.normal(key, (window, *tall), sdt)
+        q, r = jnp.linalg.qr(a)
+        q = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[..., None, :]
+        unit = (q if n >= m else jnp.swapaxes(q, -1, -2)).reshape(shape)
+    else:
+        unit = jnp.broadcast_to(jnp.eye(n, m, dtype=sdt), shape)
+    return (jnp.asarray(scale, sdt) * unit).astype(dtype)
 
 
 # ----------------------------------------------------------------------------------- initializers
