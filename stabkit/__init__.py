@@ -15,6 +15,10 @@ Public API (each module's docstring has the details):
   saturation, first inf/NaN/zero layer; depth is data), with the losses of
   :mod:`stabkit.losses` (``loss_names``); :mod:`stabkit.deep_linear`: the deep-linear closed
   forms ``deep_linear_gain`` and ``deep_linear_theory``.
+* :mod:`stabkit.networks`: networks as stacks of blocks (``block``: dense, residual, attention,
+  conv1d/conv2d, with layer/RMS/batch norm pre/post/inner, Fixup, learnable alpha; ``user_block``
+  for the user's own init/apply pair): ``net_init``/``net_apply`` (depth is data), and
+  ``trace`` (``trace_net``) at every block boundary and tap, backward by one ``jax.vjp`` per block.
 * :mod:`stabkit.theory`: mean-field signal propagation in float64 (``q_map``, ``c_map``,
   ``iterate_maps``, ``mean_field`` with ``q_star``/``c_star``/``chi_1``/``xi_q``/``xi_c``/``phase``,
   the ``critical_line``) and Jacobian spectra (``jacobian_singular_values`` of sampled nets,
@@ -60,6 +64,17 @@ from stabkit.init import InitRule, get_initializer, init_rule, initializer_names
 from stabkit.inspection import Origin, Report, inspect
 from stabkit.losses import loss_names
 from stabkit.nets import MLPParams, mlp_apply, mlp_init
+from stabkit.networks import (
+    Block,
+    NetParams,
+    NetTrace,
+    block,
+    block_names,
+    net_apply,
+    net_init,
+    trace_net,
+    user_block,
+)
 from stabkit.precision import (
     SUPPORTED_DTYPES,
     Behaviour,

@@ -347,10 +347,10 @@ def _trace_jit(
 
 
 def trace(
-    params: MLPParams,
+    params: MLPParams | Any,
     x: ArrayLike,
     *,
-    activation: str | Activation,
+    activation: str | Activation | None = None,
     loss: str | Callable[[jax.Array], jax.Array] = "mse",
     depth: int | jax.Array | None = None,
     saturation_threshold: float | jax.Array = 1e-2,
@@ -360,6 +360,10 @@ def trace(
     One forward pass and one backward pass, both in the parameters' dtype, for the loss ``loss``
     of the output. The backward statistics are exact gradients of that loss (``jax.grad``), taken
     with respect to every layer's pre-activations, post-activations and weights.
+
+    For a :class:`stabkit.NetParams` (a network of blocks, :func:`stabkit.net_init`) this is
+    :func:`stabkit.networks.trace_net` (no ``activation``: the block holds it) and returns a
+    :class:`stabkit.networks.NetTrace`.
 
     Compiled once per (parameter shapes, dtype, batch size, activation, loss); ``depth`` and
     ``saturation_threshold`` are data. Works under ``jit``, ``vmap`` and ``grad`` (``loss`` is
@@ -407,7 +411,18 @@ def trace(
         >>> int(trace(p, jnp.ones(2), activation="linear", depth=20).first_inf_forward)
         -1
     """
+    from stabkit.networks import NetParams, trace_net  # networks import this module's helpers
+
+    if isinstance(params, NetParams):
+        if activation is not None:
+            raise TypeError(
+                "activation is part of a network's block (stabkit.block(kind, activation=...)); "
+                f"trace takes none for a NetParams, got {activation!r}"
+            )
+        return trace_net(params, x, loss=loss, depth=depth)
     params = _check_params(params)
+    if activation is None:
+        raise TypeError("trace of an MLPParams needs activation= (a name or a callable)")
     phi = get_activation(activation)
     if isinstance(loss, str):
         loss_fn = whole_array_loss(loss)

@@ -9,15 +9,17 @@
 * :mod:`stabkit.networks.norms`: ``layer_norm``, ``rms_norm``, ``batch_norm``.
 """
 
-from stabkit.networks.block import Block, Branch
+from stabkit.networks.blocks import Block, Branch
 from stabkit.networks.kinds import block, block_names, user_block
 from stabkit.networks.network import NetParams, net_apply, net_init
 from stabkit.networks.norms import batch_norm, layer_norm, rms_norm
+from stabkit.networks.trace import NetTrace, trace_net
 
 __all__ = [
     "Block",
     "Branch",
     "NetParams",
+    "NetTrace",
     "batch_norm",
     "block",
     "block_names",
@@ -25,5 +27,6 @@ __all__ = [
     "net_apply",
     "net_init",
     "rms_norm",
+    "trace_net",
     "user_block",
 ]

@@ -17,7 +17,7 @@ from stabkit._checks import positive_int
 from stabkit._numerics import compute_dtype
 from stabkit.activations import Activation
 from stabkit.init import scaled_draw
-from stabkit.networks.block import Branch
+from stabkit.networks.blocks import Branch
 
 __all__ = ["bias_draw", "dense_branch", "matmul"]
 

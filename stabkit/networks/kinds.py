@@ -26,7 +26,7 @@ import jax
 
 from stabkit._checks import _short, choice, strict_bool
 from stabkit.activations import get_activation
-from stabkit.networks.block import BASE_HYPER, NORM_POSITIONS, Block, Branch
+from stabkit.networks.blocks import BASE_HYPER, NORM_POSITIONS, Block, Branch
 from stabkit.networks.dense import dense_branch
 from stabkit.networks.norms import NORMS
 

@@ -32,7 +32,7 @@ from jax.typing import ArrayLike, DTypeLike
 from stabkit._checks import _first_line, _short, check_memory, floating_array, positive_int
 from stabkit._numerics import compute_dtype
 from stabkit.init import _dtype, check_key, init_rule, scaled_draw
-from stabkit.networks.block import Block
+from stabkit.networks.blocks import Block
 from stabkit.networks.dense import bias_draw, matmul
 from stabkit.networks.kinds import block as make_block
 

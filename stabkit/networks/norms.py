@@ -54,8 +54,8 @@ def rms_norm(u: ArrayLike, gain: ArrayLike, eps: ArrayLike = 1e-6) -> jax.Array:
     """``gain * u / sqrt(mean(u^2) + eps)`` over the last axis (no centring, no bias).
 
     Examples:
-        >>> rms_norm(jnp.array([3.0, 4.0]), 1.0, 0.0) ** 2
-        Array([0.72, 1.28], dtype=float32)
+        >>> rms_norm(jnp.array([3.0, 4.0]), 1.0, 0.0)  # (3, 4) / sqrt(12.5)
+        Array([0.84852815, 1.1313709 ], dtype=float32)
     """
     u = jnp.asarray(u)
     v = u.astype(compute_dtype(u.dtype))
