@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from stabkit._numerics import compute_dtype, rms_by_sqrt_max
 from stabkit.networks.norms import NORMS, batch_norm, layer_norm, rms_norm
 
-__all__ = ["Block", "Branch", "NORM_POSITIONS", "tap_rms"]
+__all__ = ["NORM_POSITIONS", "Block", "Branch", "tap_rms"]
 
 NORM_POSITIONS = ("pre", "post", "inner")
 

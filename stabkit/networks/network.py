@@ -21,8 +21,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -90,10 +91,14 @@ def _scalar(value: Any, name: str, *, nonnegative: bool = False) -> Any:
             raise ValueError(f"{name} must be a scalar, got shape {value.shape}")
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        if getattr(value, "ndim", None) == 0 and jnp.issubdtype(jnp.asarray(value).dtype, jnp.number):
+        if getattr(value, "ndim", None) == 0 and jnp.issubdtype(
+            jnp.asarray(value).dtype, jnp.number
+        ):
             value = float(value)
         else:
-            raise TypeError(f"{name} must be a real number, got {type(value).__name__} {_short(value)}")
+            raise TypeError(
+                f"{name} must be a real number, got {type(value).__name__} {_short(value)}"
+            )
     value = float(value)
     if not math.isfinite(value) or (nonnegative and value < 0):
         what = "a finite real >= 0" if nonnegative else "a finite real"
@@ -228,9 +233,13 @@ def check_params(params: Any) -> NetParams:
     """``params`` if it is a :class:`NetParams` whose leaves share one supported dtype."""
     if not isinstance(params, NetParams):
         raise TypeError(f"params must be a NetParams (from net_init), got {type(params).__name__}")
-    dtypes = {jnp.asarray(a).dtype for a in jax.tree.leaves((params.embed, params.blocks, params.readout))}
+    dtypes = {
+        jnp.asarray(a).dtype for a in jax.tree.leaves((params.embed, params.blocks, params.readout))
+    }
     if len(dtypes) != 1:
-        raise TypeError(f"params must share one floating dtype, got {sorted(d.name for d in dtypes)}")
+        raise TypeError(
+            f"params must share one floating dtype, got {sorted(d.name for d in dtypes)}"
+        )
     _dtype(params.dtype, "params.dtype")
     return params
 
@@ -248,7 +257,11 @@ def check_x(x: Any, params: NetParams, batch_axes: int = 0) -> jax.Array:
             f"x must have shape (batch, *spatial, {params.in_dim}) with batch >= 1, got {x.shape}"
         )
     if spatial not in block.spatial:
-        names = {0: "(batch, width)", 1: "(batch, sequence, width)", 2: "(batch, height, width, channels)"}
+        names = {
+            0: "(batch, width)",
+            1: "(batch, sequence, width)",
+            2: "(batch, height, width, channels)",
+        }
         want = " or ".join(names.get(s, f"{s} spatial axes") for s in block.spatial)
         has = "a sequence axis" if spatial == 1 else f"{spatial} spatial axes"
         raise ValueError(
@@ -276,7 +289,9 @@ def check_depth(depth: Any, max_depth: int) -> jax.Array:
     try:
         value = operator.index(depth)
     except TypeError:
-        raise TypeError(f"depth must be an int, got {type(depth).__name__} {_short(depth)}") from None
+        raise TypeError(
+            f"depth must be an int, got {type(depth).__name__} {_short(depth)}"
+        ) from None
     value = positive_int(value, "depth")
     if value > max_depth:
         raise ValueError(f"depth={value} exceeds the {max_depth} blocks the params hold")
@@ -313,35 +328,46 @@ def readout(r: dict, h: jax.Array) -> jax.Array:
     return matmul(h, r["w"]) + r["b"]
 
 
-def block_step(params: NetParams, depth: jax.Array):
-    """``step(h, (index, block_params)) -> (h', taps)``: block ``index`` if active, else the
-    identity (on zeros, the double ``where``: a discarded block's values and their zero-weighted
-    gradients stay finite, so no 0 * inf NaN reaches the blocks that count)."""
-    block, hyper = params.block, params.hyper
+class Stack(NamedTuple):
+    """A stack of blocks as :func:`trace_core` reads it: the block, its hyper-parameters, the
+    most blocks it may run, and ``params_of(l)``: block ``l``'s parameters (1-based, traced).
+    A :class:`NetParams` indexes its stacked parameters; the sweep draws them on the fly, from
+    the same keys, so that both run the same network."""
 
-    def step(h, inputs):
-        index, bp = inputs
-        active = index <= depth
-        out, taps = block.apply(bp, jnp.where(active, h, jnp.zeros_like(h)), hyper)
-        return jnp.where(active, out, h), taps
-
-    return step
+    block: Any
+    hyper: dict
+    max_depth: int
+    params_of: Callable[[jax.Array], Any]
 
 
-def forward(params: NetParams, x: jax.Array, depth: jax.Array):
-    """The output and the stacked taps ``(max_depth, ...)`` of the network on ``x``."""
-    h = embed(params, x)
-    index = jnp.arange(1, params.max_depth + 1, dtype=jnp.int32)
-    h, taps = jax.lax.scan(block_step(params, depth), h, (index, params.blocks))
-    return readout(params.readout, h), taps
+def stack_of(params: NetParams) -> Stack:
+    def params_of(layer):
+        return jax.tree.map(
+            lambda a: jax.lax.dynamic_index_in_dim(a, layer - 1, keepdims=False), params.blocks
+        )
+
+    return Stack(params.block, params.hyper, params.max_depth, params_of)
+
+
+def forward(params: NetParams, x: jax.Array, depth: jax.Array) -> jax.Array:
+    """The network's output on ``x``: blocks 1..depth in a ``fori_loop`` (depth is data)."""
+    stack = stack_of(params)
+
+    def body(i, h):
+        return stack.block.apply(stack.params_of(i + 1), h, stack.hyper)[0].astype(h.dtype)
+
+    h = jax.lax.fori_loop(0, depth, body, embed(params, x))
+    return readout(params.readout, h)
 
 
 @jax.jit
 def _apply_jit(params: NetParams, x: jax.Array, depth: jax.Array) -> jax.Array:
-    return forward(params, x, depth)[0]
+    return forward(params, x, depth)
 
 
-def net_apply(params: NetParams, x: ArrayLike, *, depth: int | jax.Array | None = None) -> jax.Array:
+def net_apply(
+    params: NetParams, x: ArrayLike, *, depth: int | jax.Array | None = None
+) -> jax.Array:
     """The network's output for ``x``; one compilation per (block, shapes, dtype), depth is data.
 
     Args:

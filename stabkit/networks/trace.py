@@ -17,7 +17,6 @@ Depth is data: one compilation per (block, shapes, dtype, loss) serves every ``d
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
@@ -32,13 +31,13 @@ from stabkit._numerics import compute_dtype, rms_by_sqrt_max
 from stabkit.losses import check_loss_callable, whole_array_loss
 from stabkit.networks.network import (
     NetParams,
-    block_step,
+    Stack,
     check_block_shapes,
     check_depth,
     check_params,
     check_x,
-    embed,
     readout,
+    stack_of,
 )
 from stabkit.precision import Census, census
 
@@ -108,7 +107,10 @@ class NetTrace(NamedTuple):
             if r < 0:
                 lines.append("  ...")
                 continue
-            bad = int(t.census.inf[r] + t.census.nan[r]), int(t.grad_census.inf[r] + t.grad_census.nan[r])
+            bad = (
+                int(t.census.inf[r] + t.census.nan[r]),
+                int(t.grad_census.inf[r] + t.grad_census.nan[r]),
+            )
             vals = [t.rms[r], t.max_abs[r], t.grad_rms[r], t.param_grad_rms[r]]
             cells = [f"{r:>11d}", *(f"{v:>11.4g}" for v in vals), f"{bad[0]:>5d}/{bad[1]:<5d}"]
             cells += [f"{t.taps[k][r]:>11.4g}" for k in names]
@@ -138,85 +140,124 @@ def tree_rms(tree: Any) -> jax.Array:
     return rms_by_sqrt_max(r * jnp.sqrt(n / jnp.sum(n))) * jnp.sqrt(jnp.asarray(len(leaves), sdt))
 
 
-def _place(first, blocks, last, depth, fill):
-    """Rows: 0 <- first, 1..max_depth <- blocks, depth+1 <- last, beyond: fill."""
-    n = blocks.shape[0]
-    rows = jnp.concatenate([first[None], blocks, jnp.full_like(first, fill)[None]])
-    rows = rows.at[depth + 1].set(last)
-    keep = (jnp.arange(n + 2) <= depth + 1).reshape((-1,) + (1,) * first.ndim)
-    return jnp.where(keep, rows, jnp.full_like(rows, fill))
+def _put(rows: dict, layer, values: dict) -> dict:
+    out = dict(rows)
+    for k, v in values.items():
+        out[k] = jax.lax.dynamic_update_index_in_dim(rows[k], v.astype(rows[k].dtype), layer, 0)
+    return out
 
 
-def trace_core(params: NetParams, x: jax.Array, depth: jax.Array, loss_fn: Callable) -> NetTrace:
-    """The traced computation (no validation): what :func:`trace_net` and the sweep run."""
-    block, hyper, n = params.block, params.hyper, params.max_depth
-    index = jnp.arange(1, n + 1, dtype=jnp.int32)
-    h0 = embed(params, x)
-    step = block_step(params, depth)
+def _stat_rows(v: jax.Array, prefix: str) -> dict:
+    rms, max_abs, cen = _stats(v)
+    out = {f"{prefix}rms": rms, f"{prefix}max_abs": max_abs}
+    out.update({f"{prefix}{k}": c for k, c in cen._asdict().items()})
+    return out
 
-    def fwd(h, inputs):
-        out, taps = step(h, inputs)
-        return out, (h, _stats(out), taps)
 
-    h, (inputs, fstats, taps) = jax.lax.scan(fwd, h0, (index, params.blocks))
+def trace_core(
+    stack: Stack,
+    embed_params: Any,
+    readout_params: dict,
+    x: jax.Array,
+    depth: jax.Array,
+    loss_fn: Callable,
+) -> NetTrace:
+    """The traced computation (no validation): what :func:`trace_net` and the sweep run.
+
+    Blocks 1..depth run in a ``fori_loop`` (a traced depth runs only its own blocks; under
+    ``vmap`` the loop runs to the batch's deepest and keeps each config's own result). The
+    forward loop keeps each block's input; the backward loop takes one ``jax.vjp`` per block."""
+    block, hyper, n = stack.block, stack.hyper, stack.max_depth
+    sdt = compute_dtype(x.dtype)
+    h0 = x if embed_params is None else readout(embed_params, x)
+    one = stack.params_of(jnp.asarray(1, jnp.int32))
+    tap_shapes = jax.eval_shape(lambda p, h: block.apply(p, h, hyper)[1], one, h0)
+    L = n + 2
+
+    def rows_like(names, fill, dtype):
+        return {k: jnp.full((L,), fill, dtype) for k in names}
+
+    stat_names = ["rms", "max_abs", *Census._fields]
+    count = set(Census._fields)
+    fwd_rows = {
+        k: jnp.full((L,), 0 if k in count else jnp.nan, jnp.int32 if k in count else sdt)
+        for k in stat_names
+    }
+    fwd_rows.update(
+        {f"tap_{k}": jnp.full((L, *v.shape), jnp.nan, sdt) for k, v in tap_shapes.items()}
+    )
+    fwd_rows = _put(fwd_rows, 0, _stat_rows(h0, ""))
+    hs = jnp.zeros((n, *h0.shape), h0.dtype)
+
+    def fwd(i, carry):
+        h, hs, rows = carry
+        layer = i + 1
+        out, taps = block.apply(stack.params_of(layer), h, hyper)
+        hs = jax.lax.dynamic_update_index_in_dim(hs, h, i, 0)
+        rows = _put(
+            rows, layer, {**_stat_rows(out, ""), **{f"tap_{k}": v for k, v in taps.items()}}
+        )
+        return out.astype(h.dtype), hs, rows
+
+    h, hs, fwd_rows = jax.lax.fori_loop(0, depth, fwd, (h0, hs, fwd_rows))
 
     def head(r, h):
         y = readout(r, h)
         return loss_fn(y), y
 
-    loss, head_vjp, y = jax.vjp(head, params.readout, h, has_aux=True)
+    loss, head_vjp, y = jax.vjp(head, readout_params, h, has_aux=True)
     g_readout, g_h = head_vjp(jnp.ones_like(loss))
     g_y = jax.grad(lambda y: loss_fn(y))(y)
+    fwd_rows = _put(fwd_rows, depth + 1, _stat_rows(y, ""))
 
-    def bwd(g, inputs):
-        i, bp, h_in = inputs
-        active = i <= depth
+    bwd_rows = {
+        f"grad_{k}": jnp.full((L,), 0 if k in count else jnp.nan, jnp.int32 if k in count else sdt)
+        for k in stat_names
+    }
+    bwd_rows["param_grad_rms"] = jnp.full((L,), jnp.nan, sdt)
+    bwd_rows = _put(
+        bwd_rows, depth + 1, {**_stat_rows(g_y, "grad_"), "param_grad_rms": tree_rms(g_readout)}
+    )
+
+    def bwd(j, carry):
+        g, rows = carry
+        layer = depth - j
+        h_in = jax.lax.dynamic_index_in_dim(hs, layer - 1, keepdims=False)
 
         def f(bp, h):
-            return block.apply(bp, jnp.where(active, h, jnp.zeros_like(h)), hyper)[0]
+            return block.apply(bp, h, hyper)[0].astype(h.dtype)
 
-        _, vjp = jax.vjp(f, bp, h_in)
+        _, vjp = jax.vjp(f, stack.params_of(layer), h_in)
         g_bp, g_in = vjp(g)
-        return jnp.where(active, g_in, g), (_stats(g), tree_rms(g_bp))
+        rows = _put(rows, layer, {**_stat_rows(g, "grad_"), "param_grad_rms": tree_rms(g_bp)})
+        return g_in, rows
 
-    g0, (bstats, pgrad) = jax.lax.scan(bwd, g_h, (index, params.blocks, inputs), reverse=True)
-    if params.embed is not None:
-        _, embed_vjp = jax.vjp(lambda e: embed(dataclasses.replace(params, embed=e), x), params.embed)
+    g0, bwd_rows = jax.lax.fori_loop(0, depth, bwd, (g_h, bwd_rows))
+    if embed_params is not None:
+        _, embed_vjp = jax.vjp(lambda e: readout(e, x), embed_params)
         g_embed = tree_rms(embed_vjp(g0))
     else:
-        g_embed = jnp.asarray(jnp.nan, pgrad.dtype)
+        g_embed = jnp.asarray(jnp.nan, sdt)
+    bwd_rows = _put(bwd_rows, 0, {**_stat_rows(g0, "grad_"), "param_grad_rms": g_embed})
 
-    nan = jnp.nan
-    f0, fl = _stats(h0), _stats(y)
-    b0, bl = _stats(g0), _stats(g_y)
-    rms = _place(f0[0], fstats[0], fl[0], depth, nan)
-    max_abs = _place(f0[1], fstats[1], fl[1], depth, nan)
-    cen = Census(*(_place(a, b, c, depth, 0) for a, b, c in zip(f0[2], fstats[2], fl[2])))
-    grad_rms = _place(b0[0], bstats[0], bl[0], depth, nan)
-    grad_max = _place(b0[1], bstats[1], bl[1], depth, nan)
-    gcen = Census(*(_place(a, b, c, depth, 0) for a, b, c in zip(b0[2], bstats[2], bl[2])))
-    param_grad = _place(g_embed.astype(pgrad.dtype), pgrad, tree_rms(g_readout).astype(pgrad.dtype), depth, nan)
-    tap_rows = {
-        k: _place(jnp.full_like(v[0], nan), v, jnp.full_like(v[0], nan), depth, nan)
-        for k, v in taps.items()
-    }
-    rows = jnp.arange(n + 2)
-    valid = rows <= depth + 1
+    valid = jnp.arange(L) <= depth + 1
+    cen = Census(*(fwd_rows[k] for k in Census._fields))
+    gcen = Census(*(bwd_rows[f"grad_{k}"] for k in Census._fields))
     bad_f = (cen.inf > 0) | (cen.nan > 0)
     bad_b = (gcen.inf > 0) | (gcen.nan > 0)
     zero_b = gcen.zero == sum(gcen)  # every entry of the gradient is +0 or -0
     return NetTrace(
         depth=depth,
         valid=valid,
-        rms=rms,
-        max_abs=max_abs,
+        rms=fwd_rows["rms"],
+        max_abs=fwd_rows["max_abs"],
         census=cen,
-        grad_rms=grad_rms,
-        grad_max_abs=grad_max,
+        grad_rms=bwd_rows["grad_rms"],
+        grad_max_abs=bwd_rows["grad_max_abs"],
         grad_census=gcen,
-        param_grad_rms=param_grad,
-        taps=tap_rows,
-        loss=loss,
+        param_grad_rms=bwd_rows["param_grad_rms"],
+        taps={k: fwd_rows[f"tap_{k}"] for k in tap_shapes},
+        loss=loss.astype(sdt),
         first_nonfinite_forward=_first(bad_f & valid),
         first_nonfinite_backward=_last(bad_b & valid),
         first_zero_backward=_last(zero_b & valid),
@@ -234,7 +275,7 @@ def _last(mask):
 
 @partial(jax.jit, static_argnames=("loss_fn",))
 def _trace_jit(params, x, depth, loss_fn):
-    return trace_core(params, x, depth, loss_fn)
+    return trace_core(stack_of(params), params.embed, params.readout, x, depth, loss_fn)
 
 
 def trace_net(
@@ -286,5 +327,7 @@ def trace_net(
         check_loss_callable(loss_fn, out_shape, params.dtype)
     entries = x.size // params.in_dim * params.width
     nbytes = (params.max_depth + 4) * entries * 4 * params.dtype.itemsize
-    check_memory(nbytes, "x.shape", x.shape, f"trace's per-block buffers ({params.max_depth} blocks)")
+    check_memory(
+        nbytes, "x.shape", x.shape, f"trace's per-block buffers ({params.max_depth} blocks)"
+    )
     return _trace_jit(params, x, depth, loss_fn)
