@@ -98,7 +98,7 @@ from stabkit.stable_softmax import (
     softmax,
     softmax_cross_entropy,
 )
-from stabkit.sweeps import SweepSpec, load, sweep, sweep_input
+from stabkit.sweeps import NetSweepSpec, SweepSpec, load, net_sweep_input, sweep, sweep_input
 from stabkit.theory import (
     PHASE_NAMES,
     JacobianMoments,

@@ -34,7 +34,7 @@ from stabkit._checks import _first_line, _short, check_memory, floating_array, p
 from stabkit._numerics import compute_dtype
 from stabkit.init import _dtype, check_key, init_rule, scaled_draw
 from stabkit.networks.blocks import Block
-from stabkit.networks.dense import bias_draw, matmul
+from stabkit.networks.dense import matmul
 from stabkit.networks.kinds import block as make_block
 
 __all__ = ["NetParams", "net_apply", "net_init"]
@@ -206,20 +206,27 @@ def _eval_block_init(block: Block, key, width, dtype, init, hyper) -> Any:
         ) from err
 
 
+def linear_params(key: jax.Array, n: int, m: int, dtype: Any, init: str) -> dict:
+    """The embedding's or the readout's ``{"w": (n, m), "b": zeros}``: the named initializer at
+    multiplier 1 (one home: :func:`net_init` and the network sweep draw them alike)."""
+    return {"w": scaled_draw(key, (n, m), dtype, init=init), "b": jnp.zeros((m,), dtype)}
+
+
+def block_keys(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The embedding's, the readout's and the blocks' base keys; block ``l`` draws from
+    ``fold_in(blocks_key, l)``."""
+    return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
+
+
 @partial(jax.jit, static_argnums=(1, 2, 3, 4, 5, 6, 7, 8))
 def _init_jit(key, block, depth, width, in_dim, out_dim, init, dtype, embed, hyper) -> NetParams:
-    k_embed, k_readout, k_blocks = (jax.random.fold_in(key, i) for i in range(3))
+    k_embed, k_readout, k_blocks = block_keys(key)
     keys = jax.vmap(jax.random.fold_in, (None, 0))(k_blocks, jnp.arange(1, depth + 1))
     blocks = jax.vmap(lambda k: block.init(k, width, dtype, init, hyper))(keys)
-
-    def linear(k, n, m):
-        kw, kb = jax.random.split(k)
-        return {"w": scaled_draw(kw, (n, m), dtype, init=init), "b": bias_draw(kb, m, dtype, 0.0)}
-
     return NetParams(
-        embed=linear(k_embed, in_dim, width) if embed else None,
+        embed=linear_params(k_embed, in_dim, width, dtype, init) if embed else None,
         blocks=blocks,
-        readout=linear(k_readout, width, out_dim),
+        readout=linear_params(k_readout, width, out_dim, dtype, init),
         hyper=hyper,
         block=block,
         max_depth=depth,

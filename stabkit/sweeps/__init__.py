@@ -12,6 +12,9 @@ One concept per file:
 * ``dataset.py``: the results in memory (variables, shapes, dtypes, metadata) and the N-D
   ``xarray.Dataset``; ``chunks.py``: a store's zarr arrays and the verification of each chunk;
   ``store.py``: the streamed, resumable zarr store and :func:`load`.
+* ``net_spec.py``, ``net_driver.py``: the sweep of networks of blocks (:class:`NetSweepSpec`,
+  block kind, norm, placement and residual scale as axes) on the general path: one
+  ``jit(shard_map(vmap(trace)))`` per (dtype, width, block, norm, placement, activation, init).
 * ``files.py``: the store's files: checked paths, atomic JSON, the exclusive writer lock.
 * ``theory_comparison.py``: a sweep against the mean field, :func:`predict_sweep` and
   :func:`compare_sweep`. It imports the theory; the theory imports nothing of the engine
@@ -22,6 +25,8 @@ One concept per file:
 
 from stabkit.sweeps.driver import sweep
 from stabkit.sweeps.kernel import sweep_input
+from stabkit.sweeps.net_driver import net_sweep_input
+from stabkit.sweeps.net_spec import NetSweepSpec
 from stabkit.sweeps.spec import CONFIG_VARS, LAYER_VARS, SweepSpec
 from stabkit.sweeps.store import load
 from stabkit.sweeps.theory_comparison import compare_sweep, predict_sweep
@@ -29,9 +34,11 @@ from stabkit.sweeps.theory_comparison import compare_sweep, predict_sweep
 __all__ = [
     "CONFIG_VARS",
     "LAYER_VARS",
+    "NetSweepSpec",
     "SweepSpec",
     "compare_sweep",
     "load",
+    "net_sweep_input",
     "predict_sweep",
     "sweep",
     "sweep_input",

@@ -193,8 +193,13 @@ def sweep(
 ):
     """Trace every configuration of ``spec``; one compiled kernel per (dtype, width).
 
+    A :class:`stabkit.NetSweepSpec` (networks of blocks: residual, normalized, attention,
+    convolutional, the user's) runs on the general path of :mod:`stabkit.sweeps.net_driver`,
+    one kernel per (dtype, width, block, norm, placement, activation, init), and returns its
+    dataset in memory (``out``/``resume`` are refused for it).
+
     Args:
-        spec: a :class:`SweepSpec`.
+        spec: a :class:`SweepSpec` or a :class:`stabkit.NetSweepSpec`.
         out: a directory for a zarr store written chunk by chunk as the sweep runs; ``None``
             keeps everything in memory.
         resume: continue the store at ``out`` where it stopped (a killed sweep loses at most the
@@ -245,8 +250,10 @@ def sweep(
         >>> ds.first_inf_forward.sel(scale=1.5).values, ds.first_nan_forward.sel(scale=1.5).values
         (array([-1, 28], dtype=int32), array([-1, 29], dtype=int32))
     """
-    if not isinstance(spec, SweepSpec):
-        raise TypeError(f"spec must be a SweepSpec, got {type(spec).__name__}")
+    from stabkit.sweeps.net_spec import NetSweepSpec  # (it imports this package's spec)
+
+    if not isinstance(spec, (SweepSpec, NetSweepSpec)):
+        raise TypeError(f"spec must be a SweepSpec or a NetSweepSpec, got {type(spec).__name__}")
     if chunk_size is not None:
         chunk_size = int_values("chunk_size", 1)(chunk_size)
     memory_budget = int_values("memory_budget", 1, 2**62)(memory_budget)
@@ -254,6 +261,21 @@ def sweep(
     progress = strict_bool(progress, "progress")
     load_result = strict_bool(load_result, "load_result")
     devices = _check_devices(devices)
+    if isinstance(spec, NetSweepSpec):
+        if out is not None or resume:
+            raise ValueError(
+                "out=/resume= (the resumable zarr store) are not supported for a NetSweepSpec "
+                "yet: its dataset is returned in memory (save it with ds.to_zarr or ds.to_netcdf)"
+            )
+        from stabkit.sweeps.net_driver import net_sweep
+
+        return net_sweep(
+            spec,
+            chunk_size=chunk_size,
+            memory_budget=memory_budget,
+            progress=progress,
+            devices=devices,
+        )
     n, n_layers = spec.n_configs, spec.n_layers
     if out is None or load_result:
         # The results are held whole (or read back whole): refuse before computing any of them.
