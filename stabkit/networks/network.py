@@ -357,13 +357,21 @@ def stack_of(params: NetParams) -> Stack:
 
 
 def forward(params: NetParams, x: jax.Array, depth: jax.Array) -> jax.Array:
-    """The network's output on ``x``: blocks 1..depth in a ``fori_loop`` (depth is data)."""
-    stack = stack_of(params)
+    """The network's output on ``x``: every block under ``lax.scan``, those beyond ``depth``
+    passing their input through, so that ``jax.grad`` differentiates it (a ``fori_loop`` to a
+    traced depth cannot be reverse-differentiated). A skipped block computes on zeros, the
+    double ``where``: its discarded values and their zero-weighted gradients stay finite, so no
+    0 * inf NaN reaches the blocks that count."""
+    block, hyper = params.block, params.hyper
 
-    def body(i, h):
-        return stack.block.apply(stack.params_of(i + 1), h, stack.hyper)[0].astype(h.dtype)
+    def step(h, inputs):
+        index, bp = inputs
+        active = index <= depth
+        out = block.apply(bp, jnp.where(active, h, jnp.zeros_like(h)), hyper)[0]
+        return jnp.where(active, out.astype(h.dtype), h), None
 
-    h = jax.lax.fori_loop(0, depth, body, embed(params, x))
+    index = jnp.arange(1, params.max_depth + 1, dtype=jnp.int32)
+    h, _ = jax.lax.scan(step, embed(params, x), (index, params.blocks))
     return readout(params.readout, h)
 
 

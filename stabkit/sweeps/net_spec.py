@@ -177,7 +177,9 @@ class NetSweepSpec:
         fix = functools.partial(object.__setattr__, self)
         fix("depth", tuple(sorted(_axis(self.depth, "depth", int_values("depth", 1, 4096)))))
         fix("width", tuple(sorted(_axis(self.width, "width", int_values("width", 1, 8192)))))
-        fix("block", _axis(self.block, "block", _block_value))
+        # A Block is a NamedTuple, a sequence: one Block is one value, not an axis of its fields.
+        blocks = (self.block,) if isinstance(self.block, Block) else self.block
+        fix("block", _axis(blocks, "block", _block_value))
         fix("norm", _axis(self.norm, "norm", _norm_value))
         fix("norm_position", _axis(self.norm_position, "norm_position", _position_value))
         fix("activation", _axis(self.activation, "activation", _activation))
