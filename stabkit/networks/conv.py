@@ -160,7 +160,9 @@ def conv_branch(
         if delta_orthogonal:
             kernel = delta_orthogonal_kernel(kw, window, width, dtype, hyper["scale"])
         else:
-            kernel = scaled_draw(kw, (*window, width, width), dtype, init=init, scale=hyper["scale"])
+            kernel = scaled_draw(
+                kw, (*window, width, width), dtype, init=init, scale=hyper["scale"]
+            )
         return {"w_last": kernel, "b_last": bias_draw(kb, width, dtype, hyper["bias_std"])}
 
     def apply(params, u, hyper, inner):
