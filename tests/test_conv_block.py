@@ -301,3 +301,22 @@ def test_study_config_defaults(study):
     cfg = study.Config()
     assert cfg.iso_depth >= 32 and max(cfg.tanh_depths) >= 32
     assert dataclasses.asdict(study.QUICK)["exact_2d"] is False
+
+
+def test_inner_layer_norm_sits_between_the_conv_and_the_activation():
+    """norm_position="inner": phi(LN(u * K + b)), checked on one block."""
+    b = block("conv1d", activation="tanh", norm="layer", norm_position="inner")
+    hyper = {k: jnp.float32(v) for k, v in {**b.hyper_defaults, "bias_std": 0.3}.items()}
+    u = np.random.default_rng(11).standard_normal((2, 5, 4)).astype(np.float32)
+
+    @jax.jit  # one compilation, not one per eager op
+    def run(key, u, hyper):
+        params = b.init(key, 4, jnp.float32, "gaussian", hyper)
+        return params, *b.apply(params, u, hyper)
+
+    params, out, taps = run(jax.random.key(10), jnp.asarray(u), hyper)
+    kernel = np.asarray(params["branch"]["w_last"], np.float64)
+    z = _np_conv(u.astype(np.float64), kernel) + np.asarray(params["branch"]["b_last"], np.float64)
+    z = (z - z.mean(-1, keepdims=True)) / np.sqrt(z.var(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(np.asarray(out, np.float64), np.tanh(z), atol=100 * _eps("float32"))
+    assert {"branch_rms", "normalized_rms"} <= set(taps)
