@@ -68,6 +68,7 @@ class Config:
     log_grad_allow: float = 0.05  # log G^l: allowance, times max(|log G^l|, 1), every layer
     rate_allow: float = 0.005  # per-block growth rates: relative allowance
     slope_tol: float = 0.05  # log-log slope of q^l (tanh residual): absolute
+    share_allow: float = 0.02  # top-half share of log G^0: absolute allowance
     seed: int = 0
 
 
@@ -220,6 +221,20 @@ def _rate(cfg: Config, values: np.ndarray, lo: int, hi: int) -> tuple[float, flo
     return float(np.exp(logs.mean())), float(cfg.n_se * se + cfg.rate_allow)
 
 
+def _top_half_share(cfg: Config, numbers: dict, name: str) -> tuple[float, float, float]:
+    """(measured, predicted log G^(L/2) / log G^0, tolerance): the share of the gradient's log
+    growth made by the top half of the blocks (one half for an exponential, 1 - 1/sqrt(2) for
+    exp(c sqrt L), about log 2 / log L for a power of L). Measured on the mean over seeds; the
+    tolerance is n_se standard errors of the per-seed shares + share_allow."""
+    half = cfg.depth // 2
+    g = _arr(numbers["measured"][name]["grad"])
+    th = _arr(numbers["theory"][name]["grad"])
+    mean = g.mean(axis=0)
+    per_seed = np.log(g[:, half]) / np.log(g[:, 0])
+    tol = cfg.n_se * per_seed.std(ddof=1) / np.sqrt(per_seed.size) + cfg.share_allow
+    return float(np.log(mean[half]) / np.log(mean[0])), float(np.log(th[half]) / np.log(th[0])), tol
+
+
 def _slope(q: np.ndarray, lo: int, hi: int) -> float:
     return float(np.log(q[hi] / q[lo]) / np.log(hi / lo))
 
@@ -271,6 +286,19 @@ def claims(numbers: dict) -> list[sk.Claim]:
     )
     asym = th["tanh_residual"]["log_grad_asymptotic"]
     out.append(grad_claim("tanh_residual", f", growing like exp(2c√L) (2c√L = {asym:.1f})"))
+    shares = {name: _top_half_share(cfg, numbers, name) for name in ("tanh_residual", "tanh_plain")}
+    (s_res, t_res, tol_res), (s_pl, t_pl, tol_pl) = shares.values()
+    out.append(
+        sk.Claim(
+            claim="tanh residual: the gradient's growth is sub-exponential: the top half of the "
+            "blocks makes a smaller share of log G^0 than in the (exponential) plain MLP",
+            theory=f"share log G^(L/2) / log G^0: residual {t_res:.3f} (exp(2c√L) law: 1 − 1/√2 "
+            f"= 0.293), plain {t_pl:.3f} (exponential: 0.5); tolerance {cfg.n_se:g} SE + "
+            f"{cfg.share_allow}",
+            measured=f"residual {s_res:.3f} (± {tol_res:.3f}), plain {s_pl:.3f} (± {tol_pl:.3f})",
+            passed=abs(s_res - t_res) <= tol_res and abs(s_pl - t_pl) <= tol_pl and s_res < s_pl,
+        )
+    )
 
     # tanh, plain MLP: exponential approach to q*, exponential gradient at chi_1.
     tp = th["tanh_plain"]

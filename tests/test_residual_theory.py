@@ -282,7 +282,7 @@ def _spoiled(numbers, name, key, index, factor):
 
 def test_claims_pass_on_good_numbers_and_survive_json(study, good_numbers, tmp_path):
     claims = study.claims(good_numbers)
-    assert len(claims) == 10 and all(c.passed for c in claims), [c for c in claims if not c.passed]
+    assert len(claims) == 11 and all(c.passed for c in claims), [c for c in claims if not c.passed]
     stored = json.loads(save_json(tmp_path / "residual.json", good_numbers).read_text())
     assert study.claims(stored) == claims
 
@@ -293,6 +293,8 @@ def test_claims_pass_on_good_numbers_and_survive_json(study, good_numbers, tmp_p
         ("tanh_residual", "q", 5, 1.3, "tanh, residual MLP branch (σ_w"),
         ("tanh_residual", "q", 12, 1.3, "grows polynomially"),
         ("tanh_residual", "grad", 0, 3.0, "tanh, residual MLP branch: the gradient"),
+        ("tanh_residual", "grad", 6, 2.0, "sub-exponential"),
+        ("tanh_plain", "grad", 6, 0.7, "sub-exponential"),
         ("tanh_plain", "q", 7, 0.8, "tanh, plain MLP (no skip) (σ_w"),
         ("tanh_plain", "grad", 10, 1.5, "by χ₁ per layer"),
         ("tanh_plain", "grad", 3, 1.5, "tanh, plain MLP (no skip): the gradient"),
