@@ -18,6 +18,7 @@ kind's default, ``fixup`` and ``learnable_alpha``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -134,7 +135,8 @@ def block(
         learnable_alpha: make ``alpha`` a trained parameter per block.
         **options: the kind's own (``residual``: ``branch``, ``expansion``; ``attention``:
             ``heads``, ``qk_norm``, ``causal``, ``mlp``...; ``conv1d``/``conv2d``:
-            ``kernel_size``, ``init`` of the kernel...).
+            ``kernel_size``, ``delta_orthogonal``). Equal arguments give the same Block object,
+            so its compilations are shared.
 
     Raises:
         ValueError: an unknown kind, norm or position; ``learnable_alpha`` without a skip.
@@ -146,9 +148,26 @@ def block(
         'mlp tanh (x1), residual, layer norm (pre)'
     """
     kind = choice(kind, "kind", block_names())
-    branch = _branch(kind, activation, dict(options))
     residual = _DEFAULT_RESIDUAL[kind] if residual is None else residual
+    args = (kind, activation, norm, norm_position, residual, fixup, learnable_alpha)
+    try:
+        key = (*args, tuple(sorted(options.items())))
+        hash(key)
+    except TypeError:  # an unhashable option or activation: a new Block (it compiles anew)
+        return _make(*args, options)
+    return _cached_block(key)
+
+
+def _make(kind, activation, norm, norm_position, residual, fixup, learnable_alpha, options):
+    branch = _branch(kind, activation, dict(options))
     return _wrap(kind, branch, norm, norm_position, residual, fixup, learnable_alpha)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_block(key: tuple) -> Block:
+    # The same Block object for the same arguments: jit caches keyed on it (net_init, net_apply,
+    # trace, the sweep's kernels) hit instead of compiling again.
+    return _make(*key[:-1], dict(key[-1]))
 
 
 def user_block(
