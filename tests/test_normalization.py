@@ -220,6 +220,22 @@ def test_gradient_helper_matches_trace(study):
         assert g_blocks["branch"]["w_last"].shape == (3, 8, 8)
 
 
+def test_batchnorm_gradients_do_not_depend_on_the_weight_scale_at_eps_0(study):
+    # The claim's mechanism: with eps = 0 batch norm divides the weights' scale out exactly
+    # (0.5 and 2 are powers of 2: the same rounding); eps = 1e-6 is the only scale left.
+    x = jax.random.normal(jax.random.key(4), (8, 16))
+    run = jax.jit(lambda p: study.gradients(p, x, study._mse)[0])
+    grads = {
+        s: np.asarray(
+            run(sk.net_init(jax.random.key(3), study.BN_BLOCK, depth=4, width=16, scale=s, eps=0.0))
+        )
+        for s in (0.5, 1.0, 2.0)
+    }
+    np.testing.assert_allclose(grads[0.5], grads[1.0], rtol=1e-6, atol=0)
+    np.testing.assert_allclose(grads[2.0], grads[1.0], rtol=1e-6, atol=0)
+    assert np.all(np.isfinite(grads[1.0])) and np.any(grads[1.0] != 0)
+
+
 def _numbers():
     """Hand-made numbers in the shape of the study's measure(): theory-like, all claims PASS."""
     cfg = {
