@@ -14,6 +14,7 @@ network the sweep traced.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -26,6 +27,8 @@ from stabkit._numerics import rms_rows
 from stabkit.activations import select_activation
 from stabkit.fixes import all_finite, loss_scale_of, safe_global_norm
 from stabkit.nets import MLPParams, mlp_apply, mlp_init
+from stabkit.networks.network import NetParams, net_init
+from stabkit.networks.network import forward as net_forward
 from stabkit.precision import Census, census
 from stabkit.stable_softmax import softmax_cross_entropy
 from stabkit.training.optimizers import _build_optimizer
@@ -51,7 +54,8 @@ class History(NamedTuple):
         update_norm: ``(R, T)`` global norm of the update the optimizer (and fixes) applied.
         layer_grad_rms: ``(R, T, L)`` RMS of each weight layer's gradient (weights and bias
             together), ``L = max_depth + 1``: hidden layers 1..max_depth, then the readout. Layers
-            beyond a run's depth are unused and read 0.
+            beyond a run's depth are unused and read 0. For a network of blocks ``L = max_depth +
+            2``: the embedding, each block (all its arrays, norm gains included), the readout.
         grad_census: a :class:`stabkit.Census` of ``(R, T)`` int32 counts (normal, subnormal,
             zero, inf, NaN) of the gradient's entries as computed, in the compute dtype and
             scaled (:func:`stabkit.census`).
@@ -99,6 +103,60 @@ def _grad_stats(g: MLPParams, dtype: Any = jnp.float32) -> tuple[jax.Array, jax.
     weights = np.sqrt(sizes / sizes.sum()).astype(dtype)
     norm = rms_rows((rms * weights)[None])[0]
     return rms, norm * np.asarray(np.sqrt(sizes.sum() * len(sizes)), dtype)
+
+
+def _net_grad_stats(g: tuple, dtype: Any) -> tuple[jax.Array, jax.Array]:
+    """:func:`_grad_stats` for a network of blocks, ``g = (embed, blocks, readout)``: rows
+    are the embedding, each block (every leaf of its parameters together) and the readout."""
+    embed, blocks, readout = jax.tree.map(lambda v: v.astype(dtype), g)
+    d = jax.tree.leaves(blocks)[0].shape[0]
+    rows = [
+        jnp.concatenate([v.ravel() for v in jax.tree.leaves(embed)])[None],
+        jnp.concatenate([v.reshape(d, -1) for v in jax.tree.leaves(blocks)], axis=1),
+        jnp.concatenate([v.ravel() for v in jax.tree.leaves(readout)])[None],
+    ]
+    rms = jnp.concatenate([rms_rows(r) for r in rows])
+    sizes = np.array([rows[0].shape[1]] + [rows[1].shape[1]] * d + [rows[2].shape[1]])
+    weights = np.sqrt(sizes / sizes.sum()).astype(dtype)
+    norm = rms_rows((rms * weights)[None])[0]
+    return rms, norm * np.asarray(np.sqrt(sizes.sum() * len(sizes)), dtype)
+
+
+def _net_params(spec: TrainSpec, run: Runs, dtype: jnp.dtype) -> NetParams:
+    """A run's network of blocks: ``net_init(key(seed), ...)`` with the run's scale (traced)
+    and initializer (a ``lax.switch`` over the spec's names), cast to ``dtype``."""
+    block = spec.blocks[0]  # the activation does not change the parameters
+
+    def draw(name):
+        def f():
+            return net_init(
+                _init_key(run.seed),
+                block,
+                depth=spec.max_depth,
+                width=spec.width,
+                in_dim=spec.task.in_dim,
+                out_dim=spec.task.out_dim,
+                init=name,
+                scale=run.scale,
+                bias_std=spec.bias_std,
+                alpha=spec.alpha,
+                dtype=jnp.float32,
+            )
+
+        return f
+
+    params = jax.lax.switch(run.init, [draw(name) for name in spec.init])
+    trainable = (params.embed, params.blocks, params.readout)
+    return dataclasses.replace(
+        params,
+        **dict(
+            zip(
+                ("embed", "blocks", "readout"),
+                jax.tree.map(lambda v: v.astype(dtype), trainable),
+                strict=True,
+            )
+        ),
+    )
 
 
 def _unit_params(spec: TrainSpec, key: jax.Array, name: Any) -> MLPParams:
@@ -171,7 +229,8 @@ def _loss(spec: TrainSpec, out: jax.Array, y: jax.Array) -> jax.Array:
 def _summarise(raw: tuple, wide: jnp.dtype) -> tuple:
     """The record of one step: loss, norms, per-layer gradient RMS, census, loss scale."""
     loss, g_c, updates, scale = raw
-    layer_rms, grad_norm = _grad_stats(jax.tree.map(lambda g: g.astype(wide) / scale, g_c), wide)
+    stats = _grad_stats if isinstance(g_c, MLPParams) else _net_grad_stats
+    layer_rms, grad_norm = stats(jax.tree.map(lambda g: g.astype(wide) / scale, g_c), wide)
     c = census(jnp.concatenate([g.ravel() for g in jax.tree.leaves(g_c)]))
     return (
         loss,
@@ -205,13 +264,34 @@ def _one_run(
     scale_dtype = (
         wide if spec.loss_scale is None else jnp.promote_types(wide, spec.loss_scale.dtype)
     )
-    params = _scaled(unit_params, run.scale, store)
-    phi = select_activation(spec.activation, run.activation)
+    if spec.block is None:
+        params = _scaled(unit_params, run.scale, store)
+        phi = select_activation(spec.activation, run.activation)
+
+        def apply(p, xb):
+            return mlp_apply(p, xb, activation=phi, depth=run.depth)
+
+    else:
+        # Train the arrays, not the hyper-parameters (scale, eps... are data of the network):
+        # the optimizer sees (embed, blocks, readout).
+        net = _net_params(spec, run, store)
+        params = (net.embed, net.blocks, net.readout)
+
+        def apply(p, xb):
+            def with_block(block):
+                def f(p, xb):
+                    n = dataclasses.replace(net, embed=p[0], blocks=p[1], readout=p[2], block=block)
+                    return net_forward(n, xb, run.depth)
+
+                return f
+
+            return jax.lax.switch(run.activation, [with_block(b) for b in spec.blocks], p, xb)
+
     opt = _build_optimizer(spec, run.lr)
     opt_state = opt.init(params)
 
     def loss_fn(p, xb, yb, scale):
-        out = mlp_apply(p, xb, activation=phi, depth=run.depth)
+        out = apply(p, xb)
         loss = _loss(spec, out, yb)
         return loss * scale, loss
 
@@ -272,7 +352,7 @@ def _one_run(
     carry, records = jax.lax.scan(window, carry, jnp.arange(n_logs, dtype=jnp.int32))
     params, _, first_bad = carry
     p_c = jax.tree.map(lambda v: v.astype(compute), params)
-    out = mlp_apply(p_c, x, activation=phi, depth=run.depth)
+    out = apply(p_c, x)
     final, accuracy = _final(spec, out, y)
     loss, gnorm, unorm, layers, cens, scales, bad, absorbed = records
     return History(
@@ -360,7 +440,7 @@ def train(spec: TrainSpec, runs: Runs) -> History:
     _check_runs(spec, runs)
     with _x64(spec):
         runs = Runs(*(jnp.asarray(v, dt) for v, dt in zip(runs, _RUN_DTYPES, strict=True)))
-        unit = _initial_params(spec, runs)
+        unit = _initial_params(spec, runs) if spec.block is None else ()
         history = _train_jit(_Holder(spec), runs, unit, spec.task.x, spec.task.y)
         if _needs_x64(spec):
             # On the host, so that float64 records stay float64 outside ``enable_x64`` too.

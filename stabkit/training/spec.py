@@ -27,6 +27,7 @@ from stabkit._checks import (
     check_elementwise,
     check_initializer,
     check_memory,
+    choice,
     finite_float,
     format_bytes,
     is_floating_dtype,
@@ -36,6 +37,9 @@ from stabkit._numerics import compute_dtype
 from stabkit.activations import get_activation
 from stabkit.fixes import DynamicLossScale
 from stabkit.init import get_initializer
+from stabkit.networks.blocks import Block
+from stabkit.networks.kinds import block as make_block
+from stabkit.networks.kinds import block_names
 from stabkit.training.optimizers import _OPTIMIZERS, _probe_optimizer, optimizer_names
 from stabkit.training.tasks import Task, _first_too_large
 
@@ -59,6 +63,37 @@ def _names(value: Any, what: str, check: Callable[[Any], Any]) -> tuple:
     for item in items:
         check(item)
     return items
+
+
+def _check_block(block: Any, activation: tuple, init: tuple) -> Any:
+    """``block`` as None, a kind name or a :class:`Block` that a training task can feed."""
+    if block is None:
+        return None
+    if isinstance(block, str):
+        block = choice(block, "block", block_names())
+        blocks = [make_block(block, activation=a) for a in activation]
+    elif isinstance(block, Block):
+        if len(activation) != 1:
+            raise ValueError(
+                "a Block holds its activation: TrainSpec(block=Block) takes a single activation "
+                f"value (unused), got {len(activation)}"
+            )
+        blocks = [block]
+    else:
+        raise TypeError(
+            "block must be None, a block kind name or a Block, got "
+            f"{type(block).__name__} {block!r}"
+        )
+    for b in blocks:
+        if 0 not in b.spatial:
+            raise ValueError(
+                f"a {b.describe()} block takes inputs with {b.spatial[0]} spatial axes (a sequence "
+                "or an image); a training task's inputs are (examples, features)"
+            )
+    bad = [i for i in init if not isinstance(i, str)]
+    if bad:
+        raise TypeError(f"a network of blocks takes initializer names, got {bad[0]!r}")
+    return block
 
 
 def _dtype_max(*dtypes: Any) -> tuple[float, str]:
@@ -91,6 +126,8 @@ def _run_bytes(spec: TrainSpec, width: int, max_depth: int, records: int) -> int
     store = jnp.dtype(spec.master_dtype or spec.dtype).itemsize
     comp = jnp.dtype(spec.dtype).itemsize
     n_params = (t.in_dim + 1) * width + max_depth * (width + 1) * width + (width + 1) * t.out_dim
+    if spec.block is not None:  # a block's parameters, by shape (nothing runs)
+        n_params += max_depth * max(_block_entries(b, width) for b in spec.blocks)
     # the float32 draw; master weights, gradient, update and two optimizer moments; the compute
     # copy, its gradient and the cotangents
     per_param = 4 + 6 * store + 3 * comp
@@ -99,6 +136,14 @@ def _run_bytes(spec: TrainSpec, width: int, max_depth: int, records: int) -> int
     activations = (3 * rows * (max_depth + 2) + 2 * t.n) * width * comp
     history = records * (max_depth + 1 + 16) * _wide(spec).itemsize
     return n_params * per_param + activations + history
+
+
+def _block_entries(block: Block, width: int) -> int:
+    shapes = jax.eval_shape(
+        lambda k: block.init(k, width, jnp.float32, "gaussian", dict(block.hyper_defaults)),
+        jax.random.key(0),
+    )
+    return sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
 
 
 def _check_run_count(spec: TrainSpec, count: int, name: str, value: Any, note: str = "") -> None:
@@ -144,6 +189,16 @@ class TrainSpec:
         clip_norm: if set, :func:`stabkit.safe_clip_by_global_norm` before the optimizer.
         max_consecutive_skips: if set, :func:`stabkit.skip_nonfinite` around the optimizer.
         loss_scale: if set, :func:`stabkit.loss_scaling` with this rule around everything.
+        block: None (default) trains the MLP; a block kind name (``"residual"``, ``"dense"``...,
+            built for each of ``activation``'s names: ``stabkit.block(kind, activation=a)``) or a
+            :class:`stabkit.Block` (then ``activation`` must be a single value; the block holds
+            it) trains the network of blocks ``stabkit.net_init(key(seed), block,
+            depth=max_depth, width=width, in_dim=..., out_dim=..., init=..., scale=scale,
+            bias_std=bias_std, alpha=alpha)`` with an embedding and a readout. Every array of its
+            parameters is trained, norm gains and a ``learnable_alpha``'s alpha included; its
+            hyper-parameters (scale, alpha, eps...) are not. The task's inputs have no sequence
+            axis: a block must take ``(batch, width)`` inputs.
+        alpha: the blocks' residual scale (a ``learnable_alpha`` block starts from it).
         bias_std: standard deviation of the initial biases, >= 0 and at most the largest
             finite value of the run's dtypes. With ``init="gaussian"``
             and a run's ``scale = sigma_w`` the weights are :math:`N(0, \\sigma_w^2/n_{in})` and the
@@ -166,6 +221,8 @@ class TrainSpec:
     max_consecutive_skips: int | None = None
     loss_scale: DynamicLossScale | None = None
     bias_std: float = 0.0
+    block: Any = None
+    alpha: float = 1.0
 
     def __post_init__(self):
         set_ = partial(object.__setattr__, self)
@@ -217,6 +274,8 @@ class TrainSpec:
             )
         if self.loss_scale is not None and not isinstance(self.loss_scale, DynamicLossScale):
             raise TypeError(f"loss_scale must be a DynamicLossScale, got {self.loss_scale!r}")
+        set_("alpha", finite_float(self.alpha, "alpha"))
+        set_("block", _check_block(self.block, self.activation, self.init))
         set_("bias_std", finite_float(self.bias_std, "bias_std"))
         if self.bias_std < 0:
             raise ValueError(f"bias_std must be >= 0, got {self.bias_std}")
@@ -244,9 +303,20 @@ class TrainSpec:
 
     @property
     def n_weights(self) -> int:
-        """Weight matrices per network: ``max_depth`` hidden layers and the readout (a sweep's
-        ``n_layers`` counts layer slots, input included: ``max_depth + 2``)."""
-        return self.max_depth + 1
+        """Rows of ``History.layer_grad_rms``: for the MLP its weight matrices, ``max_depth``
+        hidden layers and the readout (a sweep's ``n_layers`` counts layer slots, input
+        included: ``max_depth + 2``); for a network of blocks the embedding, ``max_depth``
+        blocks and the readout."""
+        return self.max_depth + (1 if self.block is None else 2)
+
+    @property
+    def blocks(self) -> tuple:
+        """The network's block for each activation (empty for the MLP)."""
+        if self.block is None:
+            return ()
+        if isinstance(self.block, Block):
+            return (self.block,)
+        return tuple(make_block(self.block, activation=a) for a in self.activation)
 
     def _static(self) -> tuple:
         """Everything but the data: the key of the compiled kernel."""
