@@ -10,6 +10,7 @@
 """
 
 from stabkit.networks.blocks import Block, Branch
+from stabkit.networks.conv import circular_conv, delta_orthogonal_kernel
 from stabkit.networks.kinds import block, block_names, user_block
 from stabkit.networks.network import NetParams, net_apply, net_init
 from stabkit.networks.norms import batch_norm, layer_norm, rms_norm
@@ -23,6 +24,8 @@ __all__ = [
     "batch_norm",
     "block",
     "block_names",
+    "circular_conv",
+    "delta_orthogonal_kernel",
     "layer_norm",
     "net_apply",
     "net_init",

@@ -93,6 +93,11 @@ Where each part lives (one concept a file; the functions above are re-exported h
 * :mod:`stabkit.theory.profiles`: :func:`weight_variance`, :func:`predict_profile`.
 * :mod:`stabkit.theory.jacobian`: the Jacobian spectrum (``jacobian_singular_values`` of
   sampled nets, ``jacobian_spectrum_moments`` from free probability).
+* :mod:`stabkit.theory.residual`: :func:`residual_mean_field`, the mean field of residual
+  stacks (Yang & Schoenholz 2017), forward q^l and the gradient per block.
+* :mod:`stabkit.theory.normalization`: batch norm's gradient explosion rate at initialization
+  (:func:`batchnorm_gradient_rate`, Yang et al. 2019) and the pre-/post-LN gradient scales
+  (:func:`layernorm_gradient_profile`, Xiong et al. 2020).
 * :mod:`stabkit.sweeps.theory_comparison`: :func:`predict_sweep`, :func:`compare_sweep` (with the
   sweeps, so that the theory imports nothing of the sweep engine; loaded here at first use).
 * ``stabkit._checks``: the argument validators shared with the rest of stabkit.
@@ -129,8 +134,17 @@ from stabkit.theory.jacobian import (
     jacobian_spectrum_moments,
 )
 from stabkit.theory.maps import MapIterates, c_map, iterate_maps, q_map
+from stabkit.theory.normalization import (
+    BatchNormRate,
+    batchnorm_gradient_rate,
+    batchnorm_gradient_rate_limit,
+    layernorm_gradient_profile,
+    loglog_slope,
+    mlp_branch_moments,
+)
 from stabkit.theory.profiles import Profile, predict_profile, weight_variance
 from stabkit.theory.quadrature import DEFAULT_ORDER
+from stabkit.theory.residual import ResidualMeanField, residual_mean_field
 
 
 def __getattr__(name: str):
@@ -147,10 +161,14 @@ def __getattr__(name: str):
 __all__ = [
     "DEFAULT_ORDER",
     "PHASE_NAMES",
+    "BatchNormRate",
     "JacobianMoments",
     "MapIterates",
     "MeanField",
     "Profile",
+    "ResidualMeanField",
+    "batchnorm_gradient_rate",
+    "batchnorm_gradient_rate_limit",
     "c_map",
     "c_star",
     "chi_1",
@@ -159,12 +177,16 @@ __all__ = [
     "iterate_maps",
     "jacobian_singular_values",
     "jacobian_spectrum_moments",
+    "layernorm_gradient_profile",
+    "loglog_slope",
     "mean_field",
+    "mlp_branch_moments",
     "phase",
     "predict_profile",
     "predict_sweep",
     "q_map",
     "q_star",
+    "residual_mean_field",
     "weight_variance",
     "xi_c",
     "xi_q",
