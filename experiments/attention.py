@@ -51,7 +51,6 @@ Run alone: ``python experiments/attention.py [--out DIR] [--quick]``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import pathlib
 import time
@@ -113,12 +112,6 @@ def _res(h: np.ndarray) -> np.ndarray:
     return np.sqrt((c**2).sum((-2, -1)) / (h**2).sum((-2, -1)))
 
 
-@functools.cache
-def _block(heads: int, options: tuple) -> sk.networks.Block:
-    """One block object per configuration: a block is part of the compiled program's key."""
-    return sk.networks.block("attention", heads=heads, **dict(options))
-
-
 @jax.jit
 def _forward_backward(p, x, t):
     """h^l for l = 1..L (every depth in one vmap) and the gradient of 0.5 mean((h^L - t)^2)."""
@@ -131,7 +124,9 @@ def _case(cfg: Config, name: str) -> dict:
     options, alpha_of, uniform = CASES[name]
     depth = cfg.pure_depth if alpha_of is None else cfg.depth
     alpha = 1.0 if alpha_of is None else alpha_of(depth)
-    blk = _block(cfg.heads, tuple(sorted(options.items())))
+    # block() returns one object for equal arguments: the cases that share a block share its
+    # compilations (a block is part of the compiled program's key).
+    blk = sk.networks.block("attention", heads=cfg.heads, **options)
     eye = {"w": jnp.eye(cfg.width, dtype=jnp.float64), "b": jnp.zeros(cfg.width, jnp.float64)}
     res, grads = [], {k: [] for k in ("wq", "wk", "wv")}
     for s in range(cfg.seeds):
