@@ -9,6 +9,7 @@
 * :mod:`stabkit.networks.norms`: ``layer_norm``, ``rms_norm``, ``batch_norm``.
 """
 
+from stabkit.networks.attention import rank_residual
 from stabkit.networks.blocks import Block, Branch
 from stabkit.networks.conv import circular_conv, delta_orthogonal_kernel
 from stabkit.networks.kinds import block, block_names, user_block
@@ -29,6 +30,7 @@ __all__ = [
     "layer_norm",
     "net_apply",
     "net_init",
+    "rank_residual",
     "rms_norm",
     "trace_net",
     "user_block",

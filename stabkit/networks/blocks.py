@@ -145,18 +145,25 @@ class Block(NamedTuple):
         return params
 
     def apply(self, params: dict, h: jax.Array, hyper: dict) -> tuple[jax.Array, dict]:
-        """The block's output for ``h`` and its taps."""
+        """The block's output for ``h`` and its taps (under ``jax.named_scope(kind)``, so that
+        :func:`stabkit.inspect` names the block and its parts: ``norm``, ``branch``)."""
+        with jax.named_scope(self.kind):
+            return self._apply(params, h, hyper)
+
+    def _apply(self, params: dict, h: jax.Array, hyper: dict) -> tuple[jax.Array, dict]:
         norm, taps = self.norm, {}
         eps = hyper["eps"]
 
         def normalize(v):
-            out = _normalize(norm, params["norm"], v, eps)
+            with jax.named_scope(f"{norm}_norm"):
+                out = _normalize(norm, params["norm"], v, eps)
             taps["normalized_rms"] = tap_rms(out)
             return out
 
         u = normalize(h) if norm is not None and self.norm_position == "pre" else h
         inner = normalize if norm is not None and self.norm_position == "inner" else _identity
-        f, branch_taps = self.branch.apply(params["branch"], u, hyper, inner)
+        with jax.named_scope("branch"):
+            f, branch_taps = self.branch.apply(params["branch"], u, hyper, inner)
         taps["branch_rms"] = tap_rms(f)
         taps.update(branch_taps)
         if self.residual:

@@ -134,7 +134,7 @@ def block(
         fixup: zero the branch's last layer at initialization.
         learnable_alpha: make ``alpha`` a trained parameter per block.
         **options: the kind's own (``residual``: ``branch``, ``expansion``; ``attention``:
-            ``heads``, ``qk_norm``, ``causal``, ``mlp``...; ``conv1d``/``conv2d``:
+            ``heads``, ``qk_norm``, ``causal``, ``mlp``, ``expansion``; ``conv1d``/``conv2d``:
             ``kernel_size``, ``delta_orthogonal``). Equal arguments give the same Block object,
             so its compilations are shared.
 

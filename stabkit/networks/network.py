@@ -201,6 +201,8 @@ def _eval_block_init(block: Block, key, width, dtype, init, hyper) -> Any:
     try:
         return jax.eval_shape(lambda k, h: block.init(k, width, dtype, init, h), key, hyper)
     except Exception as err:  # a user's init that fails when traced
+        if block.kind != "user" and isinstance(err, ValueError):
+            raise  # a built-in branch refusing the width (attention: heads must divide it)
         raise TypeError(
             f"the block's init failed for width={width}, dtype={dtype.name}: {_first_line(err)}"
         ) from err

@@ -59,8 +59,9 @@ class NetTrace(NamedTuple):
         param_grad_rms: ``(L,)`` RMS of the gradient of each block's parameters (row 0: the
             embedding's, NaN without one; row depth+1: the readout's).
         taps: dict of name -> ``(L, ...)`` statistics from inside each block (rows 1..depth;
-            NaN elsewhere): ``branch_rms``, ``normalized_rms`` (with a norm), ``logit_max`` and
-            ``entropy`` per head (attention), the user's own.
+            NaN elsewhere): ``branch_rms``, ``normalized_rms`` (with a norm), ``pre_norm_rms``
+            (post-norm), attention's ``logit_max`` and ``entropy`` per head and
+            ``rank_residual`` (Dong et al.'s res of the block's input), the user's own.
         loss: ``()`` the loss.
         first_nonfinite_forward: int32 ``()``, the lowest boundary holding an inf or NaN; -1 if
             none.
