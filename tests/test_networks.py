@@ -250,3 +250,19 @@ def test_bad_input_is_refused_before_compiling():
         sk.net_apply(wide, jnp.ones((2, 4)))
     with pytest.raises(TypeError, match="init failed"):
         sk.net_init(KEY, sk.user_block(lambda k, w, d: 1 / 0, apply), depth=2, width=4)
+
+
+def test_final_norm_before_the_readout():
+    import dataclasses
+
+    blk = sk.block("residual", norm="layer")
+    p = sk.net_init(KEY, blk, depth=3, width=8, final_norm="layer", embed=False)
+    x = jax.random.normal(jax.random.key(5), (4, 8)) * 3
+    eye = {"w": jnp.eye(8), "b": jnp.zeros(8)}
+    h = sk.net_apply(dataclasses.replace(p, final_norm=None, readout=eye), x)
+    ref = _ref_ln(_np(h), 1.0, 0.0, 1e-6) @ _np(p.readout["w"])
+    np.testing.assert_allclose(_np(sk.net_apply(p, x)), ref, rtol=1e-5, atol=1e-6)
+    t = sk.trace(p, x)
+    assert np.isfinite(float(t.param_grad_rms[4]))
+    with pytest.raises(ValueError, match="final_norm"):
+        sk.net_init(KEY, blk, depth=3, width=8, final_norm="batch")

@@ -30,12 +30,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
-from stabkit._checks import _first_line, _short, check_memory, floating_array, positive_int
+from stabkit._checks import (
+    _first_line,
+    _short,
+    check_memory,
+    choice,
+    floating_array,
+    positive_int,
+)
 from stabkit._numerics import compute_dtype
 from stabkit.init import _dtype, check_key, init_rule, scaled_draw
 from stabkit.networks.blocks import Block
 from stabkit.networks.dense import matmul
 from stabkit.networks.kinds import block as make_block
+from stabkit.networks.norms import NORMS, layer_norm, rms_norm
 
 __all__ = ["NetParams", "net_apply", "net_init"]
 
@@ -43,7 +51,7 @@ __all__ = ["NetParams", "net_apply", "net_init"]
 @partial(
     jax.tree_util.register_dataclass,
     data_fields=["embed", "blocks", "readout", "hyper"],
-    meta_fields=["block", "max_depth"],
+    meta_fields=["block", "max_depth", "final_norm"],
 )
 @dataclasses.dataclass(frozen=True)
 class NetParams:
@@ -53,11 +61,14 @@ class NetParams:
         embed: ``{"w": (in_dim, width), "b": (width,)}``, or ``None`` (no embedding: ``x`` has
             ``width`` features and enters the first block as is).
         blocks: one block's parameters with a leading ``max_depth`` axis on every leaf.
-        readout: ``{"w": (width, out_dim), "b": (out_dim,)}``.
+        readout: ``{"w": (width, out_dim), "b": (out_dim,)}``, and the final norm's
+            ``"norm_gain"``/``"norm_bias"`` ``(width,)`` when there is one.
         hyper: the numeric hyper-parameters (``scale``, ``bias_std``, ``alpha``, ``eps`` and the
             branch's own) as scalars in the compute dtype: data, not compiled in.
         block: the :class:`stabkit.networks.Block`.
         max_depth: the number of blocks held.
+        final_norm: ``None``, or the norm applied to the last block's output before the
+            readout (``"layer"``, ``"rms"``; a pre-norm transformer's final layer norm).
     """
 
     embed: dict | None
@@ -66,6 +77,7 @@ class NetParams:
     hyper: dict
     block: Block
     max_depth: int
+    final_norm: str | None = None
 
     @property
     def width(self) -> int:
@@ -132,6 +144,7 @@ def net_init(
     eps: float | jax.Array = 1e-6,
     dtype: DTypeLike = jnp.float32,
     embed: bool = True,
+    final_norm: str | None = None,
     **hyper: float | jax.Array,
 ) -> NetParams:
     """Parameters of a network of ``depth`` copies of ``block`` at ``width`` features.
@@ -149,6 +162,9 @@ def net_init(
         dtype: the parameters' dtype (:data:`stabkit.SUPPORTED_DTYPES`).
         embed: a linear embedding ``in_dim -> width`` first (default). Without it ``in_dim``
             must equal ``width``.
+        final_norm: ``None`` (default), ``"layer"`` or ``"rms"``: a norm on the last block's output
+            before the readout, as pre-norm transformers have (without it a pre-LN stack's
+            output grows like ``sqrt(depth)``).
         **hyper: the branch's own numeric hyper-parameters (attention's ``softcap``...).
 
     Returns:
@@ -176,6 +192,8 @@ def net_init(
         raise ValueError(f"embed=False needs in_dim == width, got in_dim={in_dim}, width={width}")
     init_rule(init)
     dtype = _dtype(dtype)
+    if final_norm is not None:
+        final_norm = choice(final_norm, "final_norm", ("layer", "rms"))
     defaults = block.hyper_defaults
     unknown = sorted(set(hyper) - set(defaults))
     if unknown:
@@ -194,7 +212,9 @@ def net_init(
     per_block = sum(math.prod(s.shape) * s.dtype.itemsize for s in jax.tree.leaves(one))
     nbytes = 3 * depth * per_block + 3 * (in_dim + out_dim + 2) * width * dtype.itemsize
     check_memory(nbytes, "depth", depth, f"the parameters of {depth} blocks at width={width}")
-    return _init_jit(key, block, depth, width, in_dim, out_dim, init, dtype, embed, hyper_arrays)
+    return _init_jit(
+        key, block, depth, width, in_dim, out_dim, init, dtype, embed, final_norm, hyper_arrays
+    )
 
 
 def _eval_block_init(block: Block, key, width, dtype, init, hyper) -> Any:
@@ -220,18 +240,26 @@ def block_keys(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
 
 
-@partial(jax.jit, static_argnums=(1, 2, 3, 4, 5, 6, 7, 8))
-def _init_jit(key, block, depth, width, in_dim, out_dim, init, dtype, embed, hyper) -> NetParams:
+@partial(jax.jit, static_argnums=(1, 2, 3, 4, 5, 6, 7, 8, 9))
+def _init_jit(
+    key, block, depth, width, in_dim, out_dim, init, dtype, embed, final_norm, hyper
+) -> NetParams:
     k_embed, k_readout, k_blocks = block_keys(key)
     keys = jax.vmap(jax.random.fold_in, (None, 0))(k_blocks, jnp.arange(1, depth + 1))
     blocks = jax.vmap(lambda k: block.init(k, width, dtype, init, hyper))(keys)
+    r = linear_params(k_readout, width, out_dim, dtype, init)
+    if final_norm is not None:
+        r["norm_gain"] = jnp.ones((width,), dtype)
+        if NORMS[final_norm]:
+            r["norm_bias"] = jnp.zeros((width,), dtype)
     return NetParams(
         embed=linear_params(k_embed, in_dim, width, dtype, init) if embed else None,
         blocks=blocks,
-        readout=linear_params(k_readout, width, out_dim, dtype, init),
+        readout=r,
         hyper=hyper,
         block=block,
         max_depth=depth,
+        final_norm=final_norm,
     )
 
 
@@ -330,11 +358,20 @@ def check_block_shapes(params: NetParams, x: jax.Array) -> None:
 def embed(params: NetParams, x: jax.Array) -> jax.Array:
     if params.embed is None:
         return x
-    return matmul(x, params.embed["w"]) + params.embed["b"]
+    return linear(params.embed, x)
 
 
-def readout(r: dict, h: jax.Array) -> jax.Array:
-    return matmul(h, r["w"]) + r["b"]
+def linear(p: dict, h: jax.Array) -> jax.Array:
+    return matmul(h, p["w"]) + p["b"]
+
+
+def readout(r: dict, h: jax.Array, final_norm: str | None = None, eps=1e-6) -> jax.Array:
+    """The readout of the last block's output ``h``, after the final norm if there is one."""
+    if final_norm == "layer":
+        h = layer_norm(h, r["norm_gain"], r["norm_bias"], eps)
+    elif final_norm == "rms":
+        h = rms_norm(h, r["norm_gain"], eps)
+    return linear(r, h)
 
 
 class Stack(NamedTuple):
@@ -374,7 +411,7 @@ def forward(params: NetParams, x: jax.Array, depth: jax.Array) -> jax.Array:
 
     index = jnp.arange(1, params.max_depth + 1, dtype=jnp.int32)
     h, _ = jax.lax.scan(step, embed(params, x), (index, params.blocks))
-    return readout(params.readout, h)
+    return readout(params.readout, h, params.final_norm, hyper["eps"])
 
 
 @jax.jit

@@ -36,6 +36,7 @@ from stabkit.networks.network import (
     check_depth,
     check_params,
     check_x,
+    linear,
     readout,
     stack_of,
 )
@@ -162,6 +163,7 @@ def trace_core(
     x: jax.Array,
     depth: jax.Array,
     loss_fn: Callable,
+    final_norm: str | None = None,
 ) -> NetTrace:
     """The traced computation (no validation): what :func:`trace_net` and the sweep run.
 
@@ -170,7 +172,7 @@ def trace_core(
     forward loop keeps each block's input; the backward loop takes one ``jax.vjp`` per block."""
     block, hyper, n = stack.block, stack.hyper, stack.max_depth
     sdt = compute_dtype(x.dtype)
-    h0 = x if embed_params is None else readout(embed_params, x)
+    h0 = x if embed_params is None else linear(embed_params, x)
     one = stack.params_of(jnp.asarray(1, jnp.int32))
     tap_shapes = jax.eval_shape(lambda p, h: block.apply(p, h, hyper)[1], one, h0)
     L = n + 2
@@ -203,7 +205,7 @@ def trace_core(
     h, hs, fwd_rows = jax.lax.fori_loop(0, depth, fwd, (h0, hs, fwd_rows))
 
     def head(r, h):
-        y = readout(r, h)
+        y = readout(r, h, final_norm, hyper["eps"])
         return loss_fn(y), y
 
     loss, head_vjp, y = jax.vjp(head, readout_params, h, has_aux=True)
@@ -235,7 +237,7 @@ def trace_core(
 
     g0, bwd_rows = jax.lax.fori_loop(0, depth, bwd, (g_h, bwd_rows))
     if embed_params is not None:
-        _, embed_vjp = jax.vjp(lambda e: readout(e, x), embed_params)
+        _, embed_vjp = jax.vjp(lambda e: linear(e, x), embed_params)
         g_embed = tree_rms(embed_vjp(g0))
     else:
         g_embed = jnp.asarray(jnp.nan, sdt)
@@ -276,7 +278,9 @@ def _last(mask):
 
 @partial(jax.jit, static_argnames=("loss_fn",))
 def _trace_jit(params, x, depth, loss_fn):
-    return trace_core(stack_of(params), params.embed, params.readout, x, depth, loss_fn)
+    return trace_core(
+        stack_of(params), params.embed, params.readout, x, depth, loss_fn, params.final_norm
+    )
 
 
 def trace_net(
