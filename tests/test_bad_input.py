@@ -48,6 +48,12 @@ class _Lazy:
         return self._params
 
     @property
+    def net(self):
+        if not hasattr(self, "_net"):
+            self._net = sk.net_init(jax.random.key(0), "residual", depth=2, width=4)
+        return self._net
+
+    @property
     def x(self):
         return jnp.ones((2, 4), jnp.float32)
 
@@ -150,12 +156,76 @@ FAMILIES = {
     "TrainSpec": (sk.TrainSpec, {"task": lambda: L.task, "max_depth": 2, "width": 4, "steps": 2}),
     "make_runs": (sk.make_runs, {"spec": lambda: L.spec}),
     "diagnose": (sk.diagnose, {"history": None}),
+    "block": (sk.block, {"kind": "residual"}),
+    "user_block": (sk.user_block, {"init": lambda: _user_init, "apply": lambda: _user_apply}),
+    "net_init": (sk.net_init, {"key": lambda: L.key, "block": "residual", "depth": 2, "width": 4}),
+    "net_apply": (sk.net_apply, {"params": lambda: L.net, "x": lambda: L.x}),
+    "NetSweepSpec": (sk.NetSweepSpec, {"depth": 2, "width": 4, "batch": 2}),
 }
+
+
+def _user_init(key, width, dtype):
+    return {"w": jnp.eye(width, dtype=dtype)}
+
+
+def _user_apply(params, h):
+    return h @ params["w"]
+
 
 NAN, INF = float("nan"), float("inf")
 
 # (family, argument, bad value, word the message must contain). The word is the argument's name.
 CASES = [
+    # networks of blocks
+    ("block", "kind", "transformer", "kind"),
+    ("block", "kind", 3, "kind"),
+    ("block", "norm", "group", "norm"),
+    ("block", "norm_position", "middle", "norm_position"),
+    ("block", "residual", "yes", "residual"),
+    ("block", "fixup", 1, "fixup"),
+    ("block", "activation", "nope", "activation"),
+    ("block", "branch", "conv", "branch"),
+    ("block", "expansion", 0, "expansion"),
+    ("user_block", "init", 3, "init"),
+    ("user_block", "spatial", -1, "spatial"),
+    ("user_block", "hyper", {"gain": "big"}, "hyper"),
+    ("net_init", "block", 3, "block"),
+    ("net_init", "depth", 0, "depth"),
+    ("net_init", "depth", 10**9, "depth"),
+    ("net_init", "width", 2.5, "width"),
+    ("net_init", "scale", NAN, "scale"),
+    ("net_init", "alpha", INF, "alpha"),
+    ("net_init", "eps", -1.0, "eps"),
+    ("net_init", "bias_std", -1.0, "bias_std"),
+    ("net_init", "init", "nope", "init"),
+    ("net_init", "dtype", "int32", "dtype"),
+    ("net_init", "embed", "no", "embed"),
+    ("net_init", "final_norm", "batch", "final_norm"),
+    ("net_init", "in_dim", 0, "in_dim"),
+    ("net_apply", "x", lambda: jnp.ones((2, 3, 4)), "sequence"),
+    ("net_apply", "x", lambda: jnp.ones((2, 5)), "x"),
+    ("net_apply", "depth", 3, "depth"),
+    ("net_apply", "depth", 1.5, "depth"),
+    ("net_apply", "params", lambda: L.params, "params"),
+    *[
+        ("NetSweepSpec", a, v, a)
+        for a, v in (
+            ("depth", 0),
+            ("width", -1),
+            ("block", "transformer"),
+            ("norm", "group"),
+            ("norm_position", "middle"),
+            ("alpha", NAN),
+            ("scale", INF),
+            ("seed", -1),
+            ("dtype", "int8"),
+            ("batch", 0),
+            ("seq_len", 0),
+            ("alpha_scaling", "sqrt"),
+            ("block_options", 3),
+            ("hyper", {"softcap": 1.0}),
+        )
+    ],
     # primitives
     *[
         (f, "x", v, "x")
@@ -438,6 +508,28 @@ FUZZ_ARGS = {
     ],
     "make_runs": ["depth", "scale", "activation", "init", "lr", "seed", "product"],
     "load": ["path"],
+    "block": ["kind", "activation", "norm", "norm_position", "residual", "fixup"],
+    "net_init": ["block", "scale", "alpha", "eps", "bias_std", "init", "embed", "final_norm"],
+    "NetSweepSpec": [
+        "depth",
+        "width",
+        "block",
+        "norm",
+        "norm_position",
+        "activation",
+        "init",
+        "scale",
+        "alpha",
+        "bias_std",
+        "dtype",
+        "seed",
+        "batch",
+        "seq_len",
+        "loss",
+        "alpha_scaling",
+        "block_options",
+        "hyper",
+    ],
 }
 _FUZZ = [(f, a) for f, args in FUZZ_ARGS.items() for a in args]
 
