@@ -82,6 +82,7 @@ __all__ = [
     "lecun_uniform",
     "orthogonal",
     "scaled_draw",
+    "scaled_draws",
     "scaled_identity",
     "standard",
     "zeros",
@@ -305,6 +306,57 @@ def scaled_draw(
     else:
         unit = jnp.broadcast_to(jnp.eye(n, m, dtype=sdt), shape)
     return (jnp.asarray(scale, sdt) * unit).astype(dtype)
+
+
+def scaled_draws(
+    key: jax.Array,
+    shapes: Sequence[Sequence[int]],
+    dtype: DTypeLike,
+    *,
+    init: str,
+    scale: Any = 1.0,
+) -> list[jax.Array]:
+    """:func:`scaled_draw` of several shapes from one key, in one random-number call.
+
+    Each random-number call site costs XLA about a quarter of a second to compile on CPU (a
+    block's four weight matrices drawn apart took 2.5 s, together 0.8 s), so a block draws all of
+    its weights at once: for the ``normal`` and ``uniform`` initializers one flat draw is split and
+    each piece scaled by its own fans; ``orthogonal`` and ``scaled_identity`` draw each shape from
+    ``fold_in(key, i)``.
+
+    Examples:
+        >>> a, b = scaled_draws(jax.random.key(0), [(4, 8), (8, 2)], jnp.float32, init="gaussian")
+        >>> a.shape, b.shape
+        ((4, 8), (8, 2))
+    """
+    kind, variance = init_rule(init)
+    shapes = [tuple(int(d) for d in s) for s in shapes]
+    if kind not in ("normal", "uniform") or len(shapes) == 1:
+        if len(shapes) == 1:
+            return [scaled_draw(key, shapes[0], dtype, init=init, scale=scale)]
+        return [
+            scaled_draw(jax.random.fold_in(key, i), s, dtype, init=init, scale=scale)
+            for i, s in enumerate(shapes)
+        ]
+    for s in shapes:
+        if len(s) < 2 or min(s) < 1:
+            raise ValueError(f"shape must have rank >= 2 and positive sizes, got {s}")
+    dtype = _dtype(dtype)
+    sdt = compute_dtype(dtype)
+    sizes = [math.prod(s) for s in shapes]
+    if kind == "normal":
+        flat = jax.random.normal(key, (sum(sizes),), sdt)
+    else:
+        flat = jax.random.uniform(key, (sum(sizes),), sdt, minval=-1.0, maxval=1.0)
+    out, start = [], 0
+    for s, n in zip(shapes, sizes, strict=True):
+        window = math.prod(s[:-2])
+        std = math.sqrt(variance(window * s[-2], window * s[-1]))
+        mult = std if kind == "normal" else std * math.sqrt(3.0)
+        piece = flat[start : start + n].reshape(s) * mult
+        out.append((jnp.asarray(scale, sdt) * piece).astype(dtype))
+        start += n
+    return out
 
 
 # ----------------------------------------------------------------------------------- initializers

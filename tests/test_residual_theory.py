@@ -203,7 +203,8 @@ def test_parameter_map_is_stabkits_residual_block():
     q1 = np.array(q1)
     want = residual_mean_field("relu", 1, sigma_w=sw, sigma_b=sb, alpha=alpha).q[1]
     assert abs(q1.mean() - want) <= 4 * q1.std(ddof=1) / math.sqrt(seeds)
-    assert abs(q1.mean() / want - 1) < 0.03
+    # and the test has power: 16 seeds pin the mean to a few percent (4 SE is about 5% here)
+    assert abs(q1.mean() / want - 1) < 0.05
 
 
 @pytest.mark.parametrize(

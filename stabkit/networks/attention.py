@@ -68,9 +68,9 @@ import numpy as np
 from stabkit._checks import positive_int, strict_bool
 from stabkit._numerics import compute_dtype
 from stabkit.activations import Activation
-from stabkit.init import scaled_draw
+from stabkit.init import scaled_draws
 from stabkit.networks.blocks import Branch
-from stabkit.networks.dense import bias_draw, matmul
+from stabkit.networks.dense import bias_draws, matmul
 from stabkit.networks.norms import layer_norm
 from stabkit.stable_softmax import log_softmax, softmax
 
@@ -194,30 +194,24 @@ def attention_branch(
 
     def init(key, width, dtype, init, hyper):
         d = head_size(width, heads)
-        k = jax.random.split(key, 7)
-        scale = hyper["scale"]
-
-        def draw(i, n, m):
-            return scaled_draw(k[i], (n, m), dtype, init=init, scale=scale)
-
-        params = {
-            "wq": draw(0, width, width),
-            "wk": draw(1, width, width),
-            "wv": draw(2, width, width),
-        }
+        # One random-number call for every weight, one for the biases (compile time).
+        kw, kb = jax.random.split(key)
+        hidden = expansion * width
+        shapes = [(width, width)] * 4 + ([(width, hidden), (hidden, width)] if mlp else [])
+        ws = scaled_draws(kw, shapes, dtype, init=init, scale=hyper["scale"])
+        params = {"wq": ws[0], "wk": ws[1], "wv": ws[2]}
         if qk_norm:
             params["q_gain"] = jnp.ones((d,), dtype)
             params["k_gain"] = jnp.ones((d,), dtype)
         if not mlp:
-            params["w_last"] = draw(3, width, width)
+            params["w_last"] = ws[3]
             return params
-        hidden = expansion * width
-        params["w"] = draw(4, width, hidden)
-        params["b"] = bias_draw(k[5], hidden, dtype, hyper["bias_std"])
+        b, b_last = bias_draws(kb, [hidden, width], dtype, hyper["bias_std"])
+        params["w"], params["b"] = ws[4], b
         # PaLM's fused output: [attention out, phi(u W + b)] @ [[W_O], [W_2]]; each block drawn
         # with its own fan-in, as two separate maps would be.
-        params["w_last"] = jnp.concatenate([draw(3, width, width), draw(6, hidden, width)], axis=0)
-        params["b_last"] = bias_draw(jax.random.fold_in(k[5], 1), width, dtype, hyper["bias_std"])
+        params["w_last"] = jnp.concatenate([ws[3], ws[5]], axis=0)
+        params["b_last"] = b_last
         return params
 
     def apply(params, u, hyper, inner):

@@ -16,10 +16,10 @@ import jax.numpy as jnp
 from stabkit._checks import positive_int
 from stabkit._numerics import compute_dtype
 from stabkit.activations import Activation
-from stabkit.init import scaled_draw
+from stabkit.init import scaled_draws
 from stabkit.networks.blocks import Branch
 
-__all__ = ["bias_draw", "dense_branch", "matmul"]
+__all__ = ["bias_draw", "bias_draws", "dense_branch", "matmul"]
 
 _PRECISION = jax.lax.Precision.HIGHEST
 
@@ -31,9 +31,16 @@ def matmul(u: jax.Array, w: jax.Array) -> jax.Array:
 
 def bias_draw(key: jax.Array, n: int, dtype: Any, bias_std: Any) -> jax.Array:
     """``n`` biases from N(0, bias_std^2), exactly +0 where ``bias_std`` is 0 (may be traced)."""
+    return bias_draws(key, [n], dtype, bias_std)[0]
+
+
+def bias_draws(key: jax.Array, sizes: list[int], dtype: Any, bias_std: Any) -> list[jax.Array]:
+    """Biases of several sizes in one random-number call (see :func:`stabkit.init.scaled_draws`)."""
     sdt = compute_dtype(dtype)
     std = jnp.asarray(bias_std, sdt)
-    return jnp.where(std == 0, 0, std * jax.random.normal(key, (n,), sdt)).astype(dtype)
+    flat = jnp.where(std == 0, 0, std * jax.random.normal(key, (sum(sizes),), sdt)).astype(dtype)
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [flat[a : a + n] for a, n in zip(starts, sizes, strict=True)]
 
 
 def dense_branch(phi: Activation, name: str, *, layers: int = 1, expansion: int = 1) -> Branch:
@@ -45,19 +52,19 @@ def dense_branch(phi: Activation, name: str, *, layers: int = 1, expansion: int 
         raise ValueError(f"layers must be 1 or 2, got {layers}")
 
     def init(key, width, dtype, init, hyper):
-        k = jax.random.split(key, 4)
+        # One random-number call for the weights and one for the biases: each call site costs
+        # compile time (see stabkit.init.scaled_draws).
+        kw, kb = jax.random.split(key)
         if layers == 1:
-            return {
-                "w_last": scaled_draw(k[0], (width, width), dtype, init=init, scale=hyper["scale"]),
-                "b_last": bias_draw(k[1], width, dtype, hyper["bias_std"]),
-            }
-        hidden = expansion * width
-        return {
-            "w": scaled_draw(k[0], (width, hidden), dtype, init=init, scale=hyper["scale"]),
-            "b": bias_draw(k[1], hidden, dtype, hyper["bias_std"]),
-            "w_last": scaled_draw(k[2], (hidden, width), dtype, init=init, scale=hyper["scale"]),
-            "b_last": bias_draw(k[3], width, dtype, hyper["bias_std"]),
-        }
+            shapes, sizes = [(width, width)], [width]
+        else:
+            hidden = expansion * width
+            shapes, sizes = [(width, hidden), (hidden, width)], [hidden, width]
+        ws = scaled_draws(kw, shapes, dtype, init=init, scale=hyper["scale"])
+        bs = bias_draws(kb, sizes, dtype, hyper["bias_std"])
+        if layers == 1:
+            return {"w_last": ws[0], "b_last": bs[0]}
+        return {"w": ws[0], "b": bs[0], "w_last": ws[1], "b_last": bs[1]}
 
     def apply(params, u, hyper, inner):
         del hyper

@@ -8,9 +8,9 @@
 with ``B_l`` the ``l``-th copy of one :class:`stabkit.networks.Block`, its parameters stacked along
 a leading axis and run under ``lax.scan``: compile time does not grow with depth, and **depth is
 data** (blocks beyond ``depth`` pass their input through; a traced depth serves a sweep). Block
-``l``'s parameters depend only on the key and ``l`` (``fold_in(fold_in(key, 2), l)``), so a
+``l``'s parameters depend only on the key and ``l`` (``fold_in(split(key)[1], l)``), so a
 shallower net's parameters are a prefix of a deeper one's. The embedding and the readout are
-drawn from ``fold_in(key, 0)`` and ``fold_in(key, 1)`` with the same initializer (multiplier 1).
+drawn together from ``split(key)[0]`` with the same initializer (multiplier 1).
 
 Activations have shape ``(batch, *spatial, width)``: ``spatial`` is empty for dense blocks, a
 sequence axis for attention and ``conv1d``, two image axes for ``conv2d``.
@@ -39,7 +39,7 @@ from stabkit._checks import (
     positive_int,
 )
 from stabkit._numerics import compute_dtype
-from stabkit.init import _dtype, check_key, init_rule, scaled_draw
+from stabkit.init import _dtype, check_key, init_rule, scaled_draws
 from stabkit.networks.blocks import Block
 from stabkit.networks.dense import matmul
 from stabkit.networks.kinds import block as make_block
@@ -228,32 +228,36 @@ def _eval_block_init(block: Block, key, width, dtype, init, hyper) -> Any:
         ) from err
 
 
-def linear_params(key: jax.Array, n: int, m: int, dtype: Any, init: str) -> dict:
-    """The embedding's or the readout's ``{"w": (n, m), "b": zeros}``: the named initializer at
-    multiplier 1 (one home: :func:`net_init` and the network sweep draw them alike)."""
-    return {"w": scaled_draw(key, (n, m), dtype, init=init), "b": jnp.zeros((m,), dtype)}
+def head_params(key: jax.Array, shapes: list, dtype: Any, init: str) -> list[dict]:
+    """The embedding's and the readout's ``{"w": shape, "b": zeros}`` (the readout alone
+    without an embedding): the named initializer at multiplier 1, in one random-number call
+    (one home: :func:`net_init` and the network sweep draw them alike)."""
+    ws = scaled_draws(key, shapes, dtype, init=init)
+    return [{"w": w, "b": jnp.zeros((w.shape[-1],), dtype)} for w in ws]
 
 
-def block_keys(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The embedding's, the readout's and the blocks' base keys; block ``l`` draws from
+def block_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The embedding's and readout's key, and the blocks' base key: block ``l`` draws from
     ``fold_in(blocks_key, l)``."""
-    return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
+    k = jax.random.split(key)
+    return k[0], k[1]
 
 
 @partial(jax.jit, static_argnums=(1, 2, 3, 4, 5, 6, 7, 8, 9))
 def _init_jit(
     key, block, depth, width, in_dim, out_dim, init, dtype, embed, final_norm, hyper
 ) -> NetParams:
-    k_embed, k_readout, k_blocks = block_keys(key)
+    k_heads, k_blocks = block_keys(key)
     keys = jax.vmap(jax.random.fold_in, (None, 0))(k_blocks, jnp.arange(1, depth + 1))
     blocks = jax.vmap(lambda k: block.init(k, width, dtype, init, hyper))(keys)
-    r = linear_params(k_readout, width, out_dim, dtype, init)
+    shapes = ([(in_dim, width)] if embed else []) + [(width, out_dim)]
+    *e, r = head_params(k_heads, shapes, dtype, init)
     if final_norm is not None:
         r["norm_gain"] = jnp.ones((width,), dtype)
         if NORMS[final_norm]:
             r["norm_bias"] = jnp.zeros((width,), dtype)
     return NetParams(
-        embed=linear_params(k_embed, in_dim, width, dtype, init) if embed else None,
+        embed=e[0] if embed else None,
         blocks=blocks,
         readout=r,
         hyper=hyper,

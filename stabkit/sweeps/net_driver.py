@@ -3,7 +3,7 @@
 One kernel per (dtype, width, block, norm, placement, activation, init): depth, the weight
 multiplier ``scale``, the residual scale ``alpha``, ``bias_std`` and the seed are data. A chunk of
 configs runs as ``jit(shard_map(vmap(trace)))`` over the devices: each config draws its blocks'
-parameters on the fly from its own seed (block ``l`` from ``fold_in(fold_in(key(seed), 2), l)``,
+parameters on the fly from its own seed (block ``l`` from ``fold_in(split(key(seed))[1], l)``,
 as :func:`stabkit.net_init` does) and runs :func:`stabkit.networks.trace_net`'s computation, the
 general path (a ``fori_loop`` to the config's own depth forward, one ``jax.vjp`` per block
 backward). Configs are ordered depth-major within a kernel, so a chunk holds few depths and its
@@ -34,7 +34,7 @@ from stabkit._checks import check_memory
 from stabkit._numerics import compute_dtype
 from stabkit.losses import whole_array_loss
 from stabkit.networks.blocks import Block
-from stabkit.networks.network import Stack, block_keys, linear_params
+from stabkit.networks.network import Stack, block_keys, head_params
 from stabkit.networks.trace import trace_core
 from stabkit.sweeps.dataset import _versions
 from stabkit.sweeps.net_spec import (
@@ -93,7 +93,7 @@ def _one(st: _Static):
 
     def run(depth, scale, alpha, bias_std, seed):
         key = jax.random.key(seed)
-        _, k_readout, k_blocks = block_keys(key)
+        k_heads, k_blocks = block_keys(key)
         hyper = {k: jnp.asarray(v, sdt) for k, v in defaults.items()}
         hyper.update(scale=scale, alpha=alpha, bias_std=bias_std)
 
@@ -102,7 +102,7 @@ def _one(st: _Static):
 
         stack = Stack(block, hyper, st.max_depth, params_of)
         x = _input(key, st.batch, st.spatial, width, dtype)
-        r = linear_params(k_readout, width, width, dtype, st.init)
+        (r,) = head_params(k_heads, [(width, width)], dtype, st.init)
         t = trace_core(stack, None, r, x, depth, loss_fn)
         out = {
             k: getattr(t, k)
