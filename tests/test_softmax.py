@@ -486,12 +486,18 @@ def test_cross_entropy_bad_labels():
 # ------------------------------------------------------------------------ property tests
 
 
+# Each new shape compiles softmax and log_softmax afresh (most of a property test's time), so the
+# sizes come from a few that cover the cases: one entry, a pair, and rows shorter and longer than
+# XLA:CPU's 8-lane float32 vectors (a remainder loop at 9).
+ROWS, COLS, LENGTHS = (1, 4), (1, 2, 7, 9), (1, 2, 5, 8)
+
+
 def float_rows(dtype, min_value=-1e4, max_value=1e4):
     nd = np_dtype(dtype)
     lim = min(max_value, float(np.finfo(nd).max) if dtype != "bfloat16" else max_value)
     return hnp.arrays(
         nd,
-        st.tuples(st.integers(1, 4), st.integers(1, 9)),
+        st.tuples(st.sampled_from(ROWS), st.sampled_from(COLS)),
         elements=st.floats(-lim, lim, width=32 if dtype == "bfloat16" else nd.itemsize * 8),
     )
 
@@ -515,7 +521,9 @@ def test_property_sums_to_one_dtype_preserved_shift_invariant(dtype_, data):
 
 @given(data=st.data())
 def test_property_masked_equals_sliced(data):
-    x = data.draw(hnp.arrays(np.float32, st.integers(2, 12), elements=st.floats(-50, 50, width=32)))
+    x = data.draw(
+        hnp.arrays(np.float32, st.sampled_from(COLS[1:]), elements=st.floats(-50, 50, width=32))
+    )
     mask = data.draw(hnp.arrays(np.bool_, x.shape))
     keep = np.flatnonzero(mask)
     xj, mj = jnp.asarray(x), jnp.asarray(mask)
@@ -540,7 +548,7 @@ def test_property_masked_equals_sliced(data):
 def test_property_finite_at_finfo_max(dtype_, data):
     nd = np_dtype(dtype_)
     big = float(np.finfo(nd).max) if dtype_ != "bfloat16" else float(np.float64(3.3895314e38))
-    n = data.draw(st.integers(1, 8))
+    n = data.draw(st.sampled_from(LENGTHS))
     signs = data.draw(hnp.arrays(np.int8, n, elements=st.sampled_from([-1, 1])))
     with x64(dtype_):
         x = jnp.asarray((signs * big).astype(nd))
