@@ -124,3 +124,14 @@ def test_bad_specs_are_refused():
         sk.NetSweepSpec(depth=2, hyper={"softcap": 1.0})
     with pytest.raises(ValueError, match="out="):
         sk.sweep(sk.NetSweepSpec(depth=2), out="/tmp/never-written", progress=False)
+
+
+def test_profile_plots_of_a_network_sweep(ds, tmp_path):
+    from stabkit.sweeps import plots
+
+    paths = plots.plot(ds, tmp_path / "figs", kind="profile")
+    assert len(paths) == 2 and all(p.stat().st_size > 10_000 for p in paths)  # one per norm
+    with pytest.raises(ValueError, match="profile plots only"):
+        plots.plot(ds, tmp_path / "other", kind="heatmap")
+    with pytest.raises(ValueError, match="lacks"):
+        plots.net_profiles(ds.drop_vars("rms"), tmp_path / "third")

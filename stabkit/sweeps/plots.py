@@ -16,7 +16,12 @@
   per scale, with the closed form for the deep linear net and the mean-field prediction (dashed,
   :func:`stabkit.theory.predict_sweep`) wherever it applies.
 
-Both write PNGs and return their paths.
+* :func:`net_profiles`: the same for a network sweep (:class:`stabkit.NetSweepSpec`): per block
+  boundary, the RMS of h and of dL/dh and the RMS of each block's branch output, one line per
+  (scale, alpha), one figure per (dtype, width, block, norm, placement, activation, init).
+  :func:`plot` of a network sweep's dataset with ``kind="profile"`` draws these.
+
+They write PNGs and return their paths.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from stabkit.sweeps.spec import _layer_slots
 from stabkit.sweeps.theory_comparison import predict_sweep
 from stabkit.theory import critical_line, weight_variance
 
-__all__ = ["heatmaps", "plot", "profiles"]
+__all__ = ["heatmaps", "net_profiles", "plot", "profiles"]
 
 _GROUPS = ("dtype", "width", "init", "bias_std")
 _INF_COLOR, _NAN_COLOR, _ZERO_COLOR = "black", "magenta", "#9a9a9a"
@@ -390,6 +395,95 @@ def plot(
     """
     if not isinstance(kind, str) or kind not in _KINDS:
         raise ValueError(f"unknown kind {kind!r}; valid: {', '.join(_KINDS)}")
+    if _is_net_sweep(ds):
+        if kind != "profile":
+            raise ValueError(
+                "a network sweep's dataset has profile plots only (kind='profile'); heatmaps are "
+                "the MLP sweep's"
+            )
+        return net_profiles(ds, out, max_figures=max_figures)
     if kind == "heatmap":
         return heatmaps(ds, out, max_figures=max_figures, theory=theory)
     return profiles(ds, out, max_figures=max_figures, theory=theory)
+
+
+_NET_GROUPS = ("dtype", "width", "block", "norm", "norm_position", "activation", "init")
+_NET_PANELS = (
+    ("rms", "RMS of h"),
+    ("grad_rms", "RMS of dL/dh"),
+    ("branch_rms", "RMS of the branch F"),
+)
+
+
+def _is_net_sweep(ds) -> bool:
+    return hasattr(ds, "dims") and "block" in ds.dims and "rms" in getattr(ds, "data_vars", {})
+
+
+def net_profiles(ds, out: str | pathlib.Path, *, max_figures: int = 32) -> list[pathlib.Path]:
+    """Per-boundary RMS of h, of dL/dh and of the branch output at the deepest depth of a network
+    sweep, one line per (scale, alpha), the median over seeds.
+
+    Args:
+        ds: a dataset of :func:`stabkit.sweep` of a :class:`stabkit.NetSweepSpec`.
+        out: directory for the PNGs (a new or empty one, or one these plots wrote).
+        max_figures: at most this many figures, one per (dtype, width, block, norm, placement,
+            activation, init).
+
+    Returns:
+        The paths written.
+
+    Raises:
+        TypeError: ``ds`` is not an ``xarray.Dataset``.
+        ValueError: it is not a network sweep's (the dimensions or variables it lacks are named);
+            ``max_figures`` < 1; ``out`` is not a directory these plots may write.
+    """
+    import xarray as xr
+
+    if not isinstance(ds, xr.Dataset):
+        raise TypeError(f"ds must be an xarray.Dataset from stabkit.sweep, got {type(ds).__name__}")
+    need = (*_NET_GROUPS, "depth", "scale", "alpha", "seed", "layer")
+    missing = [d for d in need if d not in ds.dims] + [
+        v for v, _ in _NET_PANELS[:2] if v not in ds.data_vars
+    ]
+    if missing:
+        raise ValueError(f"ds is not a network sweep's dataset: it lacks {', '.join(missing)}")
+    max_figures = positive_int(max_figures, "max_figures", 1)
+    out = _output_dir(out, "out", _PLOT_MARKER, _old_plots, create=False)
+    plt = _pyplot()
+    _output_dir(out, "out", _PLOT_MARKER, _old_plots)
+    d = int(ds.depth.values.max())
+    layers = np.arange(d + 2)
+    panels = [(v, t) for v, t in _NET_PANELS if v in ds.data_vars]
+    groups = [{}]
+    for dim in _NET_GROUPS:
+        groups = [{**g, dim: v} for g in groups for v in ds[dim].values.tolist()]
+    pairs = [(s, a) for s in ds.scale.values.tolist() for a in ds.alpha.values.tolist()]
+    colors = plt.get_cmap("viridis")(np.linspace(0, 1, len(pairs)))
+    paths = []
+    for group in groups[:max_figures]:
+        sub = ds.sel(group).sel(depth=d, layer=layers).squeeze("bias_std", drop=True)
+        if "bias_std" in sub.dims:  # several biases: the first
+            sub = sub.isel(bias_std=0)
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+        for col, (name, title) in enumerate(panels):
+            ax = axes[0, col]
+            for (s, a), color in zip(pairs, colors, strict=True):
+                v = sub[name].sel(scale=s, alpha=a).transpose("layer", "seed").values
+                ax.semilogy(
+                    layers,
+                    10.0 ** _log10_median(v, -1),
+                    color=color,
+                    label=f"scale {s:.3g}, alpha {a:.3g}",
+                )
+            ax.set_title(f"{title} at depth {d}", fontsize=9)
+            ax.set_xlabel("block boundary (0: input, depth + 1: readout)")
+        axes[0, 0].legend(fontsize=6)
+        fig.suptitle(
+            ", ".join(f"{k}={v}" for k, v in group.items()) + " (median over seeds)", fontsize=9
+        )
+        fig.tight_layout()
+        path = out / f"net_profile_{_tag(group)}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    return paths
