@@ -29,6 +29,7 @@ default would round float32 inputs to TF32 or bfloat16.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable
 from functools import partial
@@ -56,6 +57,7 @@ from stabkit.init import (
     bias_normal,
     check_key,
     get_initializer,
+    init_rule,
 )
 
 __all__ = ["MLPParams", "mlp_apply", "mlp_init"]
@@ -190,13 +192,82 @@ def mlp_init(
         f"{dtype.name} entries)",
     )
     w_init = get_initializer(init, scale)
-    b_init = bias_normal(_multiplier(bias_std, "bias_std", nonnegative=True))
-    if not isinstance(init, str):  # a user's callable: check what it returns before jit
-        for shape in {(in_dim, width), (width, out_dim)} | (
-            {(width, width)} if depth > 1 else set()
-        ):
-            check_initializer(w_init, "init", key, shape, dtype)
+    bias_std = _multiplier(bias_std, "bias_std", nonnegative=True)
+    if isinstance(init, str):
+        # A named initializer is a unit draw times a multiplier per shape: the multipliers (and
+        # the bias std) are data, so one compilation serves every scale and bias_std.
+        shapes = ((in_dim, width), (width, width), (width, out_dim))
+        mults = jnp.stack([_named_multiplier(init, scale, sh, dtype) for sh in shapes])
+        sdt = compute_dtype(dtype)
+        b_std = bias_std if isinstance(bias_std, jax.core.Tracer) else np.asarray(bias_std, sdt)
+        return _init_named_jit(key, init, mults, b_std, depth, width, in_dim, out_dim, dtype)
+    for shape in {(in_dim, width), (width, out_dim)} | ({(width, width)} if depth > 1 else set()):
+        check_initializer(w_init, "init", key, shape, dtype)  # a user's callable, before jit
+    b_init = bias_normal(bias_std)
     return _init_jit(key, w_init, b_init, depth, width, in_dim, out_dim, dtype)
+
+
+def _named_multiplier(init: str, scale: Any, shape: tuple[int, int], dtype: jnp.dtype) -> Any:
+    """What the named initializer multiplies its unit draw of ``shape`` by, computed in the same
+    steps as :mod:`stabkit.init` (float64 on the host for a concrete ``scale``, rounded once to
+    the compute dtype; the same float32 operations for a traced one), so the weights are the
+    same bits as ``get_initializer(init, scale)(key, shape, dtype)``'s."""
+    kind, variance = init_rule(init)
+    mult = 1.0 if scale is None else scale
+    if kind in ("normal", "uniform"):
+        mult = mult * math.sqrt(variance(*shape))
+        if kind == "uniform":
+            mult = mult * math.sqrt(3.0)  # U[-L, L] has variance L^2/3
+    if isinstance(mult, jax.core.Tracer):
+        return mult.astype(compute_dtype(dtype))
+    return jnp.asarray(mult, compute_dtype(dtype))
+
+
+def _unit_draw(kind: str, key, shape: tuple[int, int], sdt) -> jax.Array:
+    """A named initializer's draw at multiplier 1 (stabkit.init's samplers, before scaling)."""
+    n, m = shape
+    if kind == "normal":
+        return jax.random.normal(key, shape, sdt)
+    if kind == "uniform":
+        return jax.random.uniform(key, shape, sdt, minval=-1.0, maxval=1.0)
+    if kind == "orthogonal":
+        q, r = jnp.linalg.qr(jax.random.normal(key, (max(n, m), min(n, m)), sdt))
+        q = q * jnp.sign(jnp.diagonal(r))
+        return q if n >= m else q.T
+    return jnp.eye(n, m, dtype=sdt)
+
+
+@partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8))
+def _init_named_jit(key, init, mults, b_std, depth, width, in_dim, out_dim, dtype) -> MLPParams:
+    """:func:`_init_jit` for a named initializer, its multipliers and bias std as data."""
+    kind = init_rule(init).distribution
+    sdt = compute_dtype(dtype)
+    bases = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(2))
+    keys = jax.vmap(jax.vmap(jax.random.fold_in, (None, 0)), (0, None))(
+        bases, jnp.arange(depth + 1)
+    )
+
+    def weight(k, shape, mult):
+        return (mult * _unit_draw(kind, k, shape, sdt)).astype(dtype)
+
+    def bias(k, n):
+        # bias_std = 0 gives +0 exactly (stabkit.init.zeros()), without a draw that could be -0.
+        std = jnp.asarray(b_std, sdt)
+        return jnp.where(std == 0, 0, std * jax.random.normal(k, (n,), sdt)).astype(dtype)
+
+    if depth > 1:
+        w_hidden = jax.vmap(lambda k: weight(k, (width, width), mults[1]))(keys[0, 2:])
+        b_hidden = jax.vmap(lambda k: bias(k, width))(keys[1, 2:])
+    else:
+        w_hidden, b_hidden = jnp.zeros((0, width, width), dtype), jnp.zeros((0, width), dtype)
+    return MLPParams(
+        w_in=weight(keys[0, 1], (in_dim, width), mults[0]),
+        b_in=bias(keys[1, 1], width),
+        w_hidden=w_hidden,
+        b_hidden=b_hidden,
+        w_out=weight(keys[0, 0], (width, out_dim), mults[2]),
+        b_out=bias(keys[1, 0], out_dim),
+    )
 
 
 # One compiled kernel per (initializers, sizes, dtype); named initializers are cached objects, so
