@@ -96,10 +96,19 @@ def fake_memory(monkeypatch):
 # in collection order, and collected alphabetically these came last and ran alone at the end (a
 # tail of minutes on CI's 2 cores). Rough CPU seconds on 2 shared cores, 2026-12.
 _LONGEST_FIRST = (
-    "tests/test_sweep.py",  # ~250 s
-    "tests/test_train.py",  # ~130 s
-    "tests/test_softmax.py",
+    "tests/test_sweep.py",  # ~110-150 s (one worker, 2026-12)
+    "tests/test_train.py",  # ~105 s
+    "tests/test_softmax.py",  # ~100 s
+    "tests/test_networks.py",  # ~60 s
+    "tests/test_net_sweep.py",  # ~60 s
     "tests/test_theory.py",
+    "tests/test_attention_block.py",  # ~40 s
+    "tests/test_normalization.py",  # ~30 s
+    "tests/test_conv_block.py",
+    "tests/test_train_blocks.py",
+    "tests/test_residual_theory.py",
+    "stabkit/training/__init__.py",  # doctests that train (~17 s)
+    "stabkit/tracing.py",
     "tests/test_inspect_interop.py",
     "tests/test_inspect_mlp.py",
     "tests/test_store.py",
