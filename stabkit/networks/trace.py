@@ -41,6 +41,7 @@ from stabkit.networks.network import (
     stack_of,
 )
 from stabkit.precision import Census, census
+from stabkit.tracing import first_layer_where, last_layer_where
 
 __all__ = ["NetTrace", "trace_net"]
 
@@ -261,19 +262,10 @@ def trace_core(
         param_grad_rms=bwd_rows["param_grad_rms"],
         taps={k: fwd_rows[f"tap_{k}"] for k in tap_shapes},
         loss=loss.astype(sdt),
-        first_nonfinite_forward=_first(bad_f & valid),
-        first_nonfinite_backward=_last(bad_b & valid),
-        first_zero_backward=_last(zero_b & valid),
+        first_nonfinite_forward=first_layer_where(bad_f & valid),
+        first_nonfinite_backward=last_layer_where(bad_b & valid),
+        first_zero_backward=last_layer_where(zero_b & valid),
     )
-
-
-def _first(mask):
-    return jnp.where(jnp.any(mask), jnp.argmax(mask), -1).astype(jnp.int32)
-
-
-def _last(mask):
-    n = mask.shape[0]
-    return jnp.where(jnp.any(mask), n - 1 - jnp.argmax(mask[::-1]), -1).astype(jnp.int32)
 
 
 @partial(jax.jit, static_argnames=("loss_fn",))

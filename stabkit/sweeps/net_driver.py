@@ -17,6 +17,7 @@ from its position, so the result does not depend on the chunk size or the device
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -146,7 +147,7 @@ def _tap_vars(spec: NetSweepSpec) -> dict[str, tuple[str, int]]:
     """The taps of every variant: name -> (``"layer"`` or ``"head"``, heads)."""
     taps: dict[str, tuple[str, int]] = {}
     for dtype, width, *built, init in spec.variants():
-        with jax.enable_x64(True) if dtype == "float64" else _null():
+        with jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext():
             shapes = _block_taps(spec.build(*built), spec, jnp.dtype(dtype), width, init)
         for name, s in shapes.items():
             heads = s.shape[0] if s.ndim else 0
@@ -230,7 +231,7 @@ def net_sweep(
                 max(spec.depth),
                 tuple(devices),
             )
-            x64 = jax.enable_x64(True) if dtype == "float64" else _null()
+            x64 = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
             with x64:
                 kernel, sharding = _kernel(st)
                 csdt = np.dtype(compute_dtype(dtype))
@@ -282,11 +283,3 @@ def net_sweep(
         ),
     }
     return xr.Dataset(data, coords=coords, attrs=attrs)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
