@@ -34,7 +34,11 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Task:
-    """A full data set: inputs ``x`` ``(n, in_dim)`` and targets ``y``.
+    """A full data set: inputs ``x`` ``(n, in_dim)`` or ``(n, seq, in_dim)`` and targets ``y``.
+
+    With a sequence axis (a network of attention or ``conv1d`` blocks) the targets are per
+    position: ``(n, seq, out_dim)`` for regression, ``(n, seq)`` labels for classification (a
+    next-token task: the loss is the mean over examples and positions).
 
     Checked on the host before JAX sees the data: labels must be integers in ``[0, out_dim)``
     (an int64 label beyond int32 would otherwise wrap, 2**40 becoming class 0, and a label
@@ -64,11 +68,15 @@ class Task:
         x = _data_array(self.x, "x")
         if not is_floating_dtype(x.dtype):
             raise TypeError(f"inputs x must be floating-point, got dtype {x.dtype}")
-        if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-            raise ValueError(f"x must be a non-empty floating (n, in_dim) array, got {x.shape}")
+        if x.ndim not in (2, 3) or 0 in x.shape:
+            raise ValueError(
+                f"x must be a non-empty floating (n, in_dim) or (n, seq, in_dim) array, got "
+                f"{x.shape}"
+            )
         x = _canonical(x, "x", "inputs")
         y = _data_array(self.y, "y")
-        want = (x.shape[0],) if classify else (x.shape[0], out_dim)
+        rows = x.shape[:-1]  # (n,) or (n, seq): one target per example and position
+        want = rows if classify else (*rows, out_dim)
         if classify:
             # Checked on the host, before JAX sees them: int64 labels beyond int32 would wrap
             # (2**40 becomes 0) and a label >= out_dim gives a NaN loss at every step.
@@ -76,11 +84,13 @@ class Task:
                 raise TypeError(f"classification labels y must be integers, got dtype {y.dtype}")
             if y.shape != want:
                 raise ValueError(f"y must have shape {want} for {self.kind}, got {y.shape}")
-            bad = np.flatnonzero((y < 0) | (y >= out_dim))
+            bad = np.argwhere((y < 0) | (y >= out_dim))
             if bad.size:
+                first = tuple(int(i) for i in bad[0])
+                at = first[0] if len(first) == 1 else first
                 raise ValueError(
-                    f"labels y must be class indices in [0, out_dim={out_dim}), got {y[bad[0]]} "
-                    f"at index {bad[0]} ({bad.size} out of range)"
+                    f"labels y must be class indices in [0, out_dim={out_dim}), got {y[first]} "
+                    f"at index {at} ({len(bad)} out of range)"
                 )
             y = jnp.asarray(y.astype(np.int32))
         else:
@@ -95,7 +105,12 @@ class Task:
 
     @property
     def in_dim(self) -> int:
-        return int(self.x.shape[1])
+        return int(self.x.shape[-1])
+
+    @property
+    def seq_len(self) -> int | None:
+        """Positions per example, None without a sequence axis."""
+        return int(self.x.shape[1]) if self.x.ndim == 3 else None
 
     @property
     def n(self) -> int:
