@@ -11,6 +11,8 @@ arithmetic such as ``inf - inf`` or ``0 * inf`` gives NaN) and that a tiny value
 * :func:`overflow_depth`, :func:`underflow_depth`: the exact step at which ``x0 * scale**k``,
   rounded after every multiplication, leaves the range, beside the closed-form prediction.
 * :func:`chain`: the same chain run on the device, step by step.
+* :func:`float8_matmul`: float8 matrix products with none, current or delayed scaling
+  (:func:`float8_recipe`, :func:`float8_meta`; :mod:`~stabkit.precision.float8`).
 * :func:`census`: counts of normal, subnormal, zero, inf and NaN entries, by bit pattern, under
   ``jit`` and ``vmap``.
 
@@ -34,18 +36,34 @@ from stabkit.precision.behaviour import Behaviour, Probe, probe
 from stabkit.precision.chains import chain
 from stabkit.precision.classes import Census, census
 from stabkit.precision.depths import Depth, overflow_depth, underflow_depth
+from stabkit.precision.float8 import (
+    FLOAT8_FORMATS,
+    Float8Recipe,
+    float8_combine,
+    float8_matmul,
+    float8_meta,
+    float8_partition,
+    float8_recipe,
+)
 from stabkit.precision.formats import SUPPORTED_DTYPES
 from stabkit.precision.ranges import Limits, limits
 
 __all__ = [
+    "FLOAT8_FORMATS",
     "SUPPORTED_DTYPES",
     "Behaviour",
     "Census",
     "Depth",
+    "Float8Recipe",
     "Limits",
     "Probe",
     "census",
     "chain",
+    "float8_combine",
+    "float8_matmul",
+    "float8_meta",
+    "float8_partition",
+    "float8_recipe",
     "limits",
     "overflow_depth",
     "probe",
