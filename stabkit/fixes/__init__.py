@@ -23,12 +23,29 @@ a NamedTuple state) that composes with any optimizer, under ``jit`` and ``vmap``
   survives ``jax.tree`` flatten/unflatten whole (jmp's loses ``min_loss_scale`` there); the scale
   may have any floating dtype, float16 included.
 
+* :func:`kahan_summation`: Kahan-compensated parameter updates, the last step of a chain: the
+  rounding error of each step is kept in a compensation buffer of the params' own (narrow) dtype
+  and added back at the next, so updates below half an ulp of their weight are not lost.
+* :func:`stochastic_rounding`: ``p + u`` rounded to float16/bfloat16 stochastically (up with
+  probability proportional to the distance: unbiased), the PRNG key in the state, deterministic
+  given the key; :func:`stochastic_round` is the rounding itself.
+* :func:`master_weights`: wrap an optimizer so that it runs on a float32 (or any ``dtype``) copy
+  of the params held in its state; the returned update makes the params the copy rounded.
+* :func:`lost_updates` and :func:`update_stagnation`: weight-update stagnation, the count (per
+  array) and the fraction (per leaf) of nonzero updates that rounding to the weight's dtype
+  loses.
+
 One concept a file: :mod:`~stabkit.fixes.norms` (:func:`all_finite`, :func:`safe_global_norm`),
 :mod:`~stabkit.fixes.clipping` (:func:`safe_clip_by_global_norm`),
-:mod:`~stabkit.fixes.skipping` (:func:`skip_nonfinite`, :class:`SkipState`) and
+:mod:`~stabkit.fixes.skipping` (:func:`skip_nonfinite`, :class:`SkipState`),
 :mod:`~stabkit.fixes.loss_scale` (:class:`DynamicLossScale`, :class:`LossScaleState`,
-:class:`LossScalingState`, :func:`loss_scaling`, :func:`loss_scale_of`). The overflow-free norm's
-power-of-two scaling is :func:`stabkit._numerics.pow2`.
+:class:`LossScalingState`, :func:`loss_scaling`, :func:`loss_scale_of`),
+:mod:`~stabkit.fixes.kahan` (:func:`kahan_summation`, :class:`KahanState`),
+:mod:`~stabkit.fixes.stochastic_rounding` (:func:`stochastic_rounding`,
+:func:`stochastic_round`, :class:`StochasticRoundingState`),
+:mod:`~stabkit.fixes.master_weights` (:func:`master_weights`, :class:`MasterWeightsState`) and
+:mod:`~stabkit.fixes.stagnation` (:func:`lost_updates`, :func:`update_stagnation`). The
+overflow-free norm's power-of-two scaling is :func:`stabkit._numerics.pow2`.
 
 References:
     P. Micikevicius et al., "Mixed Precision Training", ICLR 2018 (sec. 3.2, loss scaling).
@@ -37,6 +54,7 @@ References:
 """
 
 from stabkit.fixes.clipping import safe_clip_by_global_norm
+from stabkit.fixes.kahan import KahanState, kahan_summation
 from stabkit.fixes.loss_scale import (
     DynamicLossScale,
     LossScaleState,
@@ -44,18 +62,34 @@ from stabkit.fixes.loss_scale import (
     loss_scale_of,
     loss_scaling,
 )
+from stabkit.fixes.master_weights import MasterWeightsState, master_weights
 from stabkit.fixes.norms import all_finite, safe_global_norm
 from stabkit.fixes.skipping import SkipState, skip_nonfinite
+from stabkit.fixes.stagnation import lost_updates, update_stagnation
+from stabkit.fixes.stochastic_rounding import (
+    StochasticRoundingState,
+    stochastic_round,
+    stochastic_rounding,
+)
 
 __all__ = [
     "DynamicLossScale",
+    "KahanState",
     "LossScaleState",
     "LossScalingState",
+    "MasterWeightsState",
     "SkipState",
+    "StochasticRoundingState",
     "all_finite",
+    "kahan_summation",
     "loss_scale_of",
     "loss_scaling",
+    "lost_updates",
+    "master_weights",
     "safe_clip_by_global_norm",
     "safe_global_norm",
     "skip_nonfinite",
+    "stochastic_round",
+    "stochastic_rounding",
+    "update_stagnation",
 ]
