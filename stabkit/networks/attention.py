@@ -23,6 +23,13 @@ with the causal mask (``j <= i``) if asked for. Options:
   attention's output projection, the next ``expansion * width`` the MLP's second map, each drawn
   with its own fan-in, so Fixup (which zeroes ``w_last`` and ``b_last``) zeroes both branches.
 
+With ``float8`` (a :class:`stabkit.precision.Float8Recipe`) the linear maps (``wq``, ``wk``,
+``wv``, ``w_last`` and the MLP's ``w``) go through :func:`stabkit.precision.float8_matmul`, their
+states at ``params["float8"][<weight name>]``; the logits and the probabilities-times-values
+products stay in the compute dtype, as Transformer Engine keeps them. The branch then taps
+``float8_underflow`` and ``float8_overflow`` (the mean over its products of the forward
+fractions of ``x`` and ``w``).
+
 There are no biases in the attention's projections (as in PaLM and most recent models). Weights
 are drawn with :func:`stabkit.init.scaled_draw` (the named initializer times the traced
 multiplier ``hyper["scale"]``).
@@ -70,8 +77,9 @@ from stabkit._numerics import compute_dtype
 from stabkit.activations import Activation
 from stabkit.init import scaled_draws
 from stabkit.networks.blocks import Branch
-from stabkit.networks.dense import bias_draws, matmul
+from stabkit.networks.dense import bias_draws, float8_taps, matmul
 from stabkit.networks.norms import layer_norm
+from stabkit.precision.float8 import Float8Recipe, float8_matmul, float8_meta
 from stabkit.stable_softmax import log_softmax, softmax
 
 __all__ = ["attention_branch", "head_size", "rank_residual"]
@@ -157,6 +165,7 @@ def attention_branch(
     causal: bool = False,
     mlp: bool = False,
     expansion: int = 4,
+    float8: Float8Recipe | None = None,
 ) -> Branch:
     """The self-attention branch (see the module docstring) for ``stabkit.networks.block``.
 
@@ -172,6 +181,8 @@ def attention_branch(
         mlp: add an MLP in parallel (the parallel transformer layer), hidden width
             ``expansion * width``.
         expansion: the MLP's hidden width over ``width`` (only with ``mlp=True``).
+        float8: a validated :class:`stabkit.precision.Float8Recipe` for the linear maps, or
+            ``None`` (default: plain products); reached as ``block("attention", float8=...)``.
 
     Returns:
         A :class:`stabkit.networks.Branch` on ``(batch, seq, width)``.
@@ -205,13 +216,19 @@ def attention_branch(
             params["k_gain"] = jnp.ones((d,), dtype)
         if not mlp:
             params["w_last"] = ws[3]
-            return params
+            return with_float8(params)
         b, b_last = bias_draws(kb, [hidden, width], dtype, hyper["bias_std"])
         params["w"], params["b"] = ws[4], b
         # PaLM's fused output: [attention out, phi(u W + b)] @ [[W_O], [W_2]]; each block drawn
         # with its own fan-in, as two separate maps would be.
         params["w_last"] = jnp.concatenate([ws[3], ws[5]], axis=0)
         params["b_last"] = b_last
+        return with_float8(params)
+
+    def with_float8(params):
+        if float8 is not None:
+            names = [k for k in params if k.startswith("w")]
+            params["float8"] = {k: float8_meta(float8) for k in names}
         return params
 
     def apply(params, u, hyper, inner):
@@ -220,11 +237,19 @@ def attention_branch(
             raise ValueError(f"attention takes (batch, seq, width) inputs, got shape {u.shape}")
         b, n, width = u.shape
         d = head_size(width, heads)
+        stats = []
 
-        def project(w):
-            return matmul(u, w).reshape(b, n, heads, d)
+        def linear(v, key):
+            if float8 is None:
+                return matmul(v, params[key])
+            y, s = float8_matmul(v, params[key], params["float8"][key], float8)
+            stats.append(s)
+            return y
 
-        q, k, v = project(params["wq"]), project(params["wk"]), project(params["wv"])
+        def project(key):
+            return linear(u, key).reshape(b, n, heads, d)
+
+        q, k, v = project("wq"), project("wk"), project("wv")
         if qk_norm:
             q = layer_norm(q, params["q_gain"], None, hyper["eps"])
             k = layer_norm(k, params["k_gain"], None, hyper["eps"])
@@ -235,12 +260,15 @@ def attention_branch(
         p = softmax(logits, axis=-1, where=mask)
         out = jnp.einsum("bhqk,bkhd->bqhd", p, v, precision=_PRECISION).reshape(b, n, width)
         if mlp:
-            hidden = phi(matmul(u, params["w"]) + params["b"])
-            f = matmul(jnp.concatenate([out, hidden.astype(out.dtype)], axis=-1), params["w_last"])
+            hidden = phi(linear(u, "w") + params["b"])
+            f = linear(jnp.concatenate([out, hidden.astype(out.dtype)], axis=-1), "w_last")
             f = f + params["b_last"]
         else:
-            f = matmul(out, params["w_last"])
-        return f.astype(u.dtype), _taps(logits, mask, u)
+            f = linear(out, "w_last")
+        taps = _taps(logits, mask, u)
+        if float8 is not None:
+            taps.update(float8_taps(stats))
+        return f.astype(u.dtype), taps
 
     parts = [f"{heads} head{'s' if heads > 1 else ''}"]
     if causal:
@@ -249,5 +277,7 @@ def attention_branch(
         parts.append("qk norm")
     if mlp:
         parts.append(f"parallel mlp {activation_name} (x{expansion})")
+    if float8 is not None:
+        parts.append(f"float8 {float8.scaling}")
     name = f"attention ({', '.join(parts)})"
     return Branch(init, apply, spatial=(1,), hyper=(("softcap", 0.0),), inner=False, name=name)

@@ -4,6 +4,11 @@ Both act on the last axis. Weights are drawn with :func:`stabkit.init.scaled_dra
 initializer times the traced multiplier ``hyper["scale"]``), biases from
 :math:`N(0, \\mathrm{bias\\_std}^2)` (exactly +0 when ``bias_std`` is 0, as
 :func:`stabkit.mlp_init` makes them).
+
+With ``float8`` (a :class:`stabkit.precision.Float8Recipe`) each weight matrix's product goes
+through :func:`stabkit.precision.float8_matmul`, its state at ``params["float8"][<weight name>]``
+(``"w_last"``, and ``"w"`` in the MLP), and the branch taps ``float8_underflow`` and
+``float8_overflow``: the mean over its products of the forward fractions of ``x`` and of ``w``.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from stabkit._numerics import compute_dtype
 from stabkit.activations import Activation
 from stabkit.init import scaled_draws
 from stabkit.networks.blocks import Branch
+from stabkit.precision.float8 import Float8Recipe, float8_matmul, float8_meta
 
-__all__ = ["bias_draw", "bias_draws", "dense_branch", "matmul"]
+__all__ = ["bias_draw", "bias_draws", "dense_branch", "float8_taps", "matmul"]
 
 _PRECISION = jax.lax.Precision.HIGHEST
 
@@ -27,6 +33,17 @@ _PRECISION = jax.lax.Precision.HIGHEST
 def matmul(u: jax.Array, w: jax.Array) -> jax.Array:
     """``u @ w`` over the last axis of ``u``, at full precision (float32 means float32 on TPU)."""
     return jnp.einsum("...i,ij->...j", u, w, precision=_PRECISION)
+
+
+def float8_taps(stats: list[dict]) -> dict[str, jax.Array]:
+    """A block's float8 taps: the mean over its products' ``stats`` (from
+    :func:`stabkit.precision.float8_matmul`) of the ``x`` and ``w`` underflow and overflow
+    fractions."""
+    taps = {}
+    for kind in ("underflow", "overflow"):
+        values = [s[f"{op}_{kind}"] for s in stats for op in ("x", "w")]
+        taps[f"float8_{kind}"] = sum(values) / len(values)
+    return taps
 
 
 def bias_draw(key: jax.Array, n: int, dtype: Any, bias_std: Any) -> jax.Array:
@@ -43,9 +60,17 @@ def bias_draws(key: jax.Array, sizes: list[int], dtype: Any, bias_std: Any) -> l
     return [flat[a : a + n] for a, n in zip(starts, sizes, strict=True)]
 
 
-def dense_branch(phi: Activation, name: str, *, layers: int = 1, expansion: int = 1) -> Branch:
+def dense_branch(
+    phi: Activation,
+    name: str,
+    *,
+    layers: int = 1,
+    expansion: int = 1,
+    float8: Float8Recipe | None = None,
+) -> Branch:
     """A dense branch of one layer (``layers=1``) or two (``layers=2``: the hidden layer is
-    ``expansion * width`` wide and the activation sits between the two maps)."""
+    ``expansion * width`` wide and the activation sits between the two maps); ``float8``: a
+    validated recipe for its products (see the module docstring), ``None`` for plain ones."""
     layers = positive_int(layers, "layers")
     expansion = positive_int(expansion, "expansion")
     if layers > 2:
@@ -63,15 +88,38 @@ def dense_branch(phi: Activation, name: str, *, layers: int = 1, expansion: int 
         ws = scaled_draws(kw, shapes, dtype, init=init, scale=hyper["scale"])
         bs = bias_draws(kb, sizes, dtype, hyper["bias_std"])
         if layers == 1:
-            return {"w_last": ws[0], "b_last": bs[0]}
-        return {"w": ws[0], "b": bs[0], "w_last": ws[1], "b_last": bs[1]}
+            params = {"w_last": ws[0], "b_last": bs[0]}
+        else:
+            params = {"w": ws[0], "b": bs[0], "w_last": ws[1], "b_last": bs[1]}
+        if float8 is not None:
+            params["float8"] = {k: float8_meta(float8) for k in params if k.startswith("w")}
+        return params
 
     def apply(params, u, hyper, inner):
         del hyper
+        if float8 is not None:
+            return _apply_float8(params, u, inner)
         if layers == 1:
             return phi(inner(matmul(u, params["w_last"]) + params["b_last"])), {}
         a = phi(inner(matmul(u, params["w"]) + params["b"]))
         return matmul(a, params["w_last"]) + params["b_last"], {}
 
+    def _apply_float8(params, u, inner):
+        stats = []
+
+        def product(v, key):
+            y, s = float8_matmul(v, params[key], params["float8"][key], float8)
+            stats.append(s)
+            return y
+
+        if layers == 1:
+            f = phi(inner(product(u, "w_last") + params["b_last"]))
+        else:
+            a = phi(inner(product(u, "w") + params["b"]))
+            f = product(a, "w_last") + params["b_last"]
+        return f, float8_taps(stats)
+
     label = f"dense {name}" if layers == 1 else f"mlp {name} (x{expansion})"
+    if float8 is not None:
+        label += f", float8 {float8.scaling}"
     return Branch(init, apply, spatial=(0,), inner=layers == 1 or expansion == 1, name=label)

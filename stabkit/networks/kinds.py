@@ -13,7 +13,10 @@ The kinds:
 
 Each takes ``norm`` (``None``, ``"layer"``, ``"rms"``, ``"batch"``) and ``norm_position``
 (``"pre"``, ``"post"``; ``"inner"`` for single-layer branches), ``residual`` to override the
-kind's default, ``fixup`` and ``learnable_alpha``.
+kind's default, ``fixup`` and ``learnable_alpha``. ``dense``, ``residual`` and ``attention``
+take ``float8`` (``"none"``, ``"current"``, ``"delayed"`` or a
+:class:`stabkit.precision.Float8Recipe`): their weight matrices' products in float8
+(:mod:`stabkit.precision.float8`); convolutions and user blocks refuse it.
 """
 
 from __future__ import annotations
@@ -30,8 +33,12 @@ from stabkit.activations import get_activation
 from stabkit.networks.blocks import BASE_HYPER, NORM_POSITIONS, Block, Branch
 from stabkit.networks.dense import dense_branch
 from stabkit.networks.norms import NORMS
+from stabkit.precision.float8 import Float8Recipe, as_float8_recipe
 
 __all__ = ["block", "block_names", "user_block"]
+
+#: The kinds whose branch has matrix products that float8 applies to.
+FLOAT8_KINDS = ("attention", "dense", "residual")
 
 _DEFAULT_RESIDUAL = {
     "dense": False,
@@ -52,21 +59,38 @@ def block_names() -> tuple[str, ...]:
     return tuple(sorted(_DEFAULT_RESIDUAL))
 
 
-def _branch(kind: str, activation: Any, options: dict) -> Branch:
+def _check_float8(kind: str, float8: Any) -> Float8Recipe | None:
+    """``float8`` as a validated recipe (None stays None); ValueError on a kind without one."""
+    if float8 is None:
+        return None
+    if kind not in FLOAT8_KINDS:
+        what = "a convolution" if kind.startswith("conv") else "the user's own function"
+        raise ValueError(
+            f"float8={float8!r} does not apply to a {kind!r} block: its branch is {what}, not "
+            f"a matrix product that float8 routes through float8_matmul; float8 is for the "
+            f"kinds {', '.join(FLOAT8_KINDS)} (use float8=None here)"
+        )
+    return as_float8_recipe(float8, "float8")
+
+
+def _branch(kind: str, activation: Any, options: dict, float8: Float8Recipe | None) -> Branch:
     phi = get_activation(activation)
     name = activation if isinstance(activation, str) else getattr(activation, "__name__", "phi")
     if kind == "dense":
         _no_options(kind, options)
-        return dense_branch(phi, name)
+        return dense_branch(phi, name, float8=float8)
     if kind == "residual":
         branch = choice(options.pop("branch", "mlp"), "branch", ("mlp", "dense"))
         expansion = options.pop("expansion", 1)
         _no_options(kind, options)
-        return dense_branch(phi, name, layers=2 if branch == "mlp" else 1, expansion=expansion)
+        layers = 2 if branch == "mlp" else 1
+        return dense_branch(phi, name, layers=layers, expansion=expansion, float8=float8)
     if kind == "attention":
         from stabkit.networks.attention import attention_branch
 
-        return _call(attention_branch, kind, phi=phi, activation_name=name, **options)
+        return _call(
+            attention_branch, kind, phi=phi, activation_name=name, float8=float8, **options
+        )
     from stabkit.networks.conv import conv_branch
 
     return _call(conv_branch, kind, phi=phi, activation_name=name, ndim=int(kind[-2]), **options)
@@ -76,7 +100,7 @@ def _call(factory: Callable, kind: str, **options) -> Branch:
     params = inspect.signature(factory).parameters
     unknown = sorted(set(options) - set(params))
     if unknown:
-        valid = sorted(set(params) - {"phi", "activation_name", "ndim"})
+        valid = sorted(set(params) - {"phi", "activation_name", "ndim", "float8"})
         raise TypeError(f"block {kind!r} has no option {unknown[0]!r}; its options: {valid}")
     return factory(**options)
 
@@ -120,6 +144,7 @@ def block(
     residual: bool | None = None,
     fixup: bool = False,
     learnable_alpha: bool = False,
+    float8: Float8Recipe | str | None = None,
     **options: Any,
 ) -> Block:
     """A built-in block by kind (see the module docstring), ready for :func:`stabkit.net_init`.
@@ -133,23 +158,34 @@ def block(
             ``attention``, False otherwise.
         fixup: zero the branch's last layer at initialization.
         learnable_alpha: make ``alpha`` a trained parameter per block.
+        float8: ``None`` (default: plain products), ``"none"``, ``"current"``, ``"delayed"`` or a
+            :class:`stabkit.precision.Float8Recipe` (a name means ``float8_recipe(name)``): each
+            weight matrix's product through :func:`stabkit.precision.float8_matmul`, its state
+            at ``params["branch"]["float8"][<weight name>]``, and the taps
+            ``float8_underflow``/``float8_overflow``. ``dense``, ``residual`` and ``attention``
+            only.
         **options: the kind's own (``residual``: ``branch``, ``expansion``; ``attention``:
             ``heads``, ``qk_norm``, ``causal``, ``mlp``, ``expansion``; ``conv1d``/``conv2d``:
             ``kernel_size``, ``delta_orthogonal``). Equal arguments give the same Block object,
             so its compilations are shared.
 
     Raises:
-        ValueError: an unknown kind, norm or position; ``learnable_alpha`` without a skip.
-        TypeError: an option the kind does not have; a non-bool flag.
+        ValueError: an unknown kind, norm or position; ``learnable_alpha`` without a skip;
+            ``float8`` on a convolution or an unknown scaling name.
+        TypeError: an option the kind does not have; a non-bool flag; a ``float8`` that is not
+            a name or a recipe.
 
     Examples:
         >>> b = block("residual", activation="tanh", norm="layer")
         >>> b.describe()
         'mlp tanh (x1), residual, layer norm (pre)'
+        >>> block("dense", float8="delayed").describe()
+        'dense relu, float8 delayed'
     """
     kind = choice(kind, "kind", block_names())
     residual = _DEFAULT_RESIDUAL[kind] if residual is None else residual
-    args = (kind, activation, norm, norm_position, residual, fixup, learnable_alpha)
+    float8 = _check_float8(kind, float8)
+    args = (kind, activation, norm, norm_position, residual, fixup, learnable_alpha, float8)
     try:
         key = (*args, tuple(sorted(options.items())))
         hash(key)
@@ -158,8 +194,8 @@ def block(
     return _cached_block(key)
 
 
-def _make(kind, activation, norm, norm_position, residual, fixup, learnable_alpha, options):
-    branch = _branch(kind, activation, dict(options))
+def _make(kind, activation, norm, norm_position, residual, fixup, learnable_alpha, float8, options):
+    branch = _branch(kind, activation, dict(options), float8)
     return _wrap(kind, branch, norm, norm_position, residual, fixup, learnable_alpha)
 
 
@@ -181,6 +217,7 @@ def user_block(
     residual: bool = False,
     fixup: bool = False,
     learnable_alpha: bool = False,
+    float8: Any = None,
 ) -> Block:
     """The user's own block from a pure-JAX pair.
 
@@ -196,9 +233,12 @@ def user_block(
         init, apply: the pair.
         spatial: the number (or numbers) of axes between batch and width it accepts; default 0.
         hyper: the hyper-parameter names ``init``/``apply`` take as keywords, with defaults.
+        float8: must be ``None``: the user's products are not routed through
+            :func:`stabkit.precision.float8_matmul` (call it inside ``apply`` instead).
 
     Raises:
         TypeError: a non-callable ``init``/``apply``, a non-numeric default.
+        ValueError: ``float8`` other than ``None``.
         ValueError: a hyper name that shadows a base one with another meaning is allowed only
             if it is a base hyper-parameter (``scale``, ``bias_std``, ``alpha``, ``eps``).
 
@@ -211,6 +251,7 @@ def user_block(
         >>> b.kind, b.residual
         ('user', True)
     """
+    _check_float8("user", float8)
     for fn, name in ((init, "init"), (apply, "apply")):
         if not callable(fn):
             raise TypeError(f"{name} must be callable, got {type(fn).__name__} {_short(fn)}")

@@ -203,7 +203,7 @@ def as_float8_recipe(value: Any, name: str = "recipe") -> Float8Recipe:
             )
         return float8_recipe(value)
     raise TypeError(
-        f"{name} must be a Float8Recipe (stabkit.float8_recipe(...)) or one of "
+        f"{name} must be a Float8Recipe (stabkit.precision.float8_recipe(...)) or one of "
         f"{', '.join(SCALINGS)}, got {type(value).__name__} {_short(value)}"
     )
 
