@@ -281,10 +281,6 @@ class _Quantized(NamedTuple):
     stats: dict  # underflow, overflow, nonfinite fractions, ()
 
 
-def _fraction(mask: jax.Array) -> jax.Array:
-    return jnp.sum(mask, dtype=_F32) / max(mask.size, 1)
-
-
 def _quantize(a: jax.Array, previous: jax.Array, fmt: str, recipe: Float8Recipe) -> _Quantized:
     """Scale and round ``a`` to ``fmt`` by the recipe; ``previous``: the meta's scale."""
     fmax = _fmax(fmt)
@@ -302,12 +298,11 @@ def _quantize(a: jax.Array, previous: jax.Array, fmt: str, recipe: Float8Recipe)
     # inf, a plain cast of 500 gives NaN.
     q = jnp.clip(v, -fmax, fmax).astype(getattr(jnp, fmt)).astype(_F32)
     q = jnp.where(finite, q, v)  # NaN and inf are results: they go on unquantized
-    stats = {
-        "underflow": _fraction(finite & (v != 0) & (q == 0)),
-        "overflow": _fraction(finite & (jnp.abs(v) > fmax)),
-        "nonfinite": _fraction(~finite),
-    }
-    return _Quantized(q, scale, amax, stats)
+    # The three counts in one reduction (each reduction is a compiled loop of its own).
+    masks = (finite & (v != 0) & (q == 0), finite & (jnp.abs(v) > fmax), ~finite)
+    counts = jnp.sum(jnp.stack([m.reshape(-1) for m in masks]), axis=1, dtype=_F32)
+    fractions = counts / max(a.size, 1)
+    return _Quantized(q, scale, amax, dict(zip(_STATS, fractions, strict=True)))
 
 
 def _roll(history: jax.Array, amax: jax.Array) -> jax.Array:
@@ -327,11 +322,28 @@ def _next_scale(
     return _scale(amax, previous, _fmax(fmt), recipe.margin)
 
 
+def _unscale(acc: jax.Array, sa: jax.Array, sb: jax.Array) -> jax.Array:
+    """``acc / (sa * sb)`` without a spurious overflow or underflow of the scales' product.
+
+    XLA folds ``acc / sa / sb`` into ``acc / (sa * sb)``, and ``sa * sb`` overflows float32 when
+    both operands are tiny (``2**126 * 400`` is inf: y would be 0). Where the product is a normal
+    float32 it is used as is; elsewhere (both scales large, or both small) ``acc`` is divided by
+    the scale nearer 1 after the other, an optimization barrier keeping the order: the
+    intermediate then lies between ``acc`` and the result, so it leaves the range only if the
+    result does.
+    """
+    c = sa * sb
+    ok = (c >= _SCALE_MIN) & (c <= _SCALE_MAX)
+    far = jnp.where(jnp.abs(jnp.log2(sa)) >= jnp.abs(jnp.log2(sb)), sa, sb)
+    near = jnp.where(far == sa, sb, sa)
+    sequential = jax.lax.optimization_barrier(acc / far) / near
+    return jnp.where(ok, acc / jnp.where(ok, c, jnp.ones_like(c)), sequential)
+
+
 def _product(a: jax.Array, b: jax.Array, spec: str, sa: jax.Array, sb: jax.Array) -> jax.Array:
-    """The float32 accumulation of the float8 products, unscaled by ``sa * sb`` (one at a time:
-    their product could overflow)."""
+    """The float32 accumulation of the float8 products (exact in float32), unscaled."""
     acc = jnp.einsum(spec, a, b, precision=_PRECISION, preferred_element_type=_F32)
-    return acc / sa / sb
+    return _unscale(acc, sa, sb)
 
 
 def _forward(x, w, meta, recipe):
