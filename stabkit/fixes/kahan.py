@@ -49,6 +49,22 @@ def _wide(dtype: Any) -> jnp.dtype:
     return compute_dtype(dtype)
 
 
+def _narrow(x: jax.Array, dtype: Any) -> jax.Array:
+    """``x`` rounded to ``dtype`` (round to nearest even), a rounding that XLA keeps.
+
+    XLA on CPU and GPU computes float16/bfloat16 arithmetic in float32 and, by default
+    (``xla_allow_excess_precision``), removes a ``float32 -> bfloat16 -> float32`` conversion
+    pair inside a fused computation: ``(p + y).astype(float32) - p`` would then see the sum
+    *before* rounding, and a Kahan compensation would always be 0. An optimization barrier around
+    the narrow value keeps its rounding (``lax.reduce_precision`` would too, but flushes float16
+    subnormals to 0).
+    """
+    dtype = jnp.dtype(dtype)
+    if x.dtype == dtype:
+        return x
+    return jax.lax.optimization_barrier(x.astype(dtype))
+
+
 def _check_params(params: Any, updates: Any, owner: str) -> tuple[list, list, Any]:
     """The leaves of ``updates`` and ``params`` (floating, same structure) and the treedef."""
     if params is None:
@@ -69,7 +85,13 @@ def _check_params(params: Any, updates: Any, owner: str) -> tuple[list, list, An
             raise ValueError(
                 f"updates and params differ in shape at leaf {i}: {jnp.shape(u)} vs {jnp.shape(p)}"
             )
-    return [jnp.asarray(u) for u in u_leaves], [jnp.asarray(p) for p in p_leaves], p_def
+    # Materialized in their own dtypes: under jit XLA would otherwise fuse a bfloat16 update
+    # (say sgd's -lr * g) into this rule and skip its rounding (see _narrow), so jit would differ
+    # from eager execution; the rule must see the update the optimizer's dtype defines.
+    u_leaves, p_leaves = jax.lax.optimization_barrier(
+        ([jnp.asarray(u) for u in u_leaves], [jnp.asarray(p) for p in p_leaves])
+    )
+    return u_leaves, p_leaves, p_def
 
 
 def kahan_summation() -> optax.GradientTransformation:
@@ -150,9 +172,10 @@ def kahan_summation() -> optax.GradientTransformation:
         for u, p, c in zip(u_leaves, p_leaves, c_leaves, strict=True):
             dt, w = p.dtype, _wide(p.dtype)
             exact = u.astype(w) + c.astype(w)  # u + c, one rounding in w
-            y = exact.astype(dt)
-            t = p + y  # what apply_updates computes: one rounding in p's dtype
-            comp = (exact - (t.astype(w) - p.astype(w))).astype(dt)
+            y = _narrow(exact, dt)
+            # what apply_updates computes: p + y, one rounding to p's dtype
+            t = _narrow(p.astype(w) + y.astype(w), dt)
+            comp = _narrow(exact - (t.astype(w) - p.astype(w)), dt)
             comp = jnp.where(jnp.isfinite(comp), comp, jnp.zeros_like(comp))
             out_d.append(y)
             out_c.append(comp)

@@ -17,7 +17,7 @@ from jax.typing import DTypeLike
 
 from stabkit._checks import is_floating_dtype
 from stabkit._numerics import compute_dtype
-from stabkit.fixes.kahan import _check_params
+from stabkit.fixes.kahan import _check_params, _narrow
 from stabkit.fixes.norms import _floating_leaves
 from stabkit.fixes.skipping import _check_state
 
@@ -104,9 +104,12 @@ def master_weights(
 
     def update_fn(updates, state, params=None, **extra):
         _check_state(state, MasterWeightsState, "master_weights")
-        _, p_leaves, treedef = _check_params(params, updates, "master_weights")
-        grads = jax.tree.map(lambda g: jnp.asarray(g).astype(dtype), updates)
+        g_leaves, p_leaves, treedef = _check_params(params, updates, "master_weights")
+        grads = treedef.unflatten([g.astype(dtype) for g in g_leaves])
         step, inner_state = inner.update(grads, state.inner_state, state.master, **extra)
+        # Materialized before it is added: under jit XLA on CPU would fuse, say, sgd's -lr * g
+        # with the addition into one FMA, and the master weights would differ from eager runs.
+        step = jax.lax.optimization_barrier(step)
         master = optax.apply_updates(state.master, step)
         m_leaves = treedef.flatten_up_to(master)
         s_leaves = treedef.flatten_up_to(step)
@@ -116,7 +119,7 @@ def master_weights(
                 out.append(u)
                 continue
             w = jnp.promote_types(compute_dtype(p.dtype), compute_dtype(dtype))
-            target = m.astype(p.dtype)
+            target = _narrow(m, p.dtype)
             d = target.astype(w) - p.astype(w)
             out.append(jnp.where(target == p, jnp.zeros_like(d), d))
         return treedef.unflatten(out), MasterWeightsState(master, inner_state)

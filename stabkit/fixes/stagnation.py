@@ -56,8 +56,10 @@ def lost_updates(param: ArrayLike, update: ArrayLike) -> tuple[jax.Array, jax.Ar
     u = floating_array(update, "update")
     if p.shape != u.shape:
         raise ValueError(f"param and update must have the same shape, got {p.shape} and {u.shape}")
+    p, u = jax.lax.optimization_barrier((p, u))  # as computed in their dtypes (kahan._narrow)
     moved = u != 0
-    same = jnp.asarray(p + u).astype(p.dtype) == p
+    # the barrier keeps the rounding to p's dtype under jit (see stabkit.fixes.kahan._narrow)
+    same = jax.lax.optimization_barrier(jnp.asarray(p + u).astype(p.dtype)) == p
     nonzero = jnp.sum(moved, dtype=jnp.int32)
     lost = jnp.sum(moved & same, dtype=jnp.int32)
     return lost, nonzero

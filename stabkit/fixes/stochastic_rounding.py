@@ -27,7 +27,7 @@ import optax
 from jax.typing import ArrayLike, DTypeLike
 
 from stabkit._checks import floating_array, is_floating_dtype
-from stabkit.fixes.kahan import _check_params, _wide
+from stabkit.fixes.kahan import _check_params, _narrow, _wide
 from stabkit.fixes.skipping import _check_state
 
 #: The narrow formats that stochastic rounding rounds to; wider params pass through.
@@ -87,7 +87,7 @@ def _round_general(v: jax.Array, key: jax.Array, dtype: jnp.dtype) -> jax.Array:
     # The two neighbours from the bit pattern of the nearest value: one step of the (sign-
     # magnitude) pattern is one ulp, across the subnormal/normal boundary too.
     uint = jnp.uint16
-    near = v.astype(dtype)
+    near = _narrow(v, dtype)
     bits = jax.lax.bitcast_convert_type(near, uint)
     above = jnp.abs(near.astype(v.dtype)) > jnp.abs(v)  # then `near` is the one away from 0
     lo_bits = jnp.where(above, bits - uint(1), bits)
@@ -141,7 +141,7 @@ def stochastic_round(x: ArrayLike, key: jax.Array, dtype: DTypeLike) -> jax.Arra
     sr = _round_bfloat16(v, key) if dtype == jnp.bfloat16 else _round_general(v, key, dtype)
     fmax = float(ml_dtypes.finfo(dtype).max)
     ok = jnp.isfinite(v) & (jnp.abs(v) <= fmax)
-    return jnp.where(ok, sr, v.astype(dtype))
+    return _narrow(jnp.where(ok, sr, v.astype(dtype)), dtype)
 
 
 def stochastic_rounding(key: jax.Array) -> optax.GradientTransformation:
