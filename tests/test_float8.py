@@ -195,6 +195,13 @@ def test_zero_amax_keeps_the_scale_and_a_tiny_amax_gives_a_finite_one(data):
     zero = meta_with(recipe, x_history=(0.0,) * H, x_scale=5.0)
     _, _, _, _, new = step(np.zeros(X_SHAPE, np.float32), w, zero, gy, recipe)
     assert float(new["x_scale"]) == 5.0  # max(history) == 0: the previous scale, not inf
+    # A meta's scale of 0 or NaN (a meta taken from a zero cotangent) is used as 1.
+    x = data[0]
+    one = step(x, w, meta_with(recipe, x_scale=1.0), gy, recipe)
+    for bad in (0.0, np.nan):
+        got = step(x, w, meta_with(recipe, x_scale=bad), gy, recipe)
+        for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(got), strict=True):
+            np.testing.assert_array_equal(a, b)
     # A tiny (normal) amax: fmax / amax is inf in float32; the scale is clamped to 2**126.
     tiny = np.full(X_SHAPE, 1e-37, np.float32)
     w = np.abs(w) + 0.5  # positive: every y is a normal float32 (no cancellation to subnormals)

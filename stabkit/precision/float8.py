@@ -55,18 +55,21 @@ their new metas (cotangents sum). A step that is skipped (a NaN loss) keeps its 
 **Robustness** (where Transformer Engine had bugs): an ``amax`` of 0 (an all-zero tensor, an
 empty history) keeps the previous scale; a tiny ``amax`` cannot give an infinite scale: every
 scale is clamped to ``[2**-126, 2**126]`` (float32's smallest normal and its inverse, so that
-``s`` and ``1/s`` are normal float32 numbers). NaN and inf entries of ``x``, ``w`` or ``g`` are
-results: they enter the product unquantized and propagate to ``y`` (or ``dx``, ``dw``) as
-IEEE arithmetic says (``inf * 0`` is NaN); the amax recorded in the history is the largest
-*finite* magnitude, so the history and scales stay finite, and the stats count the non-finite
-entries (``x_nonfinite``...), so a poisoned step is visible, not silent.
+``s`` and ``1/s`` are normal float32 numbers), and ``y = acc / (s_x s_w)`` is computed without
+the product of the scales overflowing. A meta's scale that is 0, negative or not finite (that
+of a meta taken from a zero cotangent) is used as 1. NaN and inf entries of ``x``, ``w`` or
+``g`` are results: they enter the product unquantized and propagate to ``y`` (or ``dx``,
+``dw``) as IEEE arithmetic says (``inf * 0`` is NaN); the amax recorded in the history is the
+largest *finite* magnitude, so the history and scales stay finite, and the stats count the
+non-finite entries (``x_nonfinite``...): a poisoned step is visible, not silent.
 
 **Statistics** (``stats``, float32 scalars reduced over every entry): for ``x`` and ``w``, the
 fraction of nonzero finite entries quantized to 0 (``*_underflow``), of finite entries that
 saturated, ``|s v| > f_max`` (``*_overflow``), and of non-finite entries (``*_nonfinite``).
 
-Inputs are rounded to float32 before scaling (a float64 ``x`` under x64 is rounded twice, which
-can change a float8 result only at an exact float8 tie).
+:func:`float8_matmul` is reverse-mode only (a ``custom_vjp``: ``jax.jvp`` and ``jax.jacfwd``
+raise). Inputs are rounded to float32 before scaling (a float64 ``x`` under x64 is rounded
+twice, which can change a float8 result only at an exact float8 tie).
 
 References:
     Micikevicius et al. (2022), "FP8 formats for deep learning".
@@ -218,7 +221,8 @@ def float8_meta(recipe: Float8Recipe | str = "delayed") -> dict[str, jax.Array]:
         ``{"x_history", "w_history", "g_history": (history,), "x_scale", "w_scale", "g_scale",
         "g_underflow", "g_overflow", "g_nonfinite": ()}``, all float32. The histories' index 0
         is the newest amax; the scales are those the next step uses (1 before any step:
-        Transformer Engine's start, and the scale an empty history keeps).
+        Transformer Engine's start, and the scale an empty history keeps). The histories are
+        recorded for every scaling (a census of the amaxes); only ``"delayed"`` reads them.
 
     Examples:
         >>> m = float8_meta(float8_recipe(history=4))
@@ -281,9 +285,17 @@ class _Quantized(NamedTuple):
     stats: dict  # underflow, overflow, nonfinite fractions, ()
 
 
+def _usable(scale: jax.Array) -> jax.Array:
+    """A meta's scale as a usable one: clamped to the scales' range, 1 where it is not a positive
+    number (a meta taken from a zero cotangent has scale 0: it would divide by 0)."""
+    ok = jnp.isfinite(scale) & (scale > 0)
+    return jnp.where(ok, jnp.clip(scale, _SCALE_MIN, _SCALE_MAX), jnp.ones_like(scale))
+
+
 def _quantize(a: jax.Array, previous: jax.Array, fmt: str, recipe: Float8Recipe) -> _Quantized:
     """Scale and round ``a`` to ``fmt`` by the recipe; ``previous``: the meta's scale."""
     fmax = _fmax(fmt)
+    previous = _usable(previous)
     a32 = a.astype(_F32)
     finite = jnp.isfinite(a32)
     amax = jnp.max(jnp.where(finite, jnp.abs(a32), 0), initial=0.0)
@@ -318,6 +330,7 @@ def _next_scale(
         return jnp.ones((), _F32)
     if recipe.scaling == "current":
         return used
+    previous = _usable(previous)
     amax = jnp.max(history) if recipe.amax_compute == "max" else history[0]
     return _scale(amax, previous, _fmax(fmt), recipe.margin)
 
