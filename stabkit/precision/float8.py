@@ -437,7 +437,8 @@ def float8_matmul(
 
     Examples:
         >>> r = float8_recipe("current")
-        >>> y, stats = float8_matmul(jnp.full((2, 3), 0.1), jnp.eye(3, 2), float8_meta(r), r)
+        >>> f = jax.jit(float8_matmul, static_argnums=3)  # one compilation, not one per op
+        >>> y, stats = f(jnp.full((2, 3), 0.1), jnp.eye(3, 2), float8_meta(r), r)
         >>> y
         Array([[0.1, 0.1],
                [0.1, 0.1]], dtype=float32)
