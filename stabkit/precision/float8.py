@@ -42,11 +42,13 @@ recomputed). It is *not* a gradient: it must replace the meta, never be fed to a
    clipping or moment touches them);
 2. ``grads = jax.grad(loss)(params)`` (the *whole* params); ``g_trainable, new_meta =
    float8_partition(grads)``;
-3. keep the *old* meta of every product that did not run: a block beyond a run's depth computes
-   on zeros (its output is discarded, its backward still runs and would roll a zero amax into its
-   history), and a product whose output does not reach the loss gets a zero cotangent (a
-   zero scale). "A layer that did not run must not roll its history": select per block,
-   ``jnp.where(block_index <= depth, new, old)`` on the leading depth axis of the stacked metas;
+3. keep the *old* meta of every product that did not run ("a layer that did not run must not
+   roll its history"): select per block, ``jnp.where(block_index <= depth, new, old)`` on the
+   leading depth axis of the stacked metas. :func:`float8_matmul` already returns its meta
+   unchanged when its output gradient is zero everywhere (a block beyond the run's depth
+   computes on zeros and its output is discarded, so nothing flows back), but a product whose
+   output does not reach the loss at all gets a zero cotangent: zero histories and scales
+   (a zero scale is then used as 1, but the history is lost);
 4. ``params = float8_combine(optax.apply_updates(trainable, updates), meta_after_step3)``.
 
 Each meta must be used by exactly one product per differentiated function: two uses would add
@@ -398,7 +400,11 @@ def _make_matmul(recipe: Float8Recipe):
             new[f"{op}_scale"] = _next_scale(history, q.scale, meta[f"{op}_scale"], fmt, recipe)
         for k, v in qg.stats.items():
             new[f"g_{k}"] = v
-        return dx, dw, dict(sorted(new.items()))
+        # Nothing flowed back (an all-zero output gradient: a block beyond the run's depth, whose
+        # output is discarded): the product did not take part in the step, its meta stays.
+        ran = jnp.any(gy != 0)
+        new = {k: jnp.where(ran, v, meta[k]) for k, v in sorted(new.items())}
+        return dx, dw, new
 
     f.defvjp(fwd, bwd)
     return f
