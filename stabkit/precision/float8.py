@@ -81,6 +81,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -410,14 +411,10 @@ def _make_matmul(recipe: Float8Recipe):
     return f
 
 
-_MATMULS: dict[Float8Recipe, Any] = {}
-
-
+@functools.lru_cache(maxsize=64)
 def _matmul_for(recipe: Float8Recipe):
-    # One custom_vjp function per recipe: jit caches keyed on it are shared.
-    if recipe not in _MATMULS:
-        _MATMULS[recipe] = _make_matmul(recipe)
-    return _MATMULS[recipe]
+    # One custom_vjp function per recipe: the traces of equal recipes are shared.
+    return _make_matmul(recipe)
 
 
 def float8_matmul(
