@@ -1,0 +1,85 @@
+"""The low_precision study's claims on hand-made numbers: all pass, each spoiler fails its own
+claim only, and the claims are the same on the numbers read back from the study's JSON. (The
+study itself is run by ``stabkit reproduce``; its training is four compilations of
+``stabkit.train``, too slow for the test suite.)"""
+
+import copy
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+import stabkit
+from stabkit.reproduce import experiment_dir, find_experiments
+
+
+@pytest.fixture(scope="module")
+def study():
+    return find_experiments(experiment_dir())["low_precision"]
+
+
+def _numbers(study):
+    """Numbers shaped like measure()'s, with the values of a real run (rounded)."""
+    cfg = study.Config()
+    seeds, records, layers = cfg.seeds, cfg.steps // cfg.log_every, cfg.depth + 1
+    step = np.arange(records) * cfg.log_every
+    initial = np.array([1.0, 1.1, 0.9])
+
+    def case(final_over_initial, lost, ratio=4e-4):
+        curve = initial[:, None] * np.exp(np.log(final_over_initial)[:, None] * step / step[-1])
+        return {
+            "loss": curve.tolist(),
+            "final_loss": (initial * final_over_initial).tolist(),
+            "lost": np.broadcast_to(lost, (seeds, records, layers)).tolist(),
+            "update_ratio": np.full((seeds, records), ratio).tolist(),
+        }
+
+    pred = study._predicted_lost(cfg)
+    f32 = np.array([0.31, 0.31, 0.13])
+    cases = {
+        study.F32: case(f32, 0.0),
+        study.BF16: case(np.array([0.80, 0.77, 0.73]), np.array(pred) + 0.005),
+        study.KAHAN: case(f32 * 1.04, np.array(pred) + 0.01),
+        study.SR: case(f32 * 1.05, np.array(pred) + 0.01),
+    }
+    return {
+        "config": dataclasses.asdict(cfg),
+        "step": step.tolist(),
+        "cases": cases,
+        "threshold": study._ulp_threshold(cfg.lr),
+        "predicted_lost": pred,
+    }
+
+
+def test_prediction_is_the_closed_form(study):
+    cfg = study.Config()
+    assert study._ulp_threshold(1e-4) == 2.0**-5  # half an ulp of 2**-5 is 2**-13 > 1e-4
+    assert study._ulp_threshold(2.0**-14 * 1.01) == 2.0**-5
+    assert study._ulp_threshold(2.0**-13 * 1.01) == 2.0**-4
+    pred = study._predicted_lost(cfg)
+    assert len(pred) == cfg.depth + 1
+    # first layer: P(|N(0, 2/8)| >= 2**-5) of 256 weights, out of 256 weights + 32 biases
+    np.testing.assert_allclose(pred[0], 0.9502 * 256 / 288, atol=2e-4)
+    np.testing.assert_allclose(pred[1], 0.9005 * 1024 / 1056, atol=2e-4)  # erfc(2**-5 * 2**0.5 * 2)
+
+
+def test_claims_pass_and_fail_when_spoiled(study, tmp_path):
+    numbers = _numbers(study)
+    claims = study.claims(numbers)
+    assert claims and all(c.passed for c in claims), [c for c in claims if not c.passed]
+    stored = json.loads(stabkit.save_json(tmp_path / "n.json", numbers).read_text())
+    assert study.claims(stored) == claims
+    assert len(study.SPOILERS) == len(claims)  # one per claim
+    for spoil in study.SPOILERS:
+        bad = copy.deepcopy(stored)
+        which = spoil(bad)
+        verdicts = study.claims(bad)
+        assert not verdicts[which].passed, (which, verdicts[which])
+        assert all(c.passed for i, c in enumerate(verdicts) if i != which), which
+
+
+def test_figure_draws_from_stored_numbers(study, tmp_path):
+    numbers = json.loads(stabkit.save_json(tmp_path / "n.json", _numbers(study)).read_text())
+    study.figure(numbers, tmp_path)
+    assert (tmp_path / "low_precision.png").stat().st_size > 10_000
