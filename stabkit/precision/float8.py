@@ -313,11 +313,18 @@ def _quantize(a: jax.Array, previous: jax.Array, fmt: str, recipe: Float8Recipe)
     # inf, a plain cast of 500 gives NaN.
     q = jnp.clip(v, -fmax, fmax).astype(getattr(jnp, fmt)).astype(_F32)
     q = jnp.where(finite, q, v)  # NaN and inf are results: they go on unquantized
-    # The three counts in one reduction (each reduction is a compiled loop of its own).
     masks = (finite & (v != 0) & (q == 0), finite & (jnp.abs(v) > fmax), ~finite)
-    counts = jnp.sum(jnp.stack([m.reshape(-1) for m in masks]), axis=1, dtype=_F32)
-    fractions = counts / max(a.size, 1)
-    return _Quantized(q, scale, amax, dict(zip(_STATS, fractions, strict=True)))
+    # The three counts in one variadic reduction: each reduction is a compiled loop of its own
+    # (three sums, or a sum over their stack, compile measurably slower on CPU).
+    zero = jnp.zeros((), _F32)
+    counts = jax.lax.reduce(
+        tuple(m.astype(_F32) for m in masks),
+        (zero, zero, zero),
+        lambda c, d: tuple(ci + di for ci, di in zip(c, d, strict=True)),
+        tuple(range(a.ndim)),
+    )
+    stats = {k: c / max(a.size, 1) for k, c in zip(_STATS, counts, strict=True)}
+    return _Quantized(q, scale, amax, stats)
 
 
 def _roll(history: jax.Array, amax: jax.Array) -> jax.Array:
@@ -341,19 +348,21 @@ def _next_scale(
 def _unscale(acc: jax.Array, sa: jax.Array, sb: jax.Array) -> jax.Array:
     """``acc / (sa * sb)`` without a spurious overflow or underflow of the scales' product.
 
-    XLA folds ``acc / sa / sb`` into ``acc / (sa * sb)``, and ``sa * sb`` overflows float32 when
-    both operands are tiny (``2**126 * 400`` is inf: y would be 0). Where the product is a normal
-    float32 it is used as is; elsewhere (both scales large, or both small) ``acc`` is divided by
-    the scale nearer 1 after the other, an optimization barrier keeping the order: the
-    intermediate then lies between ``acc`` and the result, so it leaves the range only if the
-    result does.
+    ``sa * sb`` overflows float32 when both operands are tiny (``2**126 * 400`` is inf: ``y``
+    would be 0; XLA folds ``acc / sa / sb`` into ``acc / (sa * sb)``, so dividing twice does not
+    help). Where the product is a normal float32, ``acc * (1 / (sa sb))``; elsewhere (both
+    scales above 1, or both below) ``acc * (1 / far) * (1 / near)``, ``far`` the scale farther
+    from 1: the intermediate then lies between ``acc`` and the result, so it leaves the range
+    only if the result does. The reciprocals are scalars (normal: every scale is in
+    ``[2**-126, 2**126]``); XLA keeps the two multiplications apart.
     """
     c = sa * sb
     ok = (c >= _SCALE_MIN) & (c <= _SCALE_MAX)
-    far = jnp.where(jnp.abs(jnp.log2(sa)) >= jnp.abs(jnp.log2(sb)), sa, sb)
+    far = jnp.where(c > 1, jnp.maximum(sa, sb), jnp.minimum(sa, sb))
     near = jnp.where(far == sa, sb, sa)
-    sequential = jax.lax.optimization_barrier(acc / far) / near
-    return jnp.where(ok, acc / jnp.where(ok, c, jnp.ones_like(c)), sequential)
+    first = jnp.where(ok, c, far)
+    second = jnp.where(ok, jnp.ones_like(c), near)
+    return acc * (1 / first) * (1 / second)
 
 
 def _product(a: jax.Array, b: jax.Array, spec: str, sa: jax.Array, sb: jax.Array) -> jax.Array:
