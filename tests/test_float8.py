@@ -284,6 +284,24 @@ def test_under_jit_and_vmap_the_runs_are_independent(data):
             np.testing.assert_allclose(b[i], a, rtol=4 * EPS32, atol=0)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_results_and_gradients_keep_the_operands_dtypes(dtype):
+    recipe = recipe_of("delayed")
+    with jax.enable_x64(dtype == "float64"):  # shapes and dtypes only: nothing compiles
+        x = jax.ShapeDtypeStruct(X_SHAPE, jnp.dtype(dtype))
+        w = jax.ShapeDtypeStruct(W_SHAPE, jnp.dtype(dtype))
+
+        def run(x, w):
+            (y, stats), vjp = jax.vjp(
+                lambda x, w: float8_matmul(x, w, float8_meta(recipe), recipe), x, w
+            )
+            return y, stats, vjp((jnp.ones_like(y), jax.tree.map(jnp.zeros_like, stats)))
+
+        y, stats, (dx, dw) = jax.eval_shape(run, x, w)
+    assert (y.dtype, dx.dtype, dw.dtype) == (x.dtype, x.dtype, w.dtype)
+    assert y.shape == G_SHAPE and {s.dtype for s in stats.values()} == {jnp.dtype("float32")}
+
+
 # -------------------------------------------------------------------------------------- blocks
 
 
