@@ -271,11 +271,12 @@ def figure(numbers: dict, out_dir: pathlib.Path) -> None:
 
     for label, c in cases.items():
         loss = np.asarray(c["loss"], np.float64)
+        loss = loss / loss[:, :1]  # the seeds start from different losses
         ax_a.semilogy(step, loss.mean(0), color=colours[label], lw=2, label=label)
         ax_a.fill_between(step, loss.min(0), loss.max(0), color=colours[label], alpha=0.2)
     ax_a.set(
         xlabel="Adam step",
-        ylabel="training loss (½·MSE; band: min..max over seeds)",
+        ylabel="training loss / initial loss (band: min..max over seeds)",
         title=f"(a) Adam, lr = {cfg.lr:g}: pure bfloat16 stalls;\nKahan and stochastic "
         "rounding train like float32",
     )
