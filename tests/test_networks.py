@@ -66,6 +66,12 @@ def _dense_ref(params, x, depth, phi):
     return h @ _np(params.readout["w"]) + _np(params.readout["b"])
 
 
+def _residual5():
+    """Residual MLP, 5 blocks of width 8, no embedding: one compilation of net_init serves the
+    tests below that check it against NumPy and those that need a network, any network."""
+    return sk.net_init(KEY, "residual", depth=5, width=8, alpha=0.5, embed=False)
+
+
 def test_dense_and_residual_match_numpy_and_depth_is_data():
     x = jax.random.normal(jax.random.key(1), (5, 3))
     p = sk.net_init(
@@ -94,7 +100,7 @@ def test_dense_and_residual_match_numpy_and_depth_is_data():
     np.testing.assert_array_equal(sk.net_apply(q, x), sk.net_apply(p, x, depth=4))
     # Residual MLP: h + alpha * (relu(h W1 + b1) W2 + b2). The same network shapes as the next
     # test's (alpha is data): one compilation serves both.
-    r = sk.net_init(KEY, "residual", depth=5, width=8, alpha=0.5, embed=False)
+    r = _residual5()
     x8 = jax.random.normal(jax.random.key(2), (4, 8))
     h = _np(x8)
     for layer in range(5):
@@ -117,12 +123,26 @@ def test_alpha_zero_fixup_and_learnable_alpha():
     assert bool(jnp.all(g.blocks["alpha"] != 0))  # ReZero: alpha is trained, from 0
 
 
-def test_trace_matches_jax_grad():
-    """grad_rms at every boundary and param_grad_rms per block equal jax.grad's."""
-    blk = sk.block("residual", activation="tanh", norm="layer", norm_position="post")
-    p = sk.net_init(KEY, blk, depth=4, width=8, in_dim=3, out_dim=2)
+# One network traced by several tests (one compilation of net_init and of trace for all): a
+# post-norm residual block with an RMS norm, an embedding and a readout of other widths.
+TRACED_BLOCK = sk.block("residual", activation="tanh", norm="rms", norm_position="post")
+
+
+def _traced_net(scale=1.0):
+    return sk.net_init(KEY, TRACED_BLOCK, depth=4, width=8, in_dim=3, out_dim=2, scale=scale)
+
+
+@pytest.fixture(scope="module")
+def traced():
+    p = _traced_net()
     x = jax.random.normal(jax.random.key(3), (6, 3))
-    t = sk.trace(p, x)
+    return p, x, sk.trace(p, x)
+
+
+def test_trace_matches_jax_grad(traced):
+    """grad_rms at every boundary and param_grad_rms per block equal jax.grad's."""
+    p, x, t = traced
+    blk = TRACED_BLOCK
 
     def loss_of(dh, params):
         h = x @ params.embed["w"] + params.embed["b"] + dh[0]
@@ -135,13 +155,13 @@ def test_trace_matches_jax_grad():
         return 0.5 * jnp.mean(y**2), hs
 
     dh = jnp.zeros((5, 6, 8))
-    g, hs = jax.jit(jax.grad(loss_of, has_aux=True))(dh, p)
+    # dL/dh at every boundary and dL/dparams from one compiled gradient
+    (g, gp), hs = jax.jit(jax.grad(loss_of, argnums=(0, 1), has_aux=True))(dh, p)
     rms = np.sqrt(np.mean(np.asarray(g) ** 2, axis=(1, 2)))
     np.testing.assert_allclose(np.asarray(t.grad_rms[:5]), rms, rtol=1e-5)
     np.testing.assert_allclose(
         np.asarray(t.rms[:5]), [np.sqrt(np.mean(np.asarray(h) ** 2)) for h in hs], rtol=1e-5
     )
-    gp = jax.jit(jax.grad(lambda q: loss_of(dh, q)[0]))(p)
     for layer in range(4):
         leaves = [np.asarray(a[layer]).ravel() for a in jax.tree.leaves(gp.blocks)]
         ref = np.sqrt(np.mean(np.concatenate(leaves) ** 2))
@@ -154,29 +174,26 @@ def test_trace_matches_jax_grad():
     assert "boundary" in t.summary()
 
 
-def test_trace_vmaps_over_depth_and_scale_with_one_compilation():
-    blk = sk.block("residual", norm="rms")
-    x = jax.random.normal(jax.random.key(4), (4, 8))
+def test_trace_vmaps_over_depth_and_scale_with_one_compilation(traced):
+    p, x, single = traced  # scale 1, every block: the vmapped row 1
 
     def one(scale, depth):
-        p = sk.net_init(KEY, blk, depth=6, width=8, scale=scale)
-        return sk.trace(p, x, depth=depth)
+        return sk.trace(_traced_net(scale), x, depth=depth)
 
     with sk.count_traces() as counts:
-        ts = jax.vmap(one)(jnp.array([0.5, 2.0, 1.0]), jnp.array([2, 6, 3]))
-    assert ts.rms.shape == (3, 8)
-    assert list(np.asarray(ts.valid).sum(1)) == [4, 8, 5]
-    single = sk.trace(sk.net_init(KEY, blk, depth=6, width=8, scale=2.0), x, depth=6)
+        ts = jax.vmap(one)(jnp.array([0.5, 1.0, 2.0]), jnp.array([2, 4, 3]))
+    assert ts.rms.shape == (3, 6)
+    assert list(np.asarray(ts.valid).sum(1)) == [4, 6, 5]
     np.testing.assert_allclose(np.asarray(ts.grad_rms[1]), np.asarray(single.grad_rms), rtol=1e-5)
     del counts
 
 
 def test_nonfinite_inputs_are_results():
-    p = sk.net_init(KEY, "residual", depth=3, width=4)
-    x = jnp.ones((2, 4)).at[0, 1].set(jnp.nan)
+    p = _residual5()
+    x = jnp.ones((2, 8)).at[0, 1].set(jnp.nan)
     t = sk.trace(p, x)
     assert int(t.first_nonfinite_forward) == 0 and int(t.census.nan[0]) > 0
-    assert int(t.first_nonfinite_backward) == 4  # the backward pass meets it at once
+    assert int(t.first_nonfinite_backward) == 6  # the backward pass meets it at once
     # float16 overflow (the first inf boundary): tests/test_net_sweep.py, through trace and sweep.
 
 
@@ -191,13 +208,14 @@ def test_user_block_hyper_is_data():
     ub = sk.user_block(init, apply, hyper={"gain": 1.0}, residual=True, norm="layer")
     x = jnp.ones((3, 8))
     with sk.count_traces() as counts:
-        outs = jax.vmap(lambda g: sk.trace(sk.net_init(KEY, ub, depth=4, width=8, gain=g), x).rms)(
+        ts = jax.vmap(lambda g: sk.trace(sk.net_init(KEY, ub, depth=4, width=8, gain=g), x))(
             jnp.array([0.1, 3.0])
         )
+    outs = ts.rms
     assert outs.shape == (2, 6) and not np.allclose(outs[0], outs[1])
     del counts
-    t = sk.trace(sk.net_init(KEY, ub, depth=4, width=8), x)
-    assert "mean_abs" in t.taps and np.isfinite(t.taps["mean_abs"][1:5]).all()
+    # the user's own taps, per block, in each config's trace
+    assert "mean_abs" in ts.taps and np.isfinite(ts.taps["mean_abs"][:, 1:5]).all()
 
 
 def test_bad_input_is_refused_before_compiling():
@@ -210,14 +228,14 @@ def test_bad_input_is_refused_before_compiling():
         sk.block("residual", norm="layer", norm_position="inner", expansion=4)
     with pytest.raises(ValueError, match="learnable_alpha"):
         sk.block("dense", learnable_alpha=True)
-    p = sk.net_init(KEY, "dense", depth=2, width=4)
+    p = _residual5()  # (batch, 8) inputs, 5 blocks
     with pytest.raises(ValueError, match="sequence axis"):
-        sk.net_apply(p, jnp.ones((2, 5, 4)))
+        sk.net_apply(p, jnp.ones((2, 5, 8)))
     bn = sk.net_init(KEY, sk.block("dense", norm="batch"), depth=2, width=4)
     with pytest.raises(ValueError, match="batch norm needs a batch of at least 2"):
         sk.trace(bn, jnp.ones((1, 4)))
-    with pytest.raises(ValueError, match="depth=3 exceeds"):
-        sk.net_apply(p, jnp.ones((2, 4)), depth=3)
+    with pytest.raises(ValueError, match="depth=6 exceeds"):
+        sk.net_apply(p, jnp.ones((2, 8)), depth=6)
     with pytest.raises(ValueError, match="unknown hyper-parameter 'softcap'"):
         sk.net_init(KEY, "dense", depth=2, width=4, softcap=1.0)
     with pytest.raises(ValueError, match="alpha must be a finite real"):
@@ -227,7 +245,7 @@ def test_bad_input_is_refused_before_compiling():
     with pytest.raises(TypeError, match="NetParams"):
         sk.net_apply({"w": 1}, jnp.ones((2, 4)))
     with pytest.raises(TypeError, match="activation is part of a network's block"):
-        sk.trace(p, jnp.ones((2, 4)), activation="relu")
+        sk.trace(p, jnp.ones((2, 8)), activation="relu")
 
     def init(key, width, dtype):
         return {"w": jnp.ones((width, 2 * width), dtype)}
