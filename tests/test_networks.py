@@ -1,6 +1,8 @@
 """Networks of blocks: init/apply against float64 NumPy references, depth as data, the trace
 against jax.grad, the user's blocks, bad input."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -175,7 +177,7 @@ def test_trace_matches_jax_grad(traced):
 
 
 def test_trace_vmaps_over_depth_and_scale_with_one_compilation(traced):
-    p, x, single = traced  # scale 1, every block: the vmapped row 1
+    _, x, single = traced  # scale 1, every block: the vmapped row 1
 
     def one(scale, depth):
         return sk.trace(_traced_net(scale), x, depth=depth)
@@ -231,9 +233,10 @@ def test_bad_input_is_refused_before_compiling():
     p = _residual5()  # (batch, 8) inputs, 5 blocks
     with pytest.raises(ValueError, match="sequence axis"):
         sk.net_apply(p, jnp.ones((2, 5, 8)))
-    bn = sk.net_init(KEY, sk.block("dense", norm="batch"), depth=2, width=4)
+    # the batch's size is checked from the block alone, before the parameters are read
+    bn = dataclasses.replace(p, block=sk.block("residual", norm="batch"))
     with pytest.raises(ValueError, match="batch norm needs a batch of at least 2"):
-        sk.trace(bn, jnp.ones((1, 4)))
+        sk.trace(bn, jnp.ones((1, 8)))
     with pytest.raises(ValueError, match="depth=6 exceeds"):
         sk.net_apply(p, jnp.ones((2, 8)), depth=6)
     with pytest.raises(ValueError, match="unknown hyper-parameter 'softcap'"):
@@ -261,8 +264,6 @@ def test_bad_input_is_refused_before_compiling():
 
 
 def test_final_norm_before_the_readout():
-    import dataclasses
-
     blk = sk.block("residual", norm="layer")
     p = sk.net_init(KEY, blk, depth=3, width=8, final_norm="layer", embed=False)
     x = jax.random.normal(jax.random.key(5), (4, 8)) * 3
