@@ -148,8 +148,8 @@ def stochastic_rounding(key: jax.Array) -> optax.GradientTransformation:
     """Round ``p + u`` to the params' dtype stochastically: the last step of a chain.
 
     Put it **last** (``optax.chain(optax.sgd(lr), stochastic_rounding(key))``). For each float16
-    or bfloat16 parameter it computes ``p + u`` in float32 (exact for a bfloat16 ``p`` and ``u``
-    within 2^16 of each other, otherwise rounded once to float32), rounds it with
+    or bfloat16 parameter it computes ``p + u`` in float32 (rounded once; exact when ``u`` is
+    itself bfloat16 and within 2^16 of ``p`` in magnitude), rounds it with
     :func:`stochastic_round` to ``r`` and returns ``d = r - p`` in float32, so that
     ``optax.apply_updates(p, d)`` (which adds in float32 and casts back) is ``r`` bit for bit;
     ``r - p`` is exact in float32 whenever ``r`` and ``p`` are within 2^15 of each other in
