@@ -160,9 +160,11 @@ def stochastic_rounding(key: jax.Array) -> optax.GradientTransformation:
     float32 sum to float32 is the identity), so one optimizer serves a sweep over dtypes. Other
     formats (float8) are refused.
 
-    The key is in the state, split once per step (one sub-key per leaf), so a run is
-    deterministic given ``key``; ``key`` may be traced (a vmapped key per run). NaN/inf and values
-    beyond the largest finite number: see :func:`stochastic_round`.
+    The key is in the state, split once per step, so a run is deterministic given ``key``; one
+    random draw per step and dtype serves every leaf of that dtype (flattened and concatenated
+    in the tree's order, a sub-key per dtype, bfloat16's first: one random-number kernel to
+    compile however many layers); ``key`` may be traced (a vmapped key per run). NaN/inf and
+    values beyond the largest finite number: see :func:`stochastic_round`.
 
     Args:
         key: the PRNG key of the first step (``jax.random.key(seed)`` or a ``PRNGKey``).
@@ -201,17 +203,31 @@ def stochastic_rounding(key: jax.Array) -> optax.GradientTransformation:
         for p in p_leaves:
             _check_target(p.dtype)
         next_key, step_key = jax.random.split(state.key)
-        keys = list(jax.random.split(step_key, len(p_leaves))) if p_leaves else []
-        out = []
-        for u, p, k in zip(u_leaves, p_leaves, keys, strict=True):
-            if p.dtype.itemsize >= 4:
-                out.append(u)
-                continue
-            w = _wide(p.dtype)
-            r = stochastic_round(p.astype(w) + u.astype(w), k, p.dtype)
+        out = list(u_leaves)  # float32/float64 params: the update unchanged
+        # One random draw per narrow dtype over all its leaves, concatenated: a single
+        # random-number kernel to compile, whatever the number of layers.
+        groups = [
+            [i for i, p in enumerate(p_leaves) if p.dtype == dt]
+            for dt in ROUNDED_DTYPES
+            if any(p.dtype == dt for p in p_leaves)
+        ]
+        keys = jax.random.split(step_key, len(groups)) if groups else []
+        for idx, k in zip(groups, keys, strict=True):
+            dt = p_leaves[idx[0]].dtype
+            w = _wide(dt)
+            p = jnp.concatenate([p_leaves[i].reshape(-1) for i in idx])
+            v = jnp.concatenate(
+                [(p_leaves[i].astype(w) + u_leaves[i].astype(w)).reshape(-1) for i in idx]
+            )
+            r = stochastic_round(v, k, dt)
             d = r.astype(w) - p.astype(w)
             # r == p: no change (an inf weight stays inf instead of inf - inf = NaN)
-            out.append(jnp.where(r == p, jnp.zeros_like(d), d))
+            d = jnp.where(r == p, jnp.zeros_like(d), d)
+            start = 0
+            for i in idx:
+                size = p_leaves[i].size
+                out[i] = d[start : start + size].reshape(p_leaves[i].shape)
+                start += size
         return treedef.unflatten(out), StochasticRoundingState(next_key)
 
     return optax.GradientTransformation(init_fn, update_fn)
