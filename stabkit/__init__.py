@@ -54,12 +54,19 @@ from stabkit.fixes import (
     LossScaleState,
     SkipState,
     all_finite,
+    kahan_summation,
     loss_scale_of,
     loss_scaling,
+    lost_updates,
+    master_weights,
     safe_clip_by_global_norm,
     safe_global_norm,
     skip_nonfinite,
+    stochastic_round,
+    stochastic_rounding,
+    update_stagnation,
 )
+from stabkit.fixes.weight_decay import independent_weight_decay
 from stabkit.init import InitRule, get_initializer, init_rule, initializer_names
 from stabkit.inspection import Origin, Report, inspect
 from stabkit.losses import loss_names
@@ -76,14 +83,21 @@ from stabkit.networks import (
     user_block,
 )
 from stabkit.precision import (
+    FLOAT8_FORMATS,
     SUPPORTED_DTYPES,
     Behaviour,
     Census,
     Depth,
+    Float8Recipe,
     Limits,
     Probe,
     census,
     chain,
+    float8_combine,
+    float8_matmul,
+    float8_meta,
+    float8_partition,
+    float8_recipe,
     limits,
     overflow_depth,
     probe,
@@ -134,6 +148,9 @@ from stabkit.training import (
     TrainSpec,
     diagnose,
     make_runs,
+    markov_entropy,
+    markov_sequences,
+    markov_table,
     optimizer_names,
     teacher_classification,
     teacher_student,

@@ -42,6 +42,7 @@ from stabkit.training import (
     trainability_grid,
 )
 from stabkit.training.loop import _init_key, _init_params
+from stabkit.training.runs import _FIX_FIELDS
 
 # ------------------------------------------------------------------------ compilation counter
 
@@ -445,6 +446,9 @@ SPEC_FIELDS = {
     "max_consecutive_skips": None,
     "loss_scale": None,
     "bias_std": 0.0,
+    "final_norm": None,
+    "schedule": "constant",
+    "rounding": "nearest",
 }
 
 
@@ -455,7 +459,19 @@ def test_property_train_spec(field, value):
     _check(refused(TrainSpec, **kw))
 
 
-RUN_ARGS = ["depth", "scale", "activation", "init", "lr", "seed", "product"]
+RUN_ARGS = [
+    "depth",
+    "scale",
+    "activation",
+    "init",
+    "lr",
+    "seed",
+    "warmup",
+    "z_loss",
+    "weight_decay",
+    "softcap",
+    "product",
+]
 
 
 @PROPERTY
@@ -471,6 +487,8 @@ def _bad_field(field):
         "activation": st.one_of(st.integers(max_value=-1), st.integers(min_value=2)),
         "init": st.one_of(st.integers(max_value=-1), st.integers(min_value=1)),
         "seed": st.one_of(st.integers(max_value=-1), st.integers(min_value=2**31)),
+        # the spec fixture trains 4 steps: a warm-up of 5 or more is longer than the run
+        "warmup": st.one_of(st.integers(max_value=-1), st.integers(min_value=5)),
     }
     floats = {
         "lr": st.one_of(
@@ -478,6 +496,17 @@ def _bad_field(field):
         ),
         "scale": st.one_of(
             st.floats(min_value=3.5e38), st.floats(max_value=-3.5e38), st.just(np.nan)
+        ),
+        # a regression spec: a z-loss is refused at any nonzero value
+        "z_loss": st.one_of(
+            st.floats(max_value=-1e-30), st.floats(min_value=1e-30), st.just(np.nan)
+        ),
+        "weight_decay": st.one_of(
+            st.floats(max_value=-1e-30), st.floats(min_value=3.5e38), st.just(np.nan)
+        ),
+        # an MLP spec: a soft cap is refused at any nonzero value
+        "softcap": st.one_of(
+            st.floats(max_value=-1e-30), st.floats(min_value=1e-30), st.just(np.nan)
         ),
     }
     if field in ints:
@@ -487,6 +516,8 @@ def _bad_field(field):
     shapes = st.sampled_from([np.zeros(3), np.zeros((2, 1)), np.array(["a", "b"]), np.zeros(0)])
     # JUNK holds no valid field: no list or array of two numbers
     junk = JUNK.filter(lambda v: not (isinstance(v, list) and len(v) == 2))
+    if field in _FIX_FIELDS:  # None is valid there: "0 for every run"
+        junk = junk.filter(lambda v: v is not None)
     return st.one_of(bad, shapes, junk)
 
 

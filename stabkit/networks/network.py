@@ -44,6 +44,7 @@ from stabkit.networks.blocks import Block
 from stabkit.networks.dense import matmul
 from stabkit.networks.kinds import block as make_block
 from stabkit.networks.norms import NORMS, layer_norm, rms_norm
+from stabkit.precision.float8 import float8_partition
 
 __all__ = ["NetParams", "net_apply", "net_init"]
 
@@ -274,9 +275,9 @@ def check_params(params: Any) -> NetParams:
     """``params`` if it is a :class:`NetParams` whose leaves share one supported dtype."""
     if not isinstance(params, NetParams):
         raise TypeError(f"params must be a NetParams (from net_init), got {type(params).__name__}")
-    dtypes = {
-        jnp.asarray(a).dtype for a in jax.tree.leaves((params.embed, params.blocks, params.readout))
-    }
+    # float8 scaling state is float32 whatever the parameters' dtype
+    arrays = float8_partition((params.embed, params.blocks, params.readout))[0]
+    dtypes = {jnp.asarray(a).dtype for a in jax.tree.leaves(arrays)}
     if len(dtypes) != 1:
         raise TypeError(
             f"params must share one floating dtype, got {sorted(d.name for d in dtypes)}"
@@ -399,23 +400,27 @@ def stack_of(params: NetParams) -> Stack:
     return Stack(params.block, params.hyper, params.max_depth, params_of)
 
 
-def forward(params: NetParams, x: jax.Array, depth: jax.Array) -> jax.Array:
+def forward(
+    params: NetParams, x: jax.Array, depth: jax.Array, *, with_taps: bool = False
+) -> jax.Array | tuple[jax.Array, dict]:
     """The network's output on ``x``: every block under ``lax.scan``, those beyond ``depth``
     passing their input through, so that ``jax.grad`` differentiates it (a ``fori_loop`` to a
     traced depth cannot be reverse-differentiated). A skipped block computes on zeros, the
     double ``where``: its discarded values and their zero-weighted gradients stay finite, so no
-    0 * inf NaN reaches the blocks that count."""
+    0 * inf NaN reaches the blocks that count. ``with_taps``: also return the blocks' taps,
+    stacked ``(max_depth, ...)`` (a skipped block's are those of zeros: mask them by depth)."""
     block, hyper = params.block, params.hyper
 
     def step(h, inputs):
         index, bp = inputs
         active = index <= depth
-        out = block.apply(bp, jnp.where(active, h, jnp.zeros_like(h)), hyper)[0]
-        return jnp.where(active, out.astype(h.dtype), h), None
+        out, taps = block.apply(bp, jnp.where(active, h, jnp.zeros_like(h)), hyper)
+        return jnp.where(active, out.astype(h.dtype), h), (taps if with_taps else None)
 
     index = jnp.arange(1, params.max_depth + 1, dtype=jnp.int32)
-    h, _ = jax.lax.scan(step, embed(params, x), (index, params.blocks))
-    return readout(params.readout, h, params.final_norm, hyper["eps"])
+    h, taps = jax.lax.scan(step, embed(params, x), (index, params.blocks))
+    out = readout(params.readout, h, params.final_norm, hyper["eps"])
+    return (out, taps) if with_taps else out
 
 
 @jax.jit

@@ -64,9 +64,11 @@ Examples:
 """
 
 from stabkit.training.diagnosis import Diagnosis, diagnose
-from stabkit.training.loop import History, train
+from stabkit.training.history import History
+from stabkit.training.loop import train
 from stabkit.training.optimizers import optimizer_names
 from stabkit.training.runs import Runs, make_runs
+from stabkit.training.sequences import markov_entropy, markov_sequences, markov_table
 from stabkit.training.spec import TrainSpec
 from stabkit.training.tasks import Task, teacher_classification, teacher_student
 from stabkit.training.trainability import Trainability, trainability_grid
@@ -80,6 +82,9 @@ __all__ = [
     "Trainability",
     "diagnose",
     "make_runs",
+    "markov_entropy",
+    "markov_sequences",
+    "markov_table",
     "optimizer_names",
     "teacher_classification",
     "teacher_student",

@@ -1,38 +1,42 @@
 """The training kernel: :func:`train` runs every configuration in one compiled, vmapped call.
 
-``vmap`` over the runs, ``lax.scan`` over the steps; the :class:`History` is sampled every
-``log_every`` steps (loss, gradient and update norms, per-layer gradient RMS computed without
-overflow, the census of gradient entries, the loss scale, non-finite events). The initial
-parameters are drawn outside the kernel (``_initial_params``); ``_init_params`` gives one run's.
+``lax.scan`` over the logging windows of ``log_every`` steps, ``vmap`` over the runs inside each
+window (so that a progress bar can follow the windows), ``lax.scan`` over a window's steps; the
+:class:`~stabkit.training.history.History` is sampled on each window's first step. The MLP's
+initial parameters are drawn outside the kernel (``_initial_params``; ``_init_params`` gives one
+run's), a network of blocks' inside it (``_net_params``).
 
 The seed rule is the sweep's (:mod:`stabkit.sweeps`): a run's seed is the key ``key(seed)``, its
 weights are :func:`stabkit.mlp_init`'s for that key (layer ``l`` from ``fold_in(fold_in(key, 0),
 l)``, its bias from ``fold_in(fold_in(key, 1), l)``; ``fold_in(key, 2)`` is the sweep's input),
-and its batches come from ``fold_in(key, 3)``. So a configuration picked from a sweep trains the
-network the sweep traced.
+its batches come from ``fold_in(key, 3)`` and stochastic rounding from ``fold_in(key, 4)``. So a
+configuration picked from a sweep trains the network the sweep traced.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm.auto import tqdm
 
-from stabkit._numerics import rms_rows
+from stabkit._checks import strict_bool
 from stabkit.activations import select_activation
-from stabkit.fixes import all_finite, loss_scale_of, safe_global_norm
+from stabkit.fixes import all_finite, loss_scale_of
 from stabkit.nets import MLPParams, mlp_apply, mlp_init
 from stabkit.networks.network import NetParams, net_init
 from stabkit.networks.network import forward as net_forward
-from stabkit.precision import Census, census
-from stabkit.stable_softmax import softmax_cross_entropy
-from stabkit.training.optimizers import _build_optimizer
-from stabkit.training.runs import _RUN_DTYPES, Runs, _check_runs
+from stabkit.precision.float8 import float8_combine, float8_partition
+from stabkit.stable_softmax import logsumexp, softmax_cross_entropy
+from stabkit.training.history import History, Raw, _summarise
+from stabkit.training.optimizers import _build_optimizer, _build_rounding
+from stabkit.training.runs import _RUN_DTYPES, Runs, _check_runs, _Features, _features
 from stabkit.training.spec import TrainSpec, _needs_x64, _wide, _x64
 
 __all__ = [
@@ -40,86 +44,8 @@ __all__ = [
     "train",
 ]
 
-
-class History(NamedTuple):
-    """What :func:`train` records, every ``log_every`` steps (``R`` runs, ``T`` records).
-
-    Values at record ``t`` are measured at step ``step[t]``, before that step's update. Norms and
-    RMS are float32, unscaled (divided by the loss scale), computed without overflow.
-
-    Attributes:
-        step: ``(T,)`` int32.
-        loss: ``(R, T)`` training loss (of the step's batch).
-        grad_norm: ``(R, T)`` global norm of the gradient.
-        update_norm: ``(R, T)`` global norm of the update the optimizer (and fixes) applied.
-        layer_grad_rms: ``(R, T, L)`` RMS of each weight layer's gradient (weights and bias
-            together), ``L = max_depth + 1``: hidden layers 1..max_depth, then the readout. Layers
-            beyond a run's depth are unused and read 0. For a network of blocks ``L = max_depth +
-            2``: the embedding, each block (all its arrays, norm gains included), the readout.
-        grad_census: a :class:`stabkit.Census` of ``(R, T)`` int32 counts (normal, subnormal,
-            zero, inf, NaN) of the gradient's entries as computed, in the compute dtype and
-            scaled (:func:`stabkit.census`).
-        loss_scale: ``(R, T)`` the loss scale in use (1 without loss scaling).
-        nonfinite_grads: ``(R, T)`` steps in ``[step[t], step[t] + log_every)`` whose gradient
-            had an inf or NaN entry.
-        absorbed: ``(R, T)`` of those, the steps whose applied update was nevertheless finite (a
-            fix skipped or clipped them).
-        first_nonfinite: ``(R,)`` the first step whose loss was non-finite or whose non-finite
-            gradient reached the parameters; -1 if none.
-        final_loss: ``(R,)`` loss on the whole data set after the last step.
-        final_accuracy: ``(R,)`` for classification, the fraction of the whole data set whose
-            arg-max output is the label after the last step (training accuracy; a non-finite
-            output row counts as wrong); NaN for regression.
-        runs: the :class:`Runs` trained.
-    """
-
-    step: jax.Array
-    loss: jax.Array
-    grad_norm: jax.Array
-    update_norm: jax.Array
-    layer_grad_rms: jax.Array
-    grad_census: Census
-    loss_scale: jax.Array
-    nonfinite_grads: jax.Array
-    absorbed: jax.Array
-    first_nonfinite: jax.Array
-    final_loss: jax.Array
-    final_accuracy: jax.Array
-    runs: Runs
-
-
-def _grad_stats(g: MLPParams, dtype: Any = jnp.float32) -> tuple[jax.Array, jax.Array]:
-    """RMS of each layer's weight and bias gradient ``(max_depth + 1,)``, and the global norm,
-    in ``dtype`` (float32, or float64 for a float64 run)."""
-    g = jax.tree.map(lambda v: v.astype(dtype), g)
-    d = g.w_hidden.shape[0]
-    rows = [
-        jnp.concatenate([g.w_in.ravel(), g.b_in])[None],
-        jnp.concatenate([g.w_hidden.reshape(d, -1), g.b_hidden], axis=1),
-        jnp.concatenate([g.w_out.ravel(), g.b_out])[None],
-    ]
-    rms = jnp.concatenate([rms_rows(r) for r in rows])
-    sizes = np.array([rows[0].shape[1]] + [rows[1].shape[1]] * d + [rows[2].shape[1]])
-    weights = np.sqrt(sizes / sizes.sum()).astype(dtype)
-    norm = rms_rows((rms * weights)[None])[0]
-    return rms, norm * np.asarray(np.sqrt(sizes.sum() * len(sizes)), dtype)
-
-
-def _net_grad_stats(g: tuple, dtype: Any) -> tuple[jax.Array, jax.Array]:
-    """:func:`_grad_stats` for a network of blocks, ``g = (embed, blocks, readout)``: rows
-    are the embedding, each block (every leaf of its parameters together) and the readout."""
-    embed, blocks, readout = jax.tree.map(lambda v: v.astype(dtype), g)
-    d = jax.tree.leaves(blocks)[0].shape[0]
-    rows = [
-        jnp.concatenate([v.ravel() for v in jax.tree.leaves(embed)])[None],
-        jnp.concatenate([v.reshape(d, -1) for v in jax.tree.leaves(blocks)], axis=1),
-        jnp.concatenate([v.ravel() for v in jax.tree.leaves(readout)])[None],
-    ]
-    rms = jnp.concatenate([rms_rows(r) for r in rows])
-    sizes = np.array([rows[0].shape[1]] + [rows[1].shape[1]] * d + [rows[2].shape[1]])
-    weights = np.sqrt(sizes / sizes.sum()).astype(dtype)
-    norm = rms_rows((rms * weights)[None])[0]
-    return rms, norm * np.asarray(np.sqrt(sizes.sum() * len(sizes)), dtype)
+#: Every fix computed (the general kernel; ``train`` compiles only those its grid uses).
+_ALL = _Features()
 
 
 def _net_params(spec: TrainSpec, run: Runs, dtype: jnp.dtype) -> NetParams:
@@ -141,22 +67,35 @@ def _net_params(spec: TrainSpec, run: Runs, dtype: jnp.dtype) -> NetParams:
                 bias_std=spec.bias_std,
                 alpha=spec.alpha,
                 dtype=jnp.float32,
+                final_norm=spec.final_norm,
+                **({"softcap": run.softcap} if "softcap" in block.hyper_defaults else {}),
             )
 
         return f
 
     params = jax.lax.switch(run.init, [draw(name) for name in spec.init])
-    trainable = (params.embed, params.blocks, params.readout)
+    arrays = (params.embed, params.blocks, params.readout)
     return dataclasses.replace(
-        params,
-        **dict(
-            zip(
-                ("embed", "blocks", "readout"),
-                jax.tree.map(lambda v: v.astype(dtype), trainable),
-                strict=True,
-            )
-        ),
+        params, **dict(zip(("embed", "blocks", "readout"), _cast(arrays, dtype), strict=True))
     )
+
+
+def _cast(params: Any, dtype: Any) -> Any:
+    """``params`` in ``dtype``, float8 scaling state (always float32) excepted."""
+    trainable, meta = float8_partition(params)
+    return float8_combine(jax.tree.map(lambda v: v.astype(dtype), trainable), meta)
+
+
+def _ran(new: Any, old: Any, ran: jax.Array) -> Any:
+    """The float8 metas after a step: the new one (the meta's cotangent) for the blocks that ran
+    (``ran``, ``(max_depth,)``), the old one elsewhere: a block beyond a run's depth computed on
+    zeros and must not roll its amax history (Transformer Engine's bug with layers that did not
+    run)."""
+
+    def pick(n, o):
+        return jnp.where(ran.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
+
+    return jax.tree.map(pick, new, old)
 
 
 def _unit_params(spec: TrainSpec, key: jax.Array, name: Any) -> MLPParams:
@@ -218,34 +157,29 @@ def _initial_params(spec: TrainSpec, runs: Runs) -> MLPParams:
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *rows)
 
 
-def _loss(spec: TrainSpec, out: jax.Array, y: jax.Array) -> jax.Array:
-    # The loss is computed in float32 (mixed precision practice), in float64 for a float64 run.
+def _loss(spec: TrainSpec, out: jax.Array, y: jax.Array, z_loss: Any = None) -> tuple:
+    """The loss and the mean log-partition of the outputs (NaN for regression).
+
+    Computed in float32 (mixed precision practice), float64 for a float64 run. Classification:
+    mean softmax cross-entropy over examples (and positions), plus ``z_loss * mean(log Z ** 2)``
+    where ``z_loss > 0`` (where it is 0 the loss is the cross-entropy unchanged; ``None``: no
+    z-loss term at all)."""
     out = out.astype(_wide(spec))
     if spec.task.kind == "classification":
-        return jnp.mean(softmax_cross_entropy(out, y))
-    return 0.5 * jnp.mean(jnp.square(out - y))
-
-
-def _summarise(raw: tuple, wide: jnp.dtype) -> tuple:
-    """The record of one step: loss, norms, per-layer gradient RMS, census, loss scale."""
-    loss, g_c, updates, scale = raw
-    stats = _grad_stats if isinstance(g_c, MLPParams) else _net_grad_stats
-    layer_rms, grad_norm = stats(jax.tree.map(lambda g: g.astype(wide) / scale, g_c), wide)
-    c = census(jnp.concatenate([g.ravel() for g in jax.tree.leaves(g_c)]))
-    return (
-        loss,
-        grad_norm,
-        safe_global_norm(updates).astype(wide),
-        layer_rms,
-        c,
-        scale,
-    )
+        loss = jnp.mean(softmax_cross_entropy(out, y))
+        log_z = logsumexp(out, axis=-1)
+        if z_loss is not None:
+            z = jnp.asarray(z_loss, out.dtype)
+            loss = jnp.where(z > 0, loss + z * jnp.mean(jnp.square(log_z)), loss)
+        return loss, jnp.mean(log_z)
+    return 0.5 * jnp.mean(jnp.square(out - y)), jnp.asarray(jnp.nan, out.dtype)
 
 
 def _final(spec: TrainSpec, out: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The loss and (classification) accuracy of the whole data set's outputs after training."""
+    """The loss (without z-loss) and (classification) accuracy of the whole data set's outputs
+    after training."""
     wide = _wide(spec)
-    final = _loss(spec, out, y)
+    final = _loss(spec, out, y)[0]
     if spec.task.kind == "classification":
         # a row with inf/NaN outputs is wrong, whatever arg-max would pick among its NaNs
         right = (jnp.argmax(out, axis=-1) == y) & jnp.all(jnp.isfinite(out), axis=-1)
@@ -255,45 +189,79 @@ def _final(spec: TrainSpec, out: jax.Array, y: jax.Array) -> tuple[jax.Array, ja
     return final, accuracy
 
 
-def _one_run(
-    spec: TrainSpec, run: Runs, unit_params: MLPParams, x: jax.Array, y: jax.Array
-) -> History:
+def _start(spec: TrainSpec, run: Runs, unit_params: MLPParams, features=_ALL) -> tuple:
+    """One run's initial carry: stored parameters, the network's hyper-parameters (data, not
+    trained; empty for the MLP), optimizer state, rounding state, first non-finite step."""
+    store = spec.master_dtype or spec.dtype
+    if spec.block is None:
+        params, hyper = _scaled(unit_params, run.scale, store), {}
+    else:
+        # Train the arrays, not the hyper-parameters (scale, eps... are data of the network):
+        # the optimizer sees (embed, blocks, readout).
+        net = _net_params(spec, run, store)
+        params, hyper = (net.embed, net.blocks, net.readout), net.hyper
+    # The optimizer and the rounding rule see the trainable leaves only (float8 metas are
+    # None there): the metas are replaced by their "gradient", never optimized.
+    trainable = float8_partition(params)[0]
+    opt_state = _build_optimizer(spec, run, features).init(trainable)
+    rounding = _build_rounding(spec, run)
+    r_state = () if rounding is None else rounding.init(trainable)
+    return params, hyper, opt_state, r_state, jnp.int32(-1)
+
+
+def _apply_fn(spec: TrainSpec, run: Runs, hyper: dict):
+    """``apply(params, x) -> (outputs, taps)``: the run's network (depth and activation are the
+    run's data); ``taps`` the blocks' stacked taps, None for the MLP."""
+    if spec.block is None:
+        phi = select_activation(spec.activation, run.activation)
+
+        def apply_mlp(p, xb):
+            return mlp_apply(p, xb, activation=phi, depth=run.depth), None
+
+        return apply_mlp
+
+    def with_block(block):
+        def f(p, xb):
+            net = NetParams(
+                embed=p[0],
+                blocks=p[1],
+                readout=p[2],
+                hyper=hyper,
+                block=block,
+                max_depth=spec.max_depth,
+                final_norm=spec.final_norm,
+            )
+            return net_forward(net, xb, run.depth, with_taps=True)
+
+        return f
+
+    def apply_net(p, xb):
+        branches = [with_block(b) for b in spec.blocks]
+        if len(branches) == 1:
+            return branches[0](p, xb)
+        return jax.lax.switch(run.activation, branches, p, xb)
+
+    return apply_net
+
+
+def _window(spec: TrainSpec, carry: tuple, run: Runs, t: jax.Array, x, y, features=_ALL) -> tuple:
+    """One run's ``log_every`` steps from step ``t * log_every``: the new carry and the record
+    of the window's first step (with the non-finite events of all its steps)."""
     compute = spec.dtype
     store = spec.master_dtype or compute
     wide = _wide(spec)  # the records' dtype: float32, or float64 for a float64 run
     scale_dtype = (
         wide if spec.loss_scale is None else jnp.promote_types(wide, spec.loss_scale.dtype)
     )
-    if spec.block is None:
-        params = _scaled(unit_params, run.scale, store)
-        phi = select_activation(spec.activation, run.activation)
-
-        def apply(p, xb):
-            return mlp_apply(p, xb, activation=phi, depth=run.depth)
-
-    else:
-        # Train the arrays, not the hyper-parameters (scale, eps... are data of the network):
-        # the optimizer sees (embed, blocks, readout).
-        net = _net_params(spec, run, store)
-        params = (net.embed, net.blocks, net.readout)
-
-        def apply(p, xb):
-            def with_block(block):
-                def f(p, xb):
-                    n = dataclasses.replace(net, embed=p[0], blocks=p[1], readout=p[2], block=block)
-                    return net_forward(n, xb, run.depth)
-
-                return f
-
-            return jax.lax.switch(run.activation, [with_block(b) for b in spec.blocks], p, xb)
-
-    opt = _build_optimizer(spec, run.lr)
-    opt_state = opt.init(params)
+    apply = _apply_fn(spec, run, carry[1])
+    opt = _build_optimizer(spec, run, features)
+    rounding = _build_rounding(spec, run)
+    active = jnp.arange(1, spec.max_depth + 1) <= run.depth
 
     def loss_fn(p, xb, yb, scale):
-        out = apply(p, xb)
-        loss = _loss(spec, out, yb)
-        return loss * scale, loss
+        out, taps = apply(p, xb)
+        loss, log_z = _loss(spec, out, yb, run.z_loss if features.z_loss else None)
+        return loss * scale, (loss, log_z, taps)
 
     def batch(i):
         if spec.batch_size is None:
@@ -305,71 +273,60 @@ def _one_run(
         return x[idx], y[idx]
 
     def step(carry, i):
-        params, opt_state, first_bad = carry
+        params, hyper, opt_state, r_state, first_bad = carry
         scale = (
             loss_scale_of(opt_state).astype(scale_dtype)
             if spec.loss_scale is not None
             else jnp.ones((), scale_dtype)
         )
         xb, yb = batch(i)
-        p_c = jax.tree.map(lambda v: v.astype(compute), params)
-        (_, loss), g_c = jax.value_and_grad(loss_fn, has_aux=True)(p_c, xb, yb, scale)
+        trainable, meta = float8_partition(params)
+        (_, (loss, log_z, taps)), g_all = jax.value_and_grad(loss_fn, has_aux=True)(
+            _cast(params, compute), xb, yb, scale
+        )
+        g_c, new_meta = float8_partition(g_all)  # a float8 meta's cotangent is its next value
         grads = jax.tree.map(lambda g: g.astype(store), g_c)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+        updates, opt_state = opt.update(grads, opt_state, trainable)
+        raw = Raw(loss, g_c, updates, scale, trainable, log_z, taps, active)
+        applied = updates
+        if rounding is not None:
+            applied, r_state = rounding.update(updates, r_state, trainable)
         grads_ok = all_finite(g_c)
-        update_ok = all_finite(updates)
+        update_ok = all_finite(applied)
+        # a skipped (non-finite) step keeps its old float8 metas too
+        meta = _ran(new_meta, meta, active & grads_ok)
+        new_params = float8_combine(optax.apply_updates(trainable, applied), meta)
         failed = ~jnp.isfinite(loss) | (~grads_ok & ~update_ok)
         first_bad = jnp.where((first_bad < 0) & failed, i, first_bad).astype(jnp.int32)
         events = ((~grads_ok).astype(jnp.int32), (~grads_ok & update_ok).astype(jnp.int32))
-        return (params, opt_state, first_bad), (loss, g_c, updates, scale), events
+        return (new_params, hyper, opt_state, r_state, first_bad), raw, events
 
     k = spec.log_every
 
-    def window(carry, t):
-        # One step body serves logged and unlogged steps (one copy to compile): the window keeps
-        # the record of its first step and sums the non-finite events of all its steps. The
-        # record's statistics are computed on that first step only: `j` is not batched by the
-        # vmap over runs, so the `cond` stays a branch and the other steps skip them.
-        def body(state, j):
-            carry, record, events = state
-            carry, raw, new_events = step(carry, t * k + j)
-            record = jax.lax.cond(j == 0, lambda: _summarise(raw, wide), lambda: record)
-            return (carry, record, jax.tree.map(jnp.add, events, new_events)), None
+    # One step body serves logged and unlogged steps (one copy to compile): the window keeps the
+    # record of its first step and sums the non-finite events of all its steps. The record's
+    # statistics are computed on that first step only: `j` is not batched by the vmap over
+    # runs, so the `cond` stays a branch and the other steps skip them.
+    def body(state, j):
+        carry, record, events = state
+        carry, raw, new_events = step(carry, t * k + j)
+        record = jax.lax.cond(j == 0, lambda: _summarise(raw, wide), lambda: record)
+        return (carry, record, jax.tree.map(jnp.add, events, new_events)), None
 
-        _, raw, events = jax.eval_shape(step, carry, t * k)
-        zeros = jax.tree.map(
-            lambda a: jnp.zeros(a.shape, a.dtype),
-            (jax.eval_shape(partial(_summarise, wide=wide), raw), events),
-        )
-        (carry, record, events), _ = jax.lax.scan(
-            body, (carry, *zeros), jnp.arange(k, dtype=jnp.int32)
-        )
-        return carry, (*record, *events)
-
-    n_logs = spec.steps // k
-    carry = (params, opt_state, jnp.int32(-1))
-    carry, records = jax.lax.scan(window, carry, jnp.arange(n_logs, dtype=jnp.int32))
-    params, _, first_bad = carry
-    p_c = jax.tree.map(lambda v: v.astype(compute), params)
-    out = apply(p_c, x)
-    final, accuracy = _final(spec, out, y)
-    loss, gnorm, unorm, layers, cens, scales, bad, absorbed = records
-    return History(
-        step=jnp.arange(n_logs, dtype=jnp.int32) * k,
-        loss=loss,
-        grad_norm=gnorm,
-        update_norm=unorm,
-        layer_grad_rms=layers,
-        grad_census=cens,
-        loss_scale=scales,
-        nonfinite_grads=bad,
-        absorbed=absorbed,
-        first_nonfinite=first_bad,
-        final_loss=final,
-        final_accuracy=accuracy,
-        runs=run,
+    _, raw, events = jax.eval_shape(step, carry, t * k)
+    zeros = jax.tree.map(
+        lambda a: jnp.zeros(a.shape, a.dtype),
+        (jax.eval_shape(partial(_summarise, wide=wide), raw), events),
     )
+    (carry, record, events), _ = jax.lax.scan(body, (carry, *zeros), jnp.arange(k, dtype=jnp.int32))
+    return carry, (*record, *events)
+
+
+def _finish(spec: TrainSpec, carry: tuple, run: Runs, x, y) -> tuple:
+    """The whole data set's loss and accuracy after the last step, and the first bad step."""
+    params, hyper, *_, first_bad = carry
+    out, _ = _apply_fn(spec, run, hyper)(_cast(params, spec.dtype), x)
+    return (*_final(spec, out, y), first_bad)
 
 
 class _Holder:
@@ -386,7 +343,11 @@ class _Holder:
         return isinstance(other, _Holder) and self._key == other._key
 
 
-def train(spec: TrainSpec, runs: Runs) -> History:
+#: ``progress=None`` shows a bar when a grid trains at least this many run-steps.
+_PROGRESS_RUN_STEPS = 200_000
+
+
+def train(spec: TrainSpec, runs: Runs, *, progress: bool | None = None) -> History:
     """Train every configuration in ``runs`` under ``spec``, in one compiled, vmapped kernel.
 
     One compilation serves any values of the runs (depth, scale, activation, initializer,
@@ -437,18 +398,101 @@ def train(spec: TrainSpec, runs: Runs) -> History:
         raise TypeError(f"spec must be a TrainSpec, got {type(spec).__name__}")
     if not isinstance(runs, Runs):
         raise TypeError(f"runs must be a Runs (from make_runs), got {type(runs).__name__}")
-    _check_runs(spec, runs)
+    if progress is not None:
+        progress = strict_bool(progress, "progress")
+    runs = _check_runs(spec, runs)
+    n_runs = int(np.shape(runs.depth)[0])
+    features = _features(spec, runs)
+    if progress is None:
+        progress = n_runs * spec.steps >= _PROGRESS_RUN_STEPS
     with _x64(spec):
         runs = Runs(*(jnp.asarray(v, dt) for v, dt in zip(runs, _RUN_DTYPES, strict=True)))
         unit = _initial_params(spec, runs) if spec.block is None else ()
-        history = _train_jit(_Holder(spec), runs, unit, spec.task.x, spec.task.y)
+        args = (runs, unit, spec.task.x, spec.task.y)
+        if progress:
+            history = _train_with_bar(spec, features, n_runs, args)
+        else:
+            history = _train_jit(_Holder(spec), features, False, *args)
         if _needs_x64(spec):
             # On the host, so that float64 records stay float64 outside ``enable_x64`` too.
             history = jax.tree.map(np.asarray, history)
     return history
 
 
-@partial(jax.jit, static_argnums=0)
-def _train_jit(holder: _Holder, runs: Runs, unit: MLPParams, x: jax.Array, y: jax.Array) -> History:
-    history = jax.vmap(partial(_one_run, holder.spec), in_axes=(0, 0, None, None))(runs, unit, x, y)
-    return history._replace(step=history.step[0])
+def _train_with_bar(spec: TrainSpec, features: _Features, n_runs: int, args: tuple) -> History:
+    """:func:`_train_jit` with a progress bar on stderr (steps of every run, steps/s, ETA),
+    advanced by a host callback at the end of each logging window."""
+    bar = tqdm(
+        total=spec.steps,
+        desc=f"train {n_runs} run{'s' if n_runs > 1 else ''}",
+        unit="step",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    with bar:
+        _BARS.append((bar, spec.log_every))
+        try:
+            history = jax.block_until_ready(_train_jit(_Holder(spec), features, True, *args))
+        finally:
+            _BARS.pop()
+    return history
+
+
+#: The bars being advanced: the compiled callback calls ``_advance``, which reads this list, so
+#: that one compilation serves every bar (a closure would be compiled into the program).
+_BARS: list = []
+
+
+def _advance(t: Any) -> None:
+    if _BARS:
+        bar, step = _BARS[-1]
+        if int(t) == 0:  # the first window: the compilation is over, start the clock now
+            bar.reset()
+        bar.update(step)
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2))
+def _train_jit(
+    holder: _Holder, features: _Features, progress: bool, runs: Runs, unit: MLPParams, x, y
+) -> History:
+    spec = holder.spec
+    carry = jax.vmap(partial(_start, spec, features=features))(runs, unit)
+
+    def window(carry, t):
+        carry, record = jax.vmap(
+            partial(_window, spec, features=features), in_axes=(0, 0, None, None, None)
+        )(carry, runs, t, x, y)
+        if progress:
+            jax.debug.callback(_advance, t)
+        return carry, record
+
+    n_logs = spec.steps // spec.log_every
+    carry, records = jax.lax.scan(window, carry, jnp.arange(n_logs, dtype=jnp.int32))
+    # records: (T, R, ...) -> (R, T, ...)
+    records = jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), records)
+    final, accuracy, first_bad = jax.vmap(partial(_finish, spec), in_axes=(0, 0, None, None))(
+        carry, runs, x, y
+    )
+    (loss, gnorm, unorm, layers, cens, scales, pnorm, lost, log_z, lmax, ent, bad, absorbed) = (
+        records
+    )
+    return History(
+        step=jnp.arange(n_logs, dtype=jnp.int32) * spec.log_every,
+        loss=loss,
+        grad_norm=gnorm,
+        update_norm=unorm,
+        layer_grad_rms=layers,
+        grad_census=cens,
+        loss_scale=scales,
+        nonfinite_grads=bad,
+        absorbed=absorbed,
+        first_nonfinite=first_bad,
+        final_loss=final,
+        final_accuracy=accuracy,
+        runs=runs,
+        param_norm=pnorm,
+        lost_updates=lost,
+        log_z=log_z,
+        attn_logit_max=lmax,
+        attn_entropy=ent,
+    )

@@ -48,7 +48,11 @@ __all__ = [
 ]
 
 
-#: Seeds, steps and counters are int32 in the kernel.
+#: The learning-rate schedules after warm-up (:class:`TrainSpec` ``schedule``).
+SCHEDULES = ("constant", "cosine", "linear")
+
+#: How an update reaches the stored parameters (:class:`TrainSpec` ``rounding``).
+ROUNDINGS = ("nearest", "kahan", "stochastic")
 
 
 def _names(value: Any, what: str, check: Callable[[Any], Any]) -> tuple:
@@ -65,9 +69,16 @@ def _names(value: Any, what: str, check: Callable[[Any], Any]) -> tuple:
     return items
 
 
-def _check_block(block: Any, activation: tuple, init: tuple) -> Any:
+def _check_block(block: Any, activation: tuple, init: tuple, task: Task) -> Any:
     """``block`` as None, a kind name or a :class:`Block` that a training task can feed."""
+    spatial = task.x.ndim - 2
     if block is None:
+        if spatial:
+            raise ValueError(
+                f"the task's inputs have a sequence axis {task.x.shape}: the MLP takes "
+                "(examples, features); train a network of blocks (block='attention', "
+                "'conv1d'...)"
+            )
         return None
     if isinstance(block, str):
         block = choice(block, "block", block_names())
@@ -84,11 +95,12 @@ def _check_block(block: Any, activation: tuple, init: tuple) -> Any:
             "block must be None, a block kind name or a Block, got "
             f"{type(block).__name__} {block!r}"
         )
+    names = {0: "(examples, features)", 1: "(examples, sequence, features)"}
     for b in blocks:
-        if 0 not in b.spatial:
+        if spatial not in b.spatial:
             raise ValueError(
-                f"a {b.describe()} block takes inputs with {b.spatial[0]} spatial axes (a sequence "
-                "or an image); a training task's inputs are (examples, features)"
+                f"a {b.describe()} block takes inputs with {b.spatial[0]} spatial axes, and this "
+                f"task's inputs are {names[spatial]}, shape {task.x.shape}"
             )
     bad = [i for i in init if not isinstance(i, str)]
     if bad:
@@ -132,9 +144,14 @@ def _run_bytes(spec: TrainSpec, width: int, max_depth: int, records: int) -> int
     # copy, its gradient and the cotangents
     per_param = 4 + 6 * store + 3 * comp
     rows = spec.batch_size or t.n
-    # pre- and post-activations kept for the backward pass, and the final pass over the data
-    activations = (3 * rows * (max_depth + 2) + 2 * t.n) * width * comp
-    history = records * (max_depth + 1 + 16) * _wide(spec).itemsize
+    seq = t.seq_len or 1
+    # pre- and post-activations kept for the backward pass, and the final pass over the data;
+    # a block's intermediates (an MLP's expansion, attention's q, k, v and its (seq, seq)
+    # logits and probabilities) bounded by 8 widths and 8 seq per position
+    per_position = 3 * width + (0 if spec.block is None else 8 * (width + seq))
+    activations = (rows * (max_depth + 2) * per_position + 2 * t.n * width) * seq * comp
+    activations += t.n * seq * t.out_dim * 4  # the final logits, float32
+    history = records * (3 * max_depth + 2 + 20) * _wide(spec).itemsize
     return n_params * per_param + activations + history
 
 
@@ -198,7 +215,24 @@ class TrainSpec:
             parameters is trained, norm gains and a ``learnable_alpha``'s alpha included; its
             hyper-parameters (scale, alpha, eps...) are not. The task's inputs have no sequence
             axis: a block must take ``(batch, width)`` inputs.
+            A task whose inputs have a sequence axis ``(n, seq, in_dim)`` (a next-token task,
+            :func:`stabkit.training.markov_sequences`) needs a block that takes one
+            (``"attention"``, ``"conv1d"``): a small decoder-only transformer is
+            ``block=stabkit.block("attention", heads=2, causal=True, mlp=True, norm="layer")``
+            with ``final_norm="layer"``; its records add the attention logits' maximum and
+            entropy per block and the output log-partition.
         alpha: the blocks' residual scale (a ``learnable_alpha`` block starts from it).
+        final_norm: ``None``, ``"layer"`` or ``"rms"``: the network's norm before the readout
+            (a pre-norm transformer's final layer norm); only with ``block``.
+        schedule: the learning-rate multiplier after each run's warm-up (:class:`Runs`
+            ``warmup``): ``"constant"``, ``"cosine"`` (to 0 at the last step) or ``"linear"``
+            (to 0 at the last step). It multiplies the optimizer's update, and a run's
+            independent weight decay.
+        rounding: how an update reaches parameters stored in a low-precision dtype:
+            ``"nearest"`` (round to nearest, what ``optax.apply_updates`` does),
+            ``"kahan"`` (:func:`stabkit.kahan_summation`: a compensation buffer keeps what
+            rounding lost) or ``"stochastic"`` (:func:`stabkit.stochastic_rounding`, keyed by
+            ``fold_in(key(seed), 4)``). Applied last, after the schedule and weight decay.
         bias_std: standard deviation of the initial biases, >= 0 and at most the largest
             finite value of the run's dtypes. With ``init="gaussian"``
             and a run's ``scale = sigma_w`` the weights are :math:`N(0, \\sigma_w^2/n_{in})` and the
@@ -223,6 +257,9 @@ class TrainSpec:
     bias_std: float = 0.0
     block: Any = None
     alpha: float = 1.0
+    final_norm: str | None = None
+    schedule: str = "constant"
+    rounding: str = "nearest"
 
     def __post_init__(self):
         set_ = partial(object.__setattr__, self)
@@ -275,7 +312,16 @@ class TrainSpec:
         if self.loss_scale is not None and not isinstance(self.loss_scale, DynamicLossScale):
             raise TypeError(f"loss_scale must be a DynamicLossScale, got {self.loss_scale!r}")
         set_("alpha", finite_float(self.alpha, "alpha"))
-        set_("block", _check_block(self.block, self.activation, self.init))
+        set_("block", _check_block(self.block, self.activation, self.init, self.task))
+        if self.final_norm is not None:
+            if self.block is None:
+                raise ValueError(
+                    f"final_norm={self.final_norm!r} needs a network of blocks (block=...); the "
+                    "MLP has no final norm"
+                )
+            set_("final_norm", choice(self.final_norm, "final_norm", ("layer", "rms")))
+        set_("schedule", choice(self.schedule, "schedule", SCHEDULES))
+        set_("rounding", choice(self.rounding, "rounding", ROUNDINGS))
         set_("bias_std", finite_float(self.bias_std, "bias_std"))
         if self.bias_std < 0:
             raise ValueError(f"bias_std must be >= 0, got {self.bias_std}")
