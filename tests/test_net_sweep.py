@@ -55,9 +55,15 @@ def test_chunk_size_changes_no_bit(ds):
 
 
 def test_alpha_scaling_and_one_kernel_per_variant(ds):
-    # The same kernel as the fixture's norm="none" configs (only data differ): no compilation.
+    # The same kernel as the fixture's norm="layer" configs (only data differ): no compilation;
+    # and the reference network is the previous test's (one compilation of net_init and trace).
     spec = sk.NetSweepSpec(
-        **{**SPEC.to_dict(), "norm": "none", "alpha": [0.5, 1.0], "alpha_scaling": "inv_sqrt_depth"}
+        **{
+            **SPEC.to_dict(),
+            "norm": "layer",
+            "alpha": [0.5, 1.0],
+            "alpha_scaling": "inv_sqrt_depth",
+        }
     )
     with sk.count_traces() as counts:
         a = sk.sweep(spec, progress=False)
@@ -65,7 +71,7 @@ def test_alpha_scaling_and_one_kernel_per_variant(ds):
     # 0.5 / sqrt(depth): alpha 0.25 at depth 4 is not on the fixture's grid, 0.5/sqrt(2) neither,
     # so compare with net_init at the scaled value.
     row = a.sel(depth=5, scale=0.5, alpha=0.5, seed=0).squeeze()
-    blk = sk.block("residual", activation="tanh")
+    blk = sk.block("residual", activation="tanh", norm="layer")
     p = sk.net_init(
         jax.random.key(0), blk, depth=5, width=8, scale=0.5, alpha=0.5 / 5**0.5, embed=False
     )
