@@ -41,6 +41,7 @@ from stabkit.networks.network import (
     stack_of,
 )
 from stabkit.precision import Census, census
+from stabkit.precision.float8 import float8_partition
 from stabkit.tracing import first_layer_where, last_layer_where
 
 __all__ = ["NetTrace", "trace_net"]
@@ -233,7 +234,9 @@ def trace_core(
 
         _, vjp = jax.vjp(f, stack.params_of(layer), h_in)
         g_bp, g_in = vjp(g)
-        rows = _put(rows, layer, {**_stat_rows(g, "grad_"), "param_grad_rms": tree_rms(g_bp)})
+        # a float8 meta's cotangent is its next value, not a gradient: left out
+        g_rms = tree_rms(float8_partition(g_bp)[0])
+        rows = _put(rows, layer, {**_stat_rows(g, "grad_"), "param_grad_rms": g_rms})
         return g_in, rows
 
     g0, bwd_rows = jax.lax.fori_loop(0, depth, bwd, (g_h, bwd_rows))
