@@ -1,4 +1,4 @@
-"""Study: pure-bfloat16 training stalls on lost updates; Kahan sums and stochastic rounding train.
+"""Study: bfloat16 training stalls on lost updates (Kahan sums, stochastic rounding train); float8.
 
 **The arithmetic.** bfloat16 keeps 8 significant bits, so a weight ``w`` with
 :math:`2^e \\le |w| < 2^{e+1}` is spaced :math:`2^{e-7}` from its neighbours and an update smaller
@@ -27,6 +27,16 @@ float32 with them) although the updates they receive are lost just as often: wha
 rule that applies them. The optimizer state stays bfloat16 (optax builds it in the params'
 dtype), which is why the rules end a few percent above float32, not on it.
 
+**float8.** The same network made of ``stabkit.block("dense", float8=...)`` blocks computes each
+block's product in float8 (e4m3 forward, e5m2 gradients, the other arithmetic bfloat16). With
+targets of RMS 1e-3 (the weights scaled so that the output starts there too) the output
+gradient is ~ ``1e-3 / (n * out_dim)`` ~ 1e-6, below e5m2's smallest normal number
+:math:`2^{-14} \\approx 6\\cdot10^{-5}` (subnormal :math:`2^{-16}`), the same range as float16's:
+without scaling ~90% of the gradient entries are exactly 0 after the first steps and the loss
+stalls at ~5 times bfloat16's; Transformer Engine's delayed scaling (the scale from an amax
+history, :func:`stabkit.precision.float8_recipe`) multiplies them into range from the second
+step on (the first has no history) and trains like bfloat16.
+
 Task: ``stabkit.teacher_student`` regression, a relu MLP with He weights, full-batch Adam; every
 configuration (seeds) of a panel is one vmapped ``stabkit.train`` call, the lost fraction per
 layer and logged step is ``History.lost_updates`` (``stabkit.lost_updates`` on the optimizer's
@@ -52,9 +62,7 @@ import stabkit as sk
 from stabkit.reproduce import run_alone
 
 NAME = "low_precision"
-TITLE = (
-    "Pure-bfloat16 training: lost updates stall it, Kahan summation and stochastic rounding fix it"
-)
+TITLE = "Low precision that trains: bfloat16 lost updates, Kahan, stochastic rounding; float8"
 ORDER = 81
 
 
@@ -70,6 +78,13 @@ class Config:
     log_every: int = 20  # history sampling
     seeds: int = 3  # initial networks per configuration (the spread)
     seed: int = 0  # the task's key and the first network seed
+    # float8 (e4m3 forward, e5m2 gradients) dense blocks, bfloat16 elsewhere
+    f8_depth: int = 4  # dense relu blocks between the embedding and the readout
+    f8_in_dim: int = 16  # input features of the float8 task
+    f8_targets: float = 1e-3  # target RMS: the output gradients are ~1e-6, below e5m2's range
+    f8_scale: float = 0.4  # every weight x 0.4, so that the output starts ~1e-3 like the targets
+    f8_lr: float = 1e-3  # Adam
+    f8_steps: int = 200
 
 
 # (label, TrainSpec keywords, colour)
@@ -80,6 +95,13 @@ CASES = (
     ("bfloat16 + stochastic rounding", dict(dtype="bfloat16", rounding="stochastic"), "#d35400"),
 )
 F32, BF16, KAHAN, SR = (c[0] for c in CASES)
+# (label, the dense blocks' float8 option, colour)
+FLOAT8_CASES = (
+    ("bfloat16 products", None, "#c0392b"),
+    ("float8, no scaling", "none", "#7f8c8d"),
+    ("float8, delayed scaling", "delayed", "#8e44ad"),
+)
+F8_BASE, F8_NONE, F8_DELAYED = (c[0] for c in FLOAT8_CASES)
 
 
 def _ulp_threshold(lr: float) -> float:
@@ -129,17 +151,55 @@ def _measure(cfg: Config) -> dict:
     return out
 
 
+def _measure_float8(cfg: Config) -> dict:
+    task = sk.teacher_student(
+        jax.random.key(cfg.seed),
+        n=cfg.n,
+        in_dim=cfg.f8_in_dim,
+        out_dim=cfg.out_dim,
+        teacher_depth=1,
+        target_scale=cfg.f8_targets,
+    )
+    seeds = [cfg.seed + s for s in range(cfg.seeds)]
+    out = {}
+    for label, float8, _ in FLOAT8_CASES:
+        spec = sk.TrainSpec(
+            task,
+            max_depth=cfg.f8_depth,
+            width=cfg.width,
+            steps=cfg.f8_steps,
+            log_every=cfg.log_every,
+            optimizer="adam",
+            dtype="bfloat16",
+            block=sk.block("dense", float8=float8),
+        )
+        runs = sk.make_runs(spec, lr=cfg.f8_lr, scale=cfg.f8_scale, seed=seeds)
+        h = jax.tree.map(np.asarray, sk.train(spec, runs))
+        total = sum(np.asarray(c, np.float64) for c in h.grad_census)
+        out[label] = {
+            "loss": h.loss,
+            "final_loss": h.final_loss,
+            # (seeds, records): the fraction of gradient entries exactly 0 (stabkit.census)
+            "grad_zero": h.grad_census.zero / total,
+        }
+        out["step"] = h.step
+    return out
+
+
 def measure(*, quick: bool = False) -> dict:
     """The study's numbers: per case the loss curves, final losses, lost fractions per layer and
     step, and the update/weight ratio; the predicted lost fraction per layer."""
     cfg = Config(steps=200, log_every=20) if quick else Config()
     m = _measure(cfg)
+    f8 = _measure_float8(cfg)
     return {
         "config": dataclasses.asdict(cfg),
         "step": m.pop("step"),
         "cases": m,
         "threshold": _ulp_threshold(cfg.lr),
         "predicted_lost": _predicted_lost(cfg),
+        "float8_step": f8.pop("step"),
+        "float8": f8,
     }
 
 
@@ -219,6 +279,44 @@ def claims(numbers: dict) -> list[sk.Claim]:
                 and bool(lost[label].mean() > 0.5),
             )
         )
+
+    f8 = numbers["float8"]
+    f8_final = {k: np.asarray(c["final_loss"], np.float64) for k, c in f8.items()}
+    zero_curve = {k: np.asarray(c["grad_zero"], np.float64) for k, c in f8.items()}
+    zeros = {k: z[:, 0] for k, z in zero_curve.items()}  # at step 0
+    later = {k: z[:, 1:].mean(1) for k, z in zero_curve.items()}  # after the first record
+    vs_base = {k: f8_final[k] / f8_final[F8_BASE] for k in f8_final}
+    e5m2 = sk.limits("float8_e5m2")
+    result.append(
+        sk.Claim(
+            claim="float8 without scaling underflows: gradients are lost and training stalls",
+            theory=f"output gradients ~ target RMS {cfg.f8_targets:g} / (n·out) ≈ "
+            f"{cfg.f8_targets / (cfg.n * cfg.out_dim):.0e}, below e5m2's smallest normal "
+            f"{e5m2.tiny:.1e} (subnormal {e5m2.smallest_subnormal:.1e}): rounded to 0",
+            measured=f"gradient entries exactly 0 after step 0: {_fmt(later[F8_NONE], 2)} "
+            f"(bfloat16 products {_fmt(later[F8_BASE], 2)}; at step 0 {_fmt(zeros[F8_NONE], 2)}"
+            f" vs {_fmt(zeros[F8_BASE], 2)}); final loss {_fmt(vs_base[F8_NONE], 2)} × "
+            "bfloat16's",
+            passed=bool((later[F8_NONE] > 0.5).all())
+            and bool((later[F8_NONE] > 3 * later[F8_BASE]).all())
+            and bool((zeros[F8_NONE] > 2 * zeros[F8_BASE]).all())
+            and bool((vs_base[F8_NONE] > 3).all()),
+        )
+    )
+    result.append(
+        sk.Claim(
+            claim="float8 with delayed scaling (amax history) trains close to bfloat16",
+            theory="Transformer Engine's recipe: scale = 57344 / max(amax history), the "
+            "gradients are multiplied into e5m2's range from the second step on (the first has "
+            "no history: scale 1)",
+            measured=f"final loss {_spread(vs_base[F8_DELAYED])} × bfloat16's (no scaling: "
+            f"{_spread(vs_base[F8_NONE])}); zero gradient entries after step 0: delayed "
+            f"{_fmt(later[F8_DELAYED], 2)}, bfloat16 {_fmt(later[F8_BASE], 2)}, no scaling "
+            f"{_fmt(later[F8_NONE], 2)}",
+            passed=bool((np.abs(vs_base[F8_DELAYED] - 1) < 0.25).all())
+            and bool((later[F8_DELAYED] < later[F8_BASE] + 0.05).all()),
+        )
+    )
     return result
 
 
@@ -252,12 +350,26 @@ def _spoil_stochastic(n):
     return 4
 
 
+def _spoil_float8_none(n):
+    f8 = n["float8"]
+    f8[F8_NONE]["final_loss"] = list(np.asarray(f8[F8_BASE]["final_loss"], np.float64) * 1.1)
+    return 5
+
+
+def _spoil_float8_delayed(n):
+    f8 = n["float8"]
+    f8[F8_DELAYED]["final_loss"] = list(np.asarray(f8[F8_BASE]["final_loss"], np.float64) * 2)
+    return 6
+
+
 SPOILERS = (
     _spoil_stall,
     _spoil_prediction,
     _spoil_through_training,
     _spoil_kahan,
     _spoil_stochastic,
+    _spoil_float8_none,
+    _spoil_float8_delayed,
 )
 
 
@@ -267,7 +379,8 @@ def figure(numbers: dict, out_dir: pathlib.Path) -> None:
     cases = numbers["cases"]
     step = np.asarray(numbers["step"])
     colours = {c[0]: c[2] for c in CASES}
-    fig, (ax_a, ax_b, ax_c, ax_d) = plt.subplots(1, 4, figsize=(24, 5.8), layout="constrained")
+    fig, axes = plt.subplots(2, 3, figsize=(21, 11.5), layout="constrained")
+    (ax_a, ax_b, ax_c), (ax_d, ax_e, ax_f) = axes
 
     for label, c in cases.items():
         loss = np.asarray(c["loss"], np.float64)
@@ -307,13 +420,13 @@ def figure(numbers: dict, out_dir: pathlib.Path) -> None:
     ax_c.bar(x + 0.2, first.mean(0), 0.4, color=colours[BF16], label="measured, step 0")
     ax_c.errorbar(x + 0.2, first.mean(0), yerr=first.std(0), fmt="none", color="k", capsize=3)
     ax_c.set_xticks(x, names)
-    ax_c.set_ylim(0, 1.1)
+    ax_c.set_ylim(0, 1.25)
     ax_c.set(
         ylabel="lost fraction at the first step",
         title=f"(c) the arithmetic: Adam's first step is ±lr = {cfg.lr:g} per entry,\nlost "
         f"where half an ulp of w exceeds it: |w| ≥ {numbers['threshold']:g}",
     )
-    ax_c.legend(frameon=False, fontsize=9, loc="lower right")
+    ax_c.legend(frameon=False, fontsize=9, loc="upper left", ncols=2)
 
     f32 = np.asarray(cases[F32]["final_loss"], np.float64)
     for i, (label, c) in enumerate(cases.items()):
@@ -328,10 +441,46 @@ def figure(numbers: dict, out_dir: pathlib.Path) -> None:
         ylabel="final loss / float32's (same seed)",
         title=f"(d) final loss after {cfg.steps} steps, {cfg.seeds} seeds",
     )
+    f8 = numbers["float8"]
+    f8_step = np.asarray(numbers["float8_step"])
+    f8_colours = {c[0]: c[2] for c in FLOAT8_CASES}
+    for label, c in f8.items():
+        loss = np.asarray(c["loss"], np.float64)
+        ax_e.semilogy(f8_step, loss.mean(0), color=f8_colours[label], lw=2, label=label)
+        ax_e.fill_between(f8_step, loss.min(0), loss.max(0), color=f8_colours[label], alpha=0.2)
+    ax_e.axhline(
+        0.5 * cfg.f8_targets**2, color="k", lw=1, ls=":", label="predicting 0 (½·target RMS²)"
+    )
+    ax_e.set(
+        xlabel="Adam step",
+        ylabel="training loss (½·MSE; band: min..max over seeds)",
+        title=f"(e) float8 products (e4m3 forward, e5m2 gradients) in {cfg.f8_depth} dense "
+        f"blocks,\ntargets of RMS {cfg.f8_targets:g}: no scaling stalls, delayed scaling trains",
+    )
+    ax_e.legend(frameon=False, fontsize=9)
+
+    for label, c in f8.items():
+        zero = np.asarray(c["grad_zero"], np.float64)
+        ax_f.plot(f8_step, zero.mean(0), "o-", color=f8_colours[label], lw=2, ms=4, label=label)
+        ax_f.fill_between(f8_step, zero.min(0), zero.max(0), color=f8_colours[label], alpha=0.2)
+    base = np.asarray(f8[F8_BASE]["final_loss"], np.float64)
+    finals = ", ".join(
+        f"{k.split(',')[-1].strip()} {np.mean(np.asarray(c['final_loss']) / base):.2f}×"
+        for k, c in f8.items()
+        if k != F8_BASE
+    )
+    ax_f.set(
+        xlabel="Adam step",
+        ylabel="fraction of gradient entries exactly 0 (stabkit.census)",
+        title="(f) gradient census: without scaling e5m2 flushes small gradients to 0;\n"
+        "delayed scaling (no amax history at step 0) scales them into range",
+    )
+    ax_f.legend(frameon=False, fontsize=9, title=f"final loss / bfloat16's: {finals}")
     fig.suptitle(
-        f"Teacher-student regression ({cfg.n} examples), relu MLP {cfg.in_dim}→"
-        f"{cfg.width}×{cfg.depth}→{cfg.out_dim}, He init, full-batch Adam; each configuration's "
-        "seeds are one vmapped stabkit.train call",
+        f"(a-d): teacher-student regression ({cfg.n} examples), relu MLP {cfg.in_dim}→"
+        f"{cfg.width}×{cfg.depth}→{cfg.out_dim}, He init, full-batch Adam, {cfg.seeds} seeds. "
+        f"(e, f): a bfloat16 network of {cfg.f8_depth} dense relu blocks, weights × "
+        f"{cfg.f8_scale:g}.\nEach configuration's seeds are one vmapped stabkit.train call.",
         fontsize=12,
     )
     fig.savefig(pathlib.Path(out_dir) / f"{NAME}.png", dpi=90)

@@ -43,12 +43,31 @@ def _numbers(study):
         study.KAHAN: case(f32 * 1.04, np.array(pred) + 0.01),
         study.SR: case(f32 * 1.05, np.array(pred) + 0.01),
     }
+    f8_records = cfg.f8_steps // cfg.log_every
+    f8_step = np.arange(f8_records) * cfg.log_every
+    f8_initial = np.array([9e-4, 1.4e-3, 7.5e-4])
+
+    def f8_case(final, zero_first, zero_later):
+        curve = f8_initial[:, None] * (final / f8_initial)[:, None] ** (f8_step / f8_step[-1])
+        zero = np.repeat(np.asarray(zero_later, np.float64)[:, None], f8_records, axis=1)
+        zero[:, 0] = zero_first
+        return {"loss": curve.tolist(), "final_loss": final.tolist(), "grad_zero": zero.tolist()}
+
+    base = np.array([2.9e-6, 2.5e-6, 1.0e-6])
+    first = [0.32, 0.15, 0.32]  # no amax history at step 0: delayed scaling is no scaling
+    float8 = {
+        study.F8_BASE: f8_case(base, [0.03, 0.026, 0.04], [0.1, 0.06, 0.09]),
+        study.F8_NONE: f8_case(base * np.array([6.5, 5.9, 4.5]), first, [0.9, 0.89, 0.93]),
+        study.F8_DELAYED: f8_case(base * np.array([0.92, 0.93, 0.92]), first, [0.1, 0.06, 0.09]),
+    }
     return {
         "config": dataclasses.asdict(cfg),
         "step": step.tolist(),
         "cases": cases,
         "threshold": study._ulp_threshold(cfg.lr),
         "predicted_lost": pred,
+        "float8_step": f8_step.tolist(),
+        "float8": float8,
     }
 
 
