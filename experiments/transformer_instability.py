@@ -68,7 +68,7 @@ from stabkit.reproduce import run_alone
 
 NAME = "transformer_instability"
 TITLE = "Transformer instabilities at small scale: attention-logit growth, qk-layernorm, z-loss"
-ORDER = 80
+ORDER = 79
 
 
 @dataclasses.dataclass(frozen=True)
