@@ -133,7 +133,11 @@ def test_grad_matches_numpy_backward(net):
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), p)
         x64 = jnp.asarray(x, jnp.float64)
-        g = jax.grad(lambda q: 0.5 * jnp.sum(mlp_apply(q, x64, activation="tanh") ** 2))(p64)
+
+        def loss(q):
+            return 0.5 * jnp.sum(mlp_apply(q, x64, activation="tanh") ** 2)
+
+        g = jax.jit(jax.grad(loss))(p64)  # one compilation; eagerly, the jitted apply's two
     w_in, b_in, w_hid, b_hid, w_out, b_out = (np.asarray(a, np.float64) for a in p64)
     hs = [np.tanh(np.asarray(x64) @ w_in + b_in)]
     for w, b in zip(w_hid, b_hid, strict=True):
@@ -187,20 +191,21 @@ def test_bad_input():
         mlp_init(0, depth=2, width=2)
     with pytest.raises(ValueError, match=r"initializer returned shape \(3, 3\)"):
         mlp_init(KEY, depth=2, width=2, init=lambda k, s, d: jnp.zeros((3, 3), d))
-    p = mlp_init(KEY, depth=3, width=2)
-    with pytest.raises(ValueError, match=r"x must have shape \(batch, 2\) or \(2,\), got \(4, 3\)"):
+    # the shallow net of test_a_shallower_net_is_a_prefix_of_a_deeper_one (its compilation)
+    p = mlp_init(KEY, depth=3, width=4, bias_std=0.5)
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, 4\) or \(4,\), got \(4, 3\)"):
         mlp_apply(p, jnp.ones((4, 3)), activation="relu")
     with pytest.raises(TypeError, match="floating-point dtype"):
-        mlp_apply(p, jnp.ones((4, 2), jnp.int32), activation="relu")
+        mlp_apply(p, jnp.ones((4, 4), jnp.int32), activation="relu")
     with pytest.raises(ValueError, match="unknown activation 'rleu'"):
-        mlp_apply(p, jnp.ones(2), activation="rleu")
+        mlp_apply(p, jnp.ones(4), activation="rleu")
     with pytest.raises(ValueError, match="depth=4 exceeds the 3 hidden layers"):
-        mlp_apply(p, jnp.ones(2), activation="relu", depth=4)
+        mlp_apply(p, jnp.ones(4), activation="relu", depth=4)
     with pytest.raises(TypeError, match="depth must be an int, got the bool"):
-        mlp_apply(p, jnp.ones(2), activation="relu", depth=True)
+        mlp_apply(p, jnp.ones(4), activation="relu", depth=True)
     with pytest.raises(TypeError, match="params must be an MLPParams"):
-        mlp_apply(tuple(p), jnp.ones(2), activation="relu")
+        mlp_apply(tuple(p), jnp.ones(4), activation="relu")
     with pytest.raises(ValueError, match="inconsistent shapes"):
-        mlp_apply(p._replace(b_out=jnp.ones(3)), jnp.ones(2), activation="relu")
+        mlp_apply(p._replace(b_out=jnp.ones(3)), jnp.ones(4), activation="relu")
     with pytest.raises(TypeError, match="share one floating dtype"):
-        mlp_apply(p._replace(b_out=p.b_out.astype(jnp.float16)), jnp.ones(2), activation="relu")
+        mlp_apply(p._replace(b_out=p.b_out.astype(jnp.float16)), jnp.ones(4), activation="relu")
