@@ -177,7 +177,7 @@ def test_frequency_route_equals_jacfwd(study, gaussian_net):
     p = dataclasses.replace(study._identity_readout(gaussian_net), block=linear)
     depth, sizes = 3, (5,)
     f = lambda v: stabkit.net_apply(p, v[None], depth=depth)[0]
-    jac = jax.jacfwd(f)(jnp.ones((*sizes, 8))).reshape(40, 40)
+    jac = jax.jit(jax.jacfwd(f))(jnp.ones((*sizes, 8))).reshape(40, 40)  # one compilation
     sv_jac = np.sort(np.linalg.svd(np.asarray(jac, np.float64), compute_uv=False))
     kernels = np.asarray(p.blocks["branch"]["w_last"][:depth], np.float64)
     spectra = study.product_spectra(study.frequency_matrices(kernels, sizes), [depth])
