@@ -94,28 +94,31 @@ def fake_memory(monkeypatch):
 
 # The files that take longest, longest first: `--dist loadfile` hands whole files to the workers
 # in collection order, and collected alphabetically these came last and ran alone at the end (a
-# tail of minutes on CI's 2 cores). Rough CPU seconds on 2 shared cores, 2026-12.
+# tail of minutes on CI's 2 cores). Rough CPU seconds on 2 shared cores, 2026-12 (user CPU of one
+# cold single-process run of the file where given as "CPU", 2026-12-01).
 _LONGEST_FIRST = (
     "tests/test_sweep.py",  # ~110-150 s (one worker, 2026-12)
     "tests/test_train.py",  # ~105 s
     "tests/test_softmax.py",  # ~100 s
-    "tests/test_networks.py",  # ~60 s
-    "tests/test_net_sweep.py",  # ~60 s
+    "tests/test_trace.py",  # ~95 s CPU
+    "tests/test_seed_rule.py",  # ~75 s CPU
+    "tests/test_nets.py",  # ~65 s CPU
+    "tests/test_inspect_interop.py",  # ~60 s CPU
+    "tests/test_networks.py",  # ~60 s CPU
+    "tests/test_net_sweep.py",  # ~57 s CPU
+    "tests/test_inspect.py",  # ~54 s CPU
+    "tests/test_inspect_mlp.py",  # ~50 s CPU
     "tests/test_theory.py",
-    "tests/test_attention_block.py",  # ~40 s
+    "tests/test_attention_block.py",  # ~40 s CPU
     "tests/test_normalization.py",  # ~30 s
     "tests/test_conv_block.py",
     "tests/test_train_blocks.py",
     "tests/test_residual_theory.py",
     "stabkit/training/__init__.py",  # doctests that train (~17 s)
-    "stabkit/tracing.py",
-    "tests/test_inspect_interop.py",
-    "tests/test_inspect_mlp.py",
+    "tests/test_softmax_fuzz.py",  # ~23 s CPU
+    "stabkit/tracing.py",  # ~22 s CPU
     "tests/test_store.py",
-    "tests/test_seed_rule.py",
     "tests/test_validation_nets.py",
-    "tests/test_trace.py",
-    "tests/test_inspect.py",
 )
 
 
