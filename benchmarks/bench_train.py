@@ -3,8 +3,9 @@ Python loop over one jitted training of a single run (the same ``train`` with on
 steps and the same statistics, compiled once and called N times).
 
 The grid: decoder-only transformers (``stabkit.block("attention", heads=2, causal=True,
-mlp=True, norm="layer")``, pre-LN, final layer norm), width 32, on ``markov_sequences`` (vocab
-16, 16 positions, 256 sequences, batches of 16), Adam, 100 steps logged every 10; runs = 8
+mlp=True, norm="layer")``, pre-LN, final layer norm), width 16 (the ``transformer_instability``
+study's), on ``markov_sequences`` (vocab 8, 16 positions, 256 sequences, batches of 16), Adam,
+100 steps logged every 10; runs = 8
 learning rates x depth 1, 2 x z-loss 0, 1e-4 x 2 seeds = 64 (``--runs`` scales the seeds).
 Every record of ``History`` is computed by both (attention logit max and entropy per block, log
 Z, norms, lost updates, census).
@@ -34,11 +35,11 @@ LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 
 
 def _spec(steps: int) -> sk.TrainSpec:
-    task = markov_sequences(jax.random.key(0), n=256, seq_len=16, vocab=16)
+    task = markov_sequences(jax.random.key(0), n=256, seq_len=16, vocab=8)
     return sk.TrainSpec(
         task,
         max_depth=2,
-        width=32,
+        width=16,
         block=sk.block("attention", heads=2, causal=True, mlp=True, norm="layer"),
         final_norm="layer",
         optimizer="adam",

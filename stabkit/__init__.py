@@ -51,8 +51,11 @@ from stabkit.activations import (
 from stabkit.deep_linear import DeepLinearTheory, deep_linear_gain, deep_linear_theory
 from stabkit.fixes import (
     DynamicLossScale,
+    KahanState,
     LossScaleState,
+    MasterWeightsState,
     SkipState,
+    StochasticRoundingState,
     all_finite,
     kahan_summation,
     loss_scale_of,

@@ -12,6 +12,7 @@ blocks its embedding, each block (all its arrays) and its readout.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -109,14 +110,19 @@ def _layer_rows(tree: Any) -> list[jax.Array]:
         d = tree.w_hidden.shape[0]
         return [
             jnp.concatenate([tree.w_in.ravel(), tree.b_in])[None],
-            jnp.concatenate([tree.w_hidden.reshape(d, -1), tree.b_hidden], axis=1),
+            jnp.concatenate(
+                [tree.w_hidden.reshape(d, math.prod(tree.w_hidden.shape[1:])), tree.b_hidden],
+                axis=1,
+            ),
             jnp.concatenate([tree.w_out.ravel(), tree.b_out])[None],
         ]
     embed, blocks, readout = tree
     d = jax.tree.leaves(blocks)[0].shape[0]
     return [
         jnp.concatenate([v.ravel() for v in jax.tree.leaves(embed)])[None],
-        jnp.concatenate([v.reshape(d, -1) for v in jax.tree.leaves(blocks)], axis=1),
+        jnp.concatenate(
+            [v.reshape(d, math.prod(v.shape[1:])) for v in jax.tree.leaves(blocks)], axis=1
+        ),
         jnp.concatenate([v.ravel() for v in jax.tree.leaves(readout)])[None],
     ]
 
