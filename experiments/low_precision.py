@@ -83,6 +83,7 @@ class Config:
     f8_in_dim: int = 16  # input features of the float8 task
     f8_targets: float = 1e-3  # target RMS: the output gradients are ~1e-6, below e5m2's range
     f8_scale: float = 0.4  # every weight x 0.4, so that the output starts ~1e-3 like the targets
+    f8_big: float = 12.0  # and runs with every weight x 12: the deep blocks' inputs pass e4m3's 448
     f8_lr: float = 1e-3  # Adam
     f8_steps: int = 200
 
@@ -173,14 +174,22 @@ def _measure_float8(cfg: Config) -> dict:
             dtype="bfloat16",
             block=sk.block("dense", float8=float8),
         )
-        runs = sk.make_runs(spec, lr=cfg.f8_lr, scale=cfg.f8_scale, seed=seeds)
+        # scale-major: the seeds at f8_scale, then at f8_big (one compilation: scale is data)
+        runs = sk.make_runs(spec, lr=cfg.f8_lr, scale=[cfg.f8_scale, cfg.f8_big], seed=seeds)
         h = jax.tree.map(np.asarray, sk.train(spec, runs))
+        small, big = slice(0, len(seeds)), slice(len(seeds), None)
         total = sum(np.asarray(c, np.float64) for c in h.grad_census)
         out[label] = {
-            "loss": h.loss,
-            "final_loss": h.final_loss,
+            "loss": h.loss[small],
+            "final_loss": h.final_loss[small],
             # (seeds, records): the fraction of gradient entries exactly 0 (stabkit.census)
-            "grad_zero": h.grad_census.zero / total,
+            "grad_zero": (h.grad_census.zero / total)[small],
+            # per block (seeds, records, blocks), NaN for bfloat16 products: the fraction of the
+            # output gradients e5m2 flushed to 0, of the forward operands e4m3 flushed to 0 /
+            # saturated (at f8_big)
+            "grad_underflow": h.float8_grad_underflow[small],
+            "underflow": h.float8_underflow[small],
+            "overflow_big": h.float8_overflow[big],
         }
         out["step"] = h.step
     return out
@@ -303,6 +312,31 @@ def claims(numbers: dict) -> list[sk.Claim]:
             and bool((vs_base[F8_NONE] > 3).all()),
         )
     )
+    g_none = np.asarray(f8[F8_NONE]["grad_underflow"], np.float64)
+    g_del = np.asarray(f8[F8_DELAYED]["grad_underflow"], np.float64)
+    o_none = np.asarray(f8[F8_NONE]["overflow_big"], np.float64)
+    o_del = np.asarray(f8[F8_DELAYED]["overflow_big"], np.float64)
+    e4m3 = sk.limits("float8_e4m3fn")
+    result.append(
+        sk.Claim(
+            claim="The per-block float8 census: without scaling e5m2 flushes the output "
+            "gradients of every block to 0, and with weights × "
+            f"{cfg.f8_big:g} the deep blocks' inputs overflow e4m3 (saturate); delayed scaling "
+            "removes both from its second step",
+            theory=f"unscaled, a gradient below e5m2's subnormal {e5m2.smallest_subnormal:.1e} "
+            f"is 0 and an input above e4m3's largest {e4m3.max:g} saturates; the block inputs "
+            f"grow like {cfg.f8_big:g}^l; delayed scaling divides by the last steps' amax",
+            measured="gradient underflow per block after step 0, no scaling: "
+            f"{_fmt(np.nanmean(g_none[:, 1:], axis=(0, 1)), 2)}, delayed: "
+            f"{_fmt(np.nanmean(g_del[:, 1:], axis=(0, 1)), 2)}; forward overflow per block at "
+            f"step 0, no scaling: {_fmt(np.nanmean(o_none[:, 0], axis=0), 2)}, delayed after "
+            f"step 0: {_fmt(np.nanmean(o_del[:, 1:], axis=(0, 1)), 2)}",
+            passed=bool((np.nanmean(g_none[:, 1:], axis=(0, 1)) > 0.5).all())
+            and bool((np.nanmean(g_del[:, 1:], axis=(0, 1)) < 0.2).all())
+            and bool(np.nanmean(o_none[:, 0], axis=0)[-1] > 0.05)
+            and bool(np.nanmax(o_del[:, 1:]) < 0.01),
+        )
+    )
     result.append(
         sk.Claim(
             claim="float8 with delayed scaling (amax history) trains close to bfloat16",
@@ -356,10 +390,16 @@ def _spoil_float8_none(n):
     return 5
 
 
+def _spoil_float8_census(n):
+    f8 = n["float8"]
+    f8[F8_DELAYED]["overflow_big"] = np.asarray(f8[F8_NONE]["overflow_big"]).tolist()
+    return 6
+
+
 def _spoil_float8_delayed(n):
     f8 = n["float8"]
     f8[F8_DELAYED]["final_loss"] = list(np.asarray(f8[F8_BASE]["final_loss"], np.float64) * 2)
-    return 6
+    return 7
 
 
 SPOILERS = (
@@ -369,6 +409,7 @@ SPOILERS = (
     _spoil_kahan,
     _spoil_stochastic,
     _spoil_float8_none,
+    _spoil_float8_census,
     _spoil_float8_delayed,
 )
 
@@ -379,8 +420,8 @@ def figure(numbers: dict, out_dir: pathlib.Path) -> None:
     cases = numbers["cases"]
     step = np.asarray(numbers["step"])
     colours = {c[0]: c[2] for c in CASES}
-    fig, axes = plt.subplots(2, 3, figsize=(21, 11.5), layout="constrained")
-    (ax_a, ax_b, ax_c), (ax_d, ax_e, ax_f) = axes
+    fig, axes = plt.subplots(3, 3, figsize=(21, 17), layout="constrained")
+    (ax_a, ax_b, ax_c), (ax_d, ax_e, ax_f), (ax_g, ax_h, ax_i) = axes
 
     for label, c in cases.items():
         loss = np.asarray(c["loss"], np.float64)
@@ -476,11 +517,46 @@ def figure(numbers: dict, out_dir: pathlib.Path) -> None:
         "delayed scaling (no amax history at step 0) scales them into range",
     )
     ax_f.legend(frameon=False, fontsize=9, title=f"final loss / bfloat16's: {finals}")
+    blocks = np.arange(1, cfg.f8_depth + 1)
+    census = (
+        (
+            ax_g,
+            "grad_underflow",
+            slice(1, None),
+            "e5m2 gradient underflow after step 0",
+            "(g) per block: the fraction of output gradients e5m2 flushes to 0",
+        ),
+        (
+            ax_h,
+            "overflow_big",
+            slice(0, 1),
+            "e4m3 input/weight overflow at step 0",
+            f"(h) per block, weights × {cfg.f8_big:g}: the fraction of operands e4m3 saturates",
+        ),
+        (
+            ax_i,
+            "underflow",
+            slice(1, None),
+            "e4m3 input/weight underflow after step 0",
+            "(i) per block: the fraction of nonzero operands e4m3 flushes to 0",
+        ),
+    )
+    for ax, key, records, ylabel, title in census:
+        for k, (label, c) in enumerate((k, f8[k]) for k in (F8_NONE, F8_DELAYED)):
+            v = np.nanmean(np.asarray(c[key], np.float64)[:, records], axis=(0, 1))
+            ax.bar(blocks + (k - 0.5) * 0.4, v, 0.4, color=f8_colours[label], label=label)
+        if key == "overflow_big":  # delayed scaling after its first step: the scale has adapted
+            v = np.nanmean(np.asarray(f8[F8_DELAYED][key], np.float64)[:, 1:], axis=(0, 1))
+            ax.plot(blocks + 0.2, v, "k_", ms=14, mew=2, label="delayed, after step 0")
+        ax.set_xticks(blocks, [f"block {b}" for b in blocks])
+        ax.set(ylabel=ylabel, title=title)
+        ax.legend(frameon=False, fontsize=9)
     fig.suptitle(
         f"(a-d): teacher-student regression ({cfg.n} examples), relu MLP {cfg.in_dim}→"
         f"{cfg.width}×{cfg.depth}→{cfg.out_dim}, He init, full-batch Adam, {cfg.seeds} seeds. "
-        f"(e, f): a bfloat16 network of {cfg.f8_depth} dense relu blocks, weights × "
-        f"{cfg.f8_scale:g}.\nEach configuration's seeds are one vmapped stabkit.train call.",
+        f"(e-i): a bfloat16 network of {cfg.f8_depth} dense relu blocks, weights × "
+        f"{cfg.f8_scale:g} (h: × {cfg.f8_big:g}).\nEach configuration's seeds are one vmapped "
+        "stabkit.train call.",
         fontsize=12,
     )
     fig.savefig(pathlib.Path(out_dir) / f"{NAME}.png", dpi=90)

@@ -47,18 +47,41 @@ def _numbers(study):
     f8_step = np.arange(f8_records) * cfg.log_every
     f8_initial = np.array([9e-4, 1.4e-3, 7.5e-4])
 
-    def f8_case(final, zero_first, zero_later):
+    blocks = cfg.f8_depth
+
+    def per_block(first, later):
+        """(seeds, records, blocks): ``first`` at record 0, ``later`` after, every block."""
+        a = np.full((3, f8_records, blocks), float(later))
+        a[:, 0] = first
+        return a.tolist()
+
+    def f8_case(final, zero_first, zero_later, census=None):
         curve = f8_initial[:, None] * (final / f8_initial)[:, None] ** (f8_step / f8_step[-1])
         zero = np.repeat(np.asarray(zero_later, np.float64)[:, None], f8_records, axis=1)
         zero[:, 0] = zero_first
-        return {"loss": curve.tolist(), "final_loss": final.tolist(), "grad_zero": zero.tolist()}
+        g_first, g_later, o_first, o_later = census or (np.nan,) * 4
+        overflow = np.asarray(per_block(o_first, o_later))
+        if census:  # the deep blocks overflow at step 0, the first does not
+            overflow[:, 0, 0] = 0.0
+        return {
+            "loss": curve.tolist(),
+            "final_loss": final.tolist(),
+            "grad_zero": zero.tolist(),
+            "grad_underflow": per_block(g_first, g_later),
+            "underflow": per_block(0.01, 0.01),
+            "overflow_big": overflow.tolist(),
+        }
 
     base = np.array([2.9e-6, 2.5e-6, 1.0e-6])
     first = [0.32, 0.15, 0.32]  # no amax history at step 0: delayed scaling is no scaling
     float8 = {
         study.F8_BASE: f8_case(base, [0.03, 0.026, 0.04], [0.1, 0.06, 0.09]),
-        study.F8_NONE: f8_case(base * np.array([6.5, 5.9, 4.5]), first, [0.9, 0.89, 0.93]),
-        study.F8_DELAYED: f8_case(base * np.array([0.92, 0.93, 0.92]), first, [0.1, 0.06, 0.09]),
+        study.F8_NONE: f8_case(
+            base * np.array([6.5, 5.9, 4.5]), first, [0.9, 0.89, 0.93], (0.6, 0.9, 0.3, 0.3)
+        ),
+        study.F8_DELAYED: f8_case(
+            base * np.array([0.92, 0.93, 0.92]), first, [0.1, 0.06, 0.09], (0.6, 0.05, 0.3, 0.0)
+        ),
     }
     return {
         "config": dataclasses.asdict(cfg),

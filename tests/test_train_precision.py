@@ -67,6 +67,11 @@ def test_float8_block_trains_and_keeps_the_metas_of_blocks_that_did_not_run():
     assert (np.asarray(h.final_loss) < np.asarray(h.loss[:, 0])).all()
     # the per-layer gradient rows hold the trainable arrays only
     assert h.layer_grad_rms.shape == (2, 2, 4)
+    # the per-block float8 census: fractions where a block ran, NaN beyond the run's depth
+    for name in ("float8_underflow", "float8_overflow", "float8_grad_underflow"):
+        v = np.asarray(getattr(h, name))
+        assert v.shape == (2, 2, 2) and np.isnan(v[0, :, 1]).all(), name
+        assert ((v[1] >= 0) & (v[1] <= 1)).all() and (v[0, :, 0] >= 0).all(), name
 
     # One logging window of the run of depth 1, through the kernel's own functions: block 2
     # did not run and keeps its meta; block 1's histories rolled in this window's amaxes.

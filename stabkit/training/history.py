@@ -76,6 +76,15 @@ class History(NamedTuple):
         attn_entropy: ``(R, T, max_depth)`` per block, the mean over heads of the attention
             probabilities' entropy (nats; averaged over batch and queries); NaN likewise. Its
             collapse towards 0 with growing logits is the attention-logit-growth instability.
+        float8_underflow: ``(R, T, max_depth)`` for blocks with ``float8`` products, per block
+            the fraction of the products' inputs and weights (mean over its products) whose
+            nonzero entries the forward format rounded to 0; NaN for other blocks and beyond a
+            run's depth.
+        float8_overflow: ``(R, T, max_depth)`` likewise, the fraction that exceeded the format's
+            largest finite value after scaling (saturated to it).
+        float8_grad_underflow: ``(R, T, max_depth)`` likewise for the output gradients the
+            backward format (e5m2) rounded, from the step's backward pass.
+        float8_grad_overflow: ``(R, T, max_depth)`` likewise, the gradients that saturated.
     """
 
     step: jax.Array
@@ -96,6 +105,10 @@ class History(NamedTuple):
     log_z: jax.Array | None = None
     attn_logit_max: jax.Array | None = None
     attn_entropy: jax.Array | None = None
+    float8_underflow: jax.Array | None = None
+    float8_overflow: jax.Array | None = None
+    float8_grad_underflow: jax.Array | None = None
+    float8_grad_overflow: jax.Array | None = None
 
 
 def _layer_rows(tree: Any) -> list[jax.Array]:
@@ -164,6 +177,7 @@ class Raw(NamedTuple):
     log_z: jax.Array
     taps: Any  # the blocks' taps, stacked (max_depth, ...), None for the MLP
     active: jax.Array  # (max_depth,) bool: the blocks a run uses
+    float8: Any  # the float8 metas after the step (their backward statistics), None leaves if none
 
 
 def _attention(taps: Any, active: jax.Array, wide: Any) -> tuple[jax.Array, jax.Array]:
@@ -181,10 +195,33 @@ def _attention(taps: Any, active: jax.Array, wide: Any) -> tuple[jax.Array, jax.
     )
 
 
+def _per_block(taps: Any, name: str, active: jax.Array, wide: Any) -> jax.Array:
+    """A scalar tap per block ``(max_depth,)``; NaN where a block has none or did not run."""
+    n = active.shape[0]
+    if not taps or name not in taps:
+        return jnp.full((n,), jnp.nan, wide)
+    return jnp.where(active, taps[name].reshape(n).astype(wide), jnp.nan)
+
+
+def _float8_grads(meta: Any, name: str, active: jax.Array, wide: Any) -> jax.Array:
+    """Per block, the mean over its float8 products of a backward statistic of their metas
+    (``g_underflow``...), stacked ``(max_depth,)``; NaN without float8 blocks."""
+    n = active.shape[0]
+    values = [
+        v
+        for path, v in jax.tree_util.tree_leaves_with_path(meta)
+        if getattr(path[-1], "key", None) == name and v.shape[:1] == (n,)
+    ]
+    if not values:
+        return jnp.full((n,), jnp.nan, wide)
+    mean = jnp.mean(jnp.stack([v.reshape(n) for v in values]), axis=0).astype(wide)
+    return jnp.where(active, mean, jnp.nan)
+
+
 def _summarise(raw: Raw, wide: Any) -> tuple:
     """The record of one step, in ``History``'s order after ``step``: loss, gradient norm,
     update norm, layer gradient RMS, census, loss scale, then param norm, lost updates, log Z,
-    attention logit max and entropy."""
+    attention logit max and entropy, float8 underflow and overflow."""
     layer_rms, grad_norm = _layer_stats(
         jax.tree.map(lambda g: g.astype(wide) / raw.scale, raw.grads), wide
     )
@@ -202,4 +239,8 @@ def _summarise(raw: Raw, wide: Any) -> tuple:
         raw.log_z.astype(wide),
         logit_max,
         entropy,
+        _per_block(raw.taps, "float8_underflow", raw.active, wide),
+        _per_block(raw.taps, "float8_overflow", raw.active, wide),
+        _float8_grads(raw.float8, "g_underflow", raw.active, wide),
+        _float8_grads(raw.float8, "g_overflow", raw.active, wide),
     )

@@ -287,7 +287,7 @@ def _window(spec: TrainSpec, carry: tuple, run: Runs, t: jax.Array, x, y, featur
         g_c, new_meta = float8_partition(g_all)  # a float8 meta's cotangent is its next value
         grads = jax.tree.map(lambda g: g.astype(store), g_c)
         updates, opt_state = opt.update(grads, opt_state, trainable)
-        raw = Raw(loss, g_c, updates, scale, trainable, log_z, taps, active)
+        raw = Raw(loss, g_c, updates, scale, trainable, log_z, taps, active, new_meta)
         applied = updates
         if rounding is not None:
             applied, r_state = rounding.update(updates, r_state, trainable)
@@ -473,9 +473,8 @@ def _train_jit(
     final, accuracy, first_bad = jax.vmap(partial(_finish, spec), in_axes=(0, 0, None, None))(
         carry, runs, x, y
     )
-    (loss, gnorm, unorm, layers, cens, scales, pnorm, lost, log_z, lmax, ent, bad, absorbed) = (
-        records
-    )
+    *summary, bad, absorbed = records
+    loss, gnorm, unorm, layers, cens, scales, pnorm, lost, log_z, lmax, ent, *float8 = summary
     return History(
         step=jnp.arange(n_logs, dtype=jnp.int32) * spec.log_every,
         loss=loss,
@@ -495,4 +494,5 @@ def _train_jit(
         log_z=log_z,
         attn_logit_max=lmax,
         attn_entropy=ent,
+        **dict(zip(History._fields[-4:], float8, strict=True)),
     )
