@@ -319,20 +319,20 @@ def claims(numbers: dict) -> list[sk.Claim]:
     e4m3 = sk.limits("float8_e4m3fn")
     result.append(
         sk.Claim(
-            claim="The per-block float8 census: without scaling e5m2 flushes the output "
-            "gradients of every block to 0, and with weights × "
-            f"{cfg.f8_big:g} the deep blocks' inputs overflow e4m3 (saturate); delayed scaling "
-            "removes both from its second step",
+            claim="The per-block float8 census: without scaling e5m2 flushes the nonzero output "
+            "gradients of the blocks nearest the loss (the blocks before them receive exact "
+            f"zeros), and with weights × {cfg.f8_big:g} the deep blocks' inputs overflow e4m3 "
+            "(saturate); delayed scaling removes both from its second step",
             theory=f"unscaled, a gradient below e5m2's subnormal {e5m2.smallest_subnormal:.1e} "
             f"is 0 and an input above e4m3's largest {e4m3.max:g} saturates; the block inputs "
             f"grow like {cfg.f8_big:g}^l; delayed scaling divides by the last steps' amax",
-            measured="gradient underflow per block after step 0, no scaling: "
+            measured="nonzero gradients flushed per block after step 0, no scaling: "
             f"{_fmt(np.nanmean(g_none[:, 1:], axis=(0, 1)), 2)}, delayed: "
             f"{_fmt(np.nanmean(g_del[:, 1:], axis=(0, 1)), 2)}; forward overflow per block at "
             f"step 0, no scaling: {_fmt(np.nanmean(o_none[:, 0], axis=0), 2)}, delayed after "
             f"step 0: {_fmt(np.nanmean(o_del[:, 1:], axis=(0, 1)), 2)}",
-            passed=bool((np.nanmean(g_none[:, 1:], axis=(0, 1)) > 0.5).all())
-            and bool((np.nanmean(g_del[:, 1:], axis=(0, 1)) < 0.2).all())
+            passed=bool(np.nanmean(g_none[:, 1:], axis=(0, 1))[-1] > 0.1)
+            and bool((np.nanmean(g_del[:, 1:], axis=(0, 1)) < 0.02).all())
             and bool(np.nanmean(o_none[:, 0], axis=0)[-1] > 0.05)
             and bool(np.nanmax(o_del[:, 1:]) < 0.01),
         )
@@ -524,14 +524,16 @@ def figure(numbers: dict, out_dir: pathlib.Path) -> None:
             "grad_underflow",
             slice(1, None),
             "e5m2 gradient underflow after step 0",
-            "(g) per block: the fraction of output gradients e5m2 flushes to 0",
+            "(g) per block: the fraction of nonzero output gradients e5m2 flushes to 0\n"
+            "(the blocks before the flushed ones receive exact zeros)",
         ),
         (
             ax_h,
             "overflow_big",
             slice(0, 1),
-            "e4m3 input/weight overflow at step 0",
-            f"(h) per block, weights × {cfg.f8_big:g}: the fraction of operands e4m3 saturates",
+            "e4m3 input/weight overflow",
+            f"(h) per block, weights × {cfg.f8_big:g}: the fraction of operands e4m3 saturates\n"
+            "(delayed scaling: its first step has no history, it is no scaling)",
         ),
         (
             ax_i,
@@ -547,10 +549,12 @@ def figure(numbers: dict, out_dir: pathlib.Path) -> None:
             ax.bar(blocks + (k - 0.5) * 0.4, v, 0.4, color=f8_colours[label], label=label)
         if key == "overflow_big":  # delayed scaling after its first step: the scale has adapted
             v = np.nanmean(np.asarray(f8[F8_DELAYED][key], np.float64)[:, 1:], axis=(0, 1))
-            ax.plot(blocks + 0.2, v, "k_", ms=14, mew=2, label="delayed, after step 0")
+            ax.bar(blocks + 0.5 * 0.4, v, 0.4, color="k", label="delayed, after step 0")
+            ax.legend(frameon=False, fontsize=9, title="step 0 unless said")
         ax.set_xticks(blocks, [f"block {b}" for b in blocks])
         ax.set(ylabel=ylabel, title=title)
-        ax.legend(frameon=False, fontsize=9)
+        if key != "overflow_big":
+            ax.legend(frameon=False, fontsize=9)
     fig.suptitle(
         f"(a-d): teacher-student regression ({cfg.n} examples), relu MLP {cfg.in_dim}→"
         f"{cfg.width}×{cfg.depth}→{cfg.out_dim}, He init, full-batch Adam, {cfg.seeds} seeds. "
