@@ -185,6 +185,15 @@ def test_bad_fix_values(spec, kwargs, match):
         make_runs(spec, **kwargs)
 
 
+def test_unknown_fix_is_named(spec):
+    with pytest.raises(TypeError, match="no run field or fix 'zloss'.*z_loss"):
+        make_runs(spec, zloss=1e-4)
+    with pytest.raises(TypeError, match="no option 'qk_layernorm'"):
+        sk.block("attention", qk_layernorm=True)
+    with pytest.raises(ValueError, match="float8"):
+        sk.block("conv1d", float8="delayed")
+
+
 def test_bad_specs():
     with pytest.raises(ValueError, match="schedule"):
         sk.TrainSpec(TASK, max_depth=1, block=BLOCK, schedule="exponential")

@@ -248,6 +248,7 @@ def make_runs(
     weight_decay: Any = 0.0,
     softcap: Any = 0.0,
     product: bool = True,
+    **unknown: Any,
 ) -> Runs:
     """The runs to train: every combination of the values given (``product=True``), or zipped.
 
@@ -258,8 +259,8 @@ def make_runs(
     are broadcast against each other (lists of one length, or single values).
 
     Raises:
-        TypeError: a value of the wrong type (a float depth, a non-numeric scale), a non-bool
-            ``product``; an ``activation`` or ``init`` that is not a name (an index).
+        TypeError: an unknown keyword (a fix stabkit does not have, a misspelt field); a value
+            of the wrong type (a float depth, a non-numeric scale), a non-bool ``product``; an ``activation`` or ``init`` that is not a name (an index).
         ValueError: a depth outside 1..max_depth; a scale that is not finite, larger than the
             largest finite value of the run's dtypes or flushed to 0 in float32; a learning rate
             that is not > 0 or out of float32's normal range; a seed outside 0..2**31 - 1; an
@@ -281,6 +282,13 @@ def make_runs(
         ...
         ValueError: seed=1099511627776 is out of range: seeds are int32, valid 0..2147483647
     """
+    if unknown:
+        name = sorted(unknown)[0]
+        raise TypeError(
+            f"make_runs has no run field or fix {name!r}; valid: {', '.join(Runs._fields)}, "
+            "product (qk-layernorm is the block's: block('attention', qk_norm=True); the "
+            "schedule and the rounding rule are the spec's: TrainSpec(schedule=, rounding=))"
+        )
     if not isinstance(spec, TrainSpec):
         raise TypeError(f"spec must be a TrainSpec, got {type(spec).__name__}")
     product = strict_bool(product, "product")
