@@ -186,7 +186,7 @@ def test_bad_fix_values(spec, kwargs, match):
 
 
 def test_unknown_fix_is_named(spec):
-    with pytest.raises(TypeError, match="no run field or fix 'zloss'.*z_loss"):
+    with pytest.raises(TypeError, match=r"no run field or fix 'zloss'.*z_loss"):
         make_runs(spec, zloss=1e-4)
     with pytest.raises(TypeError, match="no option 'qk_layernorm'"):
         sk.block("attention", qk_layernorm=True)

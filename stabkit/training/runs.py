@@ -260,7 +260,8 @@ def make_runs(
 
     Raises:
         TypeError: an unknown keyword (a fix stabkit does not have, a misspelt field); a value
-            of the wrong type (a float depth, a non-numeric scale), a non-bool ``product``; an ``activation`` or ``init`` that is not a name (an index).
+            of the wrong type (a float depth, a non-numeric scale), a non-bool ``product``; an
+            ``activation`` or ``init`` that is not a name (an index).
         ValueError: a depth outside 1..max_depth; a scale that is not finite, larger than the
             largest finite value of the run's dtypes or flushed to 0 in float32; a learning rate
             that is not > 0 or out of float32's normal range; a seed outside 0..2**31 - 1; an
