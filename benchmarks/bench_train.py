@@ -12,7 +12,8 @@ Z, norms, lost updates, census).
 
 Timed end to end (compilation included: JAX's caches cleared first, no persistent cache) and
 warm (a second call). Target (issue 15): at least 10x end to end for N >= 64 on 2 CPU cores.
-Run: ``python benchmarks/bench_train.py [--runs 64] [--steps 100]``; prints a table and writes
+Run: ``python benchmarks/bench_train.py [--runs 64] [--steps 100] [--width 16] [--seq-len 16]
+[--batch 16]``; prints a table and writes
 ``benchmarks/results/bench_train.json``.
 """
 
@@ -34,18 +35,18 @@ from stabkit.training import make_runs, markov_sequences, train
 LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 
 
-def _spec(steps: int) -> sk.TrainSpec:
-    task = markov_sequences(jax.random.key(0), n=256, seq_len=16, vocab=8)
+def _spec(steps: int, width: int = 16, seq_len: int = 16, batch: int = 16) -> sk.TrainSpec:
+    task = markov_sequences(jax.random.key(0), n=256, seq_len=seq_len, vocab=8)
     return sk.TrainSpec(
         task,
         max_depth=2,
-        width=16,
+        width=width,
         block=sk.block("attention", heads=2, causal=True, mlp=True, norm="layer"),
         final_norm="layer",
         optimizer="adam",
         steps=steps,
         log_every=10,
-        batch_size=16,
+        batch_size=batch,
     )
 
 
@@ -64,11 +65,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=64)
     ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument(
         "--out", default=str(pathlib.Path(__file__).parent / "results/bench_train.json")
     )
     args = ap.parse_args()
-    spec = _spec(args.steps)
+    spec = _spec(args.steps, args.width, args.seq_len, args.batch)
     runs = _runs(spec, args.runs)
     n = int(runs.lr.shape[0])
 
@@ -103,13 +107,19 @@ def main() -> None:
         ("speed-up warm", f"{loop_warm / grid_warm:.1f}x"),
         ("max rel. difference of final losses", f"{worst:.1e} (same non-finite runs: {same_nan})"),
     ]
-    print(f"{n} transformers, {args.steps} steps each")
+    print(
+        f"{n} transformers (width {args.width}, {args.seq_len} positions, batches of "
+        f"{args.batch}), {args.steps} steps each"
+    )
     width = max(len(r[0]) for r in rows)
     for r in rows:
         print(f"{r[0]:<{width}}  {r[1]}")
     record = {
         "runs": n,
         "steps": args.steps,
+        "width": args.width,
+        "seq_len": args.seq_len,
+        "batch": args.batch,
         "grid_seconds": grid_e2e,
         "grid_warm_seconds": grid_warm,
         "loop_seconds": loop_e2e,
