@@ -41,9 +41,9 @@ One concept a file: :mod:`~stabkit.fixes.norms` (:func:`all_finite`, :func:`safe
 :mod:`~stabkit.fixes.loss_scale` (:class:`DynamicLossScale`, :class:`LossScaleState`,
 :class:`LossScalingState`, :func:`loss_scaling`, :func:`loss_scale_of`),
 :mod:`~stabkit.fixes.kahan` (:func:`kahan_summation`, :class:`KahanState`),
-:mod:`~stabkit.fixes.stochastic_rounding` (:func:`stochastic_rounding`,
+:mod:`~stabkit.fixes.stochastic` (:func:`stochastic_rounding`,
 :func:`stochastic_round`, :class:`StochasticRoundingState`),
-:mod:`~stabkit.fixes.master_weights` (:func:`master_weights`, :class:`MasterWeightsState`) and
+:mod:`~stabkit.fixes.master` (:func:`master_weights`, :class:`MasterWeightsState`) and
 :mod:`~stabkit.fixes.stagnation` (:func:`lost_updates`, :func:`update_stagnation`). The
 overflow-free norm's power-of-two scaling is :func:`stabkit._numerics.pow2`.
 
@@ -62,11 +62,11 @@ from stabkit.fixes.loss_scale import (
     loss_scale_of,
     loss_scaling,
 )
-from stabkit.fixes.master_weights import MasterWeightsState, master_weights
+from stabkit.fixes.master import MasterWeightsState, master_weights
 from stabkit.fixes.norms import all_finite, safe_global_norm
 from stabkit.fixes.skipping import SkipState, skip_nonfinite
 from stabkit.fixes.stagnation import lost_updates, update_stagnation
-from stabkit.fixes.stochastic_rounding import (
+from stabkit.fixes.stochastic import (
     StochasticRoundingState,
     stochastic_round,
     stochastic_rounding,

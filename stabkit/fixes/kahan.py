@@ -8,7 +8,7 @@ ResNets in pure bfloat16 this way).
 
 ``_check_params`` (the update's params are required, floating, shaped like the updates) and
 ``_wide`` (the dtype the arithmetic runs in) are shared with
-:mod:`stabkit.fixes.stochastic_rounding`, :mod:`stabkit.fixes.master_weights` and
+:mod:`stabkit.fixes.stochastic`, :mod:`stabkit.fixes.master` and
 :mod:`stabkit.fixes.stagnation`.
 
 References:
