@@ -101,7 +101,9 @@ _LONGEST_FIRST = (
     "tests/test_train.py",  # ~105 s
     "tests/test_softmax.py",  # ~100 s
     "tests/test_trace.py",  # ~95 s CPU
+    "tests/test_train_transformer.py",  # ~90 s CPU (loaded): transformer + bfloat16 kernels
     "tests/test_seed_rule.py",  # ~75 s CPU
+    "tests/test_train_precision.py",  # ~70 s CPU (loaded): three roundings, a float8 network
     "tests/test_nets.py",  # ~65 s CPU
     "tests/test_inspect_interop.py",  # ~60 s CPU
     "tests/test_networks.py",  # ~60 s CPU
@@ -110,6 +112,8 @@ _LONGEST_FIRST = (
     "tests/test_inspect_mlp.py",  # ~50 s CPU
     "tests/test_theory.py",
     "tests/test_attention_block.py",  # ~40 s CPU
+    "tests/test_low_precision_updates.py",  # ~37 s (loaded)
+    "tests/test_float8.py",  # ~33 s (loaded)
     "tests/test_normalization.py",  # ~30 s
     "tests/test_conv_block.py",
     "tests/test_train_blocks.py",
