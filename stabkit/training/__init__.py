@@ -1,4 +1,4 @@
-"""Train many MLPs at once with any optax optimizer, record the history, tell explode from vanish.
+"""Train many networks at once with any optax optimizer, record the history, diagnose the run.
 
 The note names what a researcher sees while training: **exploding** gradients make the loss
 unstable and then NaN (overflow); **vanishing** gradients leave the loss large and nearly unchanged
@@ -8,11 +8,16 @@ and recognises them from the run's history. Where each part lives:
 ========================= ==================================================================
 ``tasks.py``              :class:`Task` and the tasks that need no download,
                           :func:`teacher_student` and :func:`teacher_classification`
-``optimizers.py``         the optimizer registry (:func:`optimizer_names`) and the chain of
-                          fixes a spec wraps around the optimizer
+``sequences.py``          the next-token task :func:`markov_sequences` and its exact optimum
+                          :func:`markov_entropy`
+``optimizers.py``         the optimizer registry (:func:`optimizer_names`), the chain of
+                          fixes a spec wraps around the optimizer (schedule, independent
+                          weight decay, clipping, skipping, loss scaling) and its rounding
+                          rule
 ``spec.py``               :class:`TrainSpec`, what one compilation serves
 ``runs.py``               :class:`Runs` and :func:`make_runs`, the configurations trained
-``loop.py``               the training kernel :func:`train` and the :class:`History` it records
+``history.py``            the :class:`History` :func:`train` records and one record's statistics
+``loop.py``               the training kernel :func:`train`
 ``diagnosis.py``          :func:`diagnose` and its :class:`Diagnosis`
 ``trainability.py``       the trainable-depth study :func:`trainability_grid`, :class:`Trainability`
 ========================= ==================================================================
@@ -37,8 +42,15 @@ and recognises them from the run's history. Where each part lives:
   the loss and the records are then float64 too.
 * The fixes of :mod:`stabkit.fixes` are switches: ``clip_norm``, ``max_consecutive_skips`` and
   ``loss_scale``; any other optax transformation goes in through ``optimizer``.
-* :func:`diagnose` returns a verdict per run, ``"exploding"``, ``"vanishing"`` or ``"healthy"``,
-  with its evidence.
+* Small transformers: a task with a sequence axis (:func:`markov_sequences`) and
+  ``block=stabkit.block("attention", causal=True, ...)``; the transformer fixes are per-run data
+  (``make_runs(warmup=, z_loss=, weight_decay=, softcap=)``), qk-layernorm is the block's, and
+  the records add the attention logits' maximum and entropy per block and the output
+  log-partition. Low precision: ``TrainSpec(rounding="kahan" | "stochastic")``,
+  ``History.lost_updates`` and, for ``float8`` blocks, the per-block float8 census.
+* :func:`diagnose` returns a verdict per run, ``"exploding"``, ``"vanishing"``, ``"healthy"``
+  (and for transformers ``"attention_logit_growth"``, ``"output_logit_divergence"``,
+  ``"loss_spike"``), with its evidence.
 
 Examples:
     The note's cases in one call, 30 hidden layers each: :math:`W = 1.5 I` and :math:`W = 0.5 I`
