@@ -57,6 +57,7 @@ from stabkit.fixes import (
     SkipState,
     StochasticRoundingState,
     all_finite,
+    independent_weight_decay,
     kahan_summation,
     loss_scale_of,
     loss_scaling,
@@ -69,7 +70,6 @@ from stabkit.fixes import (
     stochastic_rounding,
     update_stagnation,
 )
-from stabkit.fixes.weight_decay import independent_weight_decay
 from stabkit.init import InitRule, get_initializer, init_rule, initializer_names
 from stabkit.inspection import Origin, Report, inspect
 from stabkit.losses import loss_names

@@ -34,6 +34,8 @@ a NamedTuple state) that composes with any optimizer, under ``jit`` and ``vmap``
 * :func:`lost_updates` and :func:`update_stagnation`: weight-update stagnation, the count (per
   array) and the fraction (per leaf) of nonzero updates that rounding to the weight's dtype
   loses.
+* :func:`independent_weight_decay`: weight decay scaled by the schedule's multiplier but not by
+  the learning rate (Wortsman et al. 2023), chained after any optimizer.
 
 One concept a file: :mod:`~stabkit.fixes.norms` (:func:`all_finite`, :func:`safe_global_norm`),
 :mod:`~stabkit.fixes.clipping` (:func:`safe_clip_by_global_norm`),
@@ -43,8 +45,9 @@ One concept a file: :mod:`~stabkit.fixes.norms` (:func:`all_finite`, :func:`safe
 :mod:`~stabkit.fixes.kahan` (:func:`kahan_summation`, :class:`KahanState`),
 :mod:`~stabkit.fixes.stochastic` (:func:`stochastic_rounding`,
 :func:`stochastic_round`, :class:`StochasticRoundingState`),
-:mod:`~stabkit.fixes.master` (:func:`master_weights`, :class:`MasterWeightsState`) and
-:mod:`~stabkit.fixes.stagnation` (:func:`lost_updates`, :func:`update_stagnation`). The
+:mod:`~stabkit.fixes.master` (:func:`master_weights`, :class:`MasterWeightsState`),
+:mod:`~stabkit.fixes.stagnation` (:func:`lost_updates`, :func:`update_stagnation`) and
+:mod:`~stabkit.fixes.weight_decay` (:func:`independent_weight_decay`). The
 overflow-free norm's power-of-two scaling is :func:`stabkit._numerics.pow2`.
 
 References:
@@ -71,9 +74,11 @@ from stabkit.fixes.stochastic import (
     stochastic_round,
     stochastic_rounding,
 )
+from stabkit.fixes.weight_decay import IndependentWeightDecayState, independent_weight_decay
 
 __all__ = [
     "DynamicLossScale",
+    "IndependentWeightDecayState",
     "KahanState",
     "LossScaleState",
     "LossScalingState",
@@ -81,6 +86,7 @@ __all__ = [
     "SkipState",
     "StochasticRoundingState",
     "all_finite",
+    "independent_weight_decay",
     "kahan_summation",
     "loss_scale_of",
     "loss_scaling",

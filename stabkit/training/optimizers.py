@@ -18,8 +18,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from stabkit.fixes import loss_scaling, safe_clip_by_global_norm, skip_nonfinite
-from stabkit.fixes.weight_decay import independent_weight_decay
+from stabkit.fixes import (
+    independent_weight_decay,
+    loss_scaling,
+    safe_clip_by_global_norm,
+    skip_nonfinite,
+)
 
 if TYPE_CHECKING:  # only an annotation: spec.py imports this module
     from stabkit.training.spec import TrainSpec
