@@ -4,8 +4,12 @@ Standard grid: activations linear, relu, tanh, sigmoid x 16 depths (4..64) x 8 s
 (0.5..2.0) x 4 seeds = 2048 configs, width 64, batch 128, float32, gaussian init, forward and
 backward statistics. Measured in one run, each against a baseline measured in the same run:
 
-* end to end, compile included: ``sweep`` vs one ``jit`` of ``trace(mlp_init(...))`` per (depth,
-  activation) and a Python loop over scales and seeds (the same statistics);
+* against the loop a JAX user writes for the same grid and statistics: one
+  ``jit(vmap(trace(mlp_init(...))))`` per (activation, depth), vmapped over its 32 (scale, seed)
+  configs: end to end (compile included) and warm (every jit compiled; the fastest of
+  ``repeats`` runs, interleaved with the sweep's warm runs so both see the same load);
+* against the naive loop: one ``jit`` of ``trace(mlp_init(...))`` per (activation, depth) and a
+  Python loop over scales and seeds, end to end;
 * useful FLOP/s (the three matrix products of each config's own depth + 1 layers: forward,
   backward to the input, backward to the weights) vs the dense matmul peak and vs the batched
   matmul ``(chunk, 128, 64) @ (chunk, 64, 64)`` that the sweep runs;
@@ -16,8 +20,9 @@ backward statistics. Measured in one run, each against a baseline measured in th
 * resident memory of a 1,000,000-config streamed sweep (tiny nets, ``out=``) in a subprocess,
   sampled every 50 ms: its growth over the warmed-up runtime, against ``memory_budget``.
 
-Run: ``python benchmarks/bench_sweep.py [--loop-fraction F] [--skip-million]``. Prints a table and
-writes ``benchmarks/results/bench_sweep.json``.
+Run: ``python benchmarks/bench_sweep.py [--loop-fraction F] [--skip-million] [--skip-extra]``
+(``--skip-extra``: only the ratios against the two loops and the matmul share). Prints a table
+and writes ``benchmarks/results/bench_sweep.json``.
 
 On a GPU or TPU it runs unchanged: every kernel goes to ``jax.devices()`` (the sweep shards its
 configs over all of them), the chunk is planned for the device (the cache-sized cap applies on
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -89,12 +95,23 @@ def useful_flops(cfg: Config) -> float:
 
 
 def bench_sweep(cfg: Config) -> dict:
+    """The sweep and the jit(vmap)-per-(activation, depth) loop: first run (compile included),
+    then warm runs of each, interleaved (shared cores: both see the same load)."""
     spec = _spec(cfg)
     first = _timed(lambda: sk.sweep(spec, progress=False))
-    warm = [_timed(lambda: sk.sweep(spec, progress=False)) for _ in range(cfg.repeats)]
+    fns = _vmap_pairs(cfg)
+    vmap_first = _timed(lambda: _run_all(fns))
+    warm, vmap_warm = [], []
+    for _ in range(cfg.repeats):
+        warm.append(_timed(lambda: sk.sweep(spec, progress=False)))
+        vmap_warm.append(_timed(lambda: _run_all(fns)))
+    ratios = [v / s for v, s in zip(vmap_warm, warm, strict=True)]
     # The fastest run is the least disturbed by other work on the machine (shared cores).
     return {"configs": spec.n_configs, "first_s": first, "warm_s": min(warm),
-            "warm_median_s": statistics.median(warm), "warm_all_s": warm}  # fmt: skip
+            "warm_median_s": statistics.median(warm), "warm_all_s": warm,
+            "vmap_first_s": vmap_first, "vmap_warm_s": min(vmap_warm),
+            "vmap_warm_all_s": vmap_warm, "warm_ratio_min": min(vmap_warm) / min(warm),
+            "warm_ratio_each_run": ratios}  # fmt: skip
 
 
 def bench_loop(cfg: Config, fraction: float) -> dict:
@@ -119,6 +136,29 @@ def bench_loop(cfg: Config, fraction: float) -> dict:
     seconds = _timed(run)
     return {"pairs_run": len(pairs), "fraction": len(pairs) * step / (len(cfg.depths) * 4),
             "seconds_measured": seconds, "seconds": seconds * step}  # fmt: skip
+
+
+def _vmap_pairs(cfg: Config) -> list:
+    """One ``jit(vmap(trace(mlp_init)))`` per (activation, depth), over the (scale, seed) grid."""
+    x = sk.sweep_input(0, cfg.batch, cfg.width, "float32")
+    scale, seed = np.meshgrid(np.asarray(cfg.scales, np.float32), np.arange(cfg.seeds))
+    scale = jnp.asarray(scale.ravel())
+    keys = jax.vmap(jax.random.key)(jnp.asarray(seed.ravel(), jnp.uint32))
+    out = []
+    for act in cfg.activations:
+        for depth in cfg.depths:
+
+            def one(key, scale, depth=depth, act=act):
+                p = sk.mlp_init(key, depth=depth, width=cfg.width, init=cfg.init, scale=scale)
+                return sk.trace(p, x, activation=act)
+
+            out.append(functools.partial(jax.jit(jax.vmap(one)), keys, scale))
+    return out
+
+
+def _run_all(fns) -> None:
+    for f in fns:
+        jax.block_until_ready(f())
 
 
 def _rate(fn, args, flops: float, repeats: int = 10) -> float:
@@ -255,13 +295,36 @@ def bench_million(cfg: Config) -> dict:
     return r
 
 
+def _commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=pathlib.Path(__file__).parent,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loop-fraction", type=float, default=1.0,
-                        help="run this fraction of the loop's (depth, activation) jits and scale "
-                        "its time up (1.0: all 64)")  # fmt: skip
+                        help="run this fraction of the naive loop's (depth, activation) jits and "
+                        "scale its time up (1.0: all 64)")  # fmt: skip
     parser.add_argument("--skip-million", action="store_true")
+    parser.add_argument(
+        "--skip-extra",
+        action="store_true",
+        help="only the ratios against the two loops and the matmul share",
+    )
     parser.add_argument("--only-million", action="store_true")
+    parser.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=pathlib.Path(__file__).parent / "results" / "bench_sweep.json",
+    )
     args = parser.parse_args()
     cfg = Config()
     sk.probe()  # measured once, outside every timing
@@ -269,37 +332,59 @@ def main() -> None:
         print(json.dumps(bench_million(cfg), indent=1))
         return
 
+    load_before = os.getloadavg()
     sweep = bench_sweep(cfg)
     loop = bench_loop(cfg, args.loop_fraction)
     spec = _spec(cfg)
     block = spec.n_configs // len(cfg.activations)
     chunk = _plan_chunk(spec, "float32", cfg.width, block, len(jax.devices()), None, 2**30)
-    mm = bench_matmul(cfg, chunk)
+    dots = bench_dots(cfg, chunk)
+    extra = not args.skip_extra
+    mm = bench_matmul(cfg, chunk) if extra else None
     flops = useful_flops(cfg)
     rate = flops / sweep["warm_s"]
-    dots = bench_dots(cfg, chunk)
-    compile_ = bench_compile(cfg)
-    million = None if args.skip_million else bench_million(cfg)
-
+    compile_ = bench_compile(cfg) if extra else None
+    million = None if args.skip_million or not extra else bench_million(cfg)
+    ratios = {
+        "vmap_loop_end_to_end": sweep["vmap_first_s"] / sweep["first_s"],
+        "vmap_loop_warm": sweep["warm_ratio_min"],
+        "vmap_loop_warm_each_run": sweep["warm_ratio_each_run"],
+        "config_loop_end_to_end": loop["seconds"] / sweep["first_s"],
+        "matmul_share_of_warm_sweep": dots["share_of_warm_sweep"],
+    }
+    each = ", ".join(f"{r:.2f}" for r in ratios["vmap_loop_warm_each_run"])
     rows = [
         ("configs", f"{sweep['configs']}"),
         ("sweep, compile included", f"{sweep['first_s']:.2f} s"),
         ("sweep, warm (fastest run)", f"{sweep['warm_s']:.2f} s"),
-        ("loop of jits (per depth, activation)", f"{loop['seconds']:.2f} s"
+        ("jit(vmap) per (activation, depth), compile incl.", f"{sweep['vmap_first_s']:.2f} s"),
+        ("jit(vmap) per (activation, depth), warm", f"{sweep['vmap_warm_s']:.2f} s"),
+        ("jit per (activation, depth), loop over configs", f"{loop['seconds']:.2f} s"
          + ("" if loop["fraction"] == 1 else f" (scaled from {loop['fraction']:.2f})")),
-        ("speedup, compile included", f"{loop['seconds'] / sweep['first_s']:.1f}x"),
+        ("speedup vs jit(vmap) loop, compile included",
+         f"{ratios['vmap_loop_end_to_end']:.1f}x (target 20x)"),
+        ("speedup vs jit(vmap) loop, warm",
+         f"{ratios['vmap_loop_warm']:.2f}x (runs: {each}; target 2x)"),
+        ("speedup vs per-config loop, compile included",
+         f"{ratios['config_loop_end_to_end']:.1f}x (target 20x)"),
         ("useful FLOP/s of the sweep", f"{rate / 1e9:.1f} GFLOP/s"),
-        ("dense matmul peak", f"{mm['dense_flops'] / 1e9:.1f} GFLOP/s"),
-        (f"batched matmul, chunk {chunk}", f"{mm['batched_flops'] / 1e9:.1f} GFLOP/s"),
-        ("sweep / dense peak", f"{rate / mm['dense_flops']:.0%}"),
-        ("sweep / batched matmul", f"{rate / mm['batched_flops']:.0%}"),
         ("its matrix products alone (same shapes, trips)", f"{dots['seconds']:.2f} s"),
-        ("  share of the warm sweep", f"{dots['share_of_warm_sweep']:.0%} (the rest: statistics, "
-         "activation, workspace, weights)"),
-        ("compile, 64 depths", f"{compile_['depths_64']:.2f} s"),
-        ("compile, 1 depth", f"{compile_['depths_1']:.2f} s"),
-        ("compile ratio 64 / 1", f"{compile_['ratio']:.2f}"),
+        ("  share of the warm sweep", f"{dots['share_of_warm_sweep']:.0%} (target 50%; the rest: "
+         "statistics, activation, workspace, weights)"),
     ]  # fmt: skip
+    if mm is not None:
+        rows += [
+            ("dense matmul peak", f"{mm['dense_flops'] / 1e9:.1f} GFLOP/s"),
+            (f"batched matmul, chunk {chunk}", f"{mm['batched_flops'] / 1e9:.1f} GFLOP/s"),
+            ("sweep / dense peak", f"{rate / mm['dense_flops']:.0%}"),
+            ("sweep / batched matmul", f"{rate / mm['batched_flops']:.0%}"),
+        ]
+    if compile_ is not None:
+        rows += [
+            ("compile, 64 depths", f"{compile_['depths_64']:.2f} s"),
+            ("compile, 1 depth", f"{compile_['depths_1']:.2f} s"),
+            ("compile ratio 64 / 1", f"{compile_['ratio']:.2f}"),
+        ]
     if million is not None:
         rows += [
             ("1M-config streamed sweep", f"{million['seconds']:.1f} s"),
@@ -308,24 +393,27 @@ def main() -> None:
             ("  peak RSS (runtime included)", f"{million['peak_rss'] / 2**20:.0f} MiB"),
             ("  configs/s", f"{million['configs'] / million['seconds']:.0f}"),
         ]  # fmt: skip
+    rows.append(("load average before / after", f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}"))
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
 
     record = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpus": os.cpu_count(), "load_average": os.getloadavg()},
+                    "cpus": os.cpu_count(), "load_average_before": load_before,
+                    "load_average": os.getloadavg()},
         "jax": jax.__version__,
+        "commit": _commit(),
         "devices": [str(d) for d in jax.devices()],
         "config": dataclasses.asdict(cfg),
+        "ratios": ratios,
         "sweep": sweep, "loop": loop, "matmul": mm, "useful_flops": flops, "dots_alone": dots,
         "useful_flops_per_s": rate, "compile": compile_, "million": million,
         "max_rss_this_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }  # fmt: skip
-    out = pathlib.Path(__file__).parent / "results" / "bench_sweep.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
