@@ -20,6 +20,8 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
+from stabkit.distributed import MAX_PROCESSES, ProcessFailure
+
 #: The most values one ``--depth``/``--width``/``--scale``/``--bias-std``/``--seed`` range may
 #: hold, and the most ``--seeds``. Checked before any list is built: ``--scale 0:1:100000000``
 #: used to run for 84 s into a MemoryError.
@@ -258,7 +260,7 @@ def _check_budget(spec, chunk_size: int | None, memory_budget: int) -> None:
     from stabkit._checks import format_bytes
 
     per, dtype, width = max((spec.config_bytes(d, w), d, w) for d in spec.dtype for w in spec.width)
-    least = 2 * len(jax.devices())  # two configs a device, as stabkit.sweep plans its chunks
+    least = 2 * len(jax.local_devices())  # two configs a device, as stabkit.sweep plans chunks
     if memory_budget < least * per:
         raise ValueError(
             f"--memory-budget={format_bytes(memory_budget)} is below the "
@@ -284,6 +286,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.resume and args.out is None:
         raise ValueError("--resume continues a store: give its path with --out")
+    # Before anything computes (JAX's rule); a user error in the flags is named by its flag.
+    procs = _processes(args)
+    if procs.count > 1 and args.out is None:
+        raise ValueError(
+            f"--num-processes={procs.count}: a sweep on several processes writes one store; give "
+            "--out (a directory every process sees)"
+        )
     check_memory(args.memory_budget, "--memory-budget", args.memory_budget, "a sweep chunk")
     seeds = list(range(1 if args.seeds is None else args.seeds)) if args.seed is None else args.seed
     spec = sk.SweepSpec(
@@ -314,7 +323,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         load_result=False,
     )
     seconds = time.perf_counter() - start
-    if not args.quiet:
+    if not args.quiet and procs.index > 0:
+        print(f"process {procs.index} of {procs.count}: done in {seconds:.1f} s")
+    elif not args.quiet:
         where = f", written to {args.out}" if args.out else ""
         print(f"{spec.n_configs} configs in {seconds:.1f} s{where}")
         if args.out is not None:
@@ -327,6 +338,34 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         vanished = int((ds.first_zero_backward >= 0).sum())
         print(f"{nonfinite} with an inf/NaN signal, {vanished} with a gradient that became 0")
     return 0
+
+
+def _processes(args: argparse.Namespace):
+    """Join the multi-process job of ``--coordinator/--num-processes/--process-id`` (or the one
+    the cluster's environment describes), naming the flag of a bad value."""
+    from stabkit import distributed
+
+    given = (args.coordinator, args.num_processes, args.process_id)
+    flags = ("--coordinator", "--num-processes", "--process-id")
+    alone = args.num_processes == 1 and args.coordinator is None and not args.process_id
+    if any(v is not None for v in given) and None in given and not alone:
+        missing = [f for f, v in zip(flags, given, strict=True) if v is None]
+        raise ValueError(
+            f"{' and '.join(missing)} missing: --coordinator HOST:PORT, --num-processes N and "
+            "--process-id I go together (or give none of them under SLURM, mpirun, Kubernetes "
+            "or a Cloud TPU job)"
+        )
+    if args.process_id is not None and args.process_id >= args.num_processes:
+        raise ValueError(
+            f"--process-id={args.process_id} is out of range for --num-processes="
+            f"{args.num_processes}; valid: 0..{args.num_processes - 1}"
+        )
+    if args.coordinator is not None:
+        try:
+            distributed._check_coordinator(args.coordinator)
+        except ValueError as e:
+            raise ValueError(f"--{e}") from None
+    return distributed.initialize(*given)
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -428,6 +467,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--memory-budget", type=_bytes, default=2**30, help="e.g. 512M (default 1G)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    procs = p.add_argument_group(
+        "several processes",
+        "run one sweep on N processes (hosts or GPUs) writing one --out store; each process runs "
+        "the same command with its own --process-id. Under SLURM (srun), mpirun, Kubernetes or "
+        "a Cloud TPU job these are detected: give none of them.",
+    )
+    procs.add_argument(
+        "--coordinator", metavar="HOST:PORT", help="process 0's host and a free port on it"
+    )
+    procs.add_argument(
+        "--num-processes",
+        type=_int_at_least(1, MAX_PROCESSES),
+        metavar="N",
+        help="processes in the job (1: this process alone, even under SLURM)",
+    )
+    procs.add_argument(
+        "--process-id", type=_int_at_least(0, MAX_PROCESSES - 1), metavar="I", help="0..N-1"
+    )
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser(
@@ -567,6 +624,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except SystemExit as e:  # argparse: --help (0) or an error already printed (2)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except ProcessFailure as e:  # another process of the job stopped: not this one's fault
+        sys.stderr.write(f"{prog}: {_one_line(e)}\n")
+        return 1
     except KeyboardInterrupt:
         hint = ""
         if prog == "stabkit sweep" and getattr(args, "out", None):

@@ -32,9 +32,9 @@ Every config's network is exactly ``mlp_init(jax.random.key(seed), depth=depth, 
 init=init, scale=scale, bias_std=bias_std, dtype=dtype)`` (in_dim = out_dim = width) and its input
 is ``x`` drawn from ``fold_in(key(seed), 2)`` (:func:`sweep_input`): its randomness comes from its
 own seed and coordinates, never from its position, so the result is bit-identical whatever the
-chunk size, the device count or the order of the axis values. Configs that differ only in
-depth, scale, bias or activation share their unit draws (common random numbers: a depth-8 net is a
-prefix of a depth-16 one), which makes depth x scale maps smooth.
+chunk size, the device count, the process count or the order of the axis values. Configs that
+differ only in depth, scale, bias or activation share their unit draws (common random numbers: a
+depth-8 net is a prefix of a depth-16 one), which makes depth x scale maps smooth.
 
 Layers follow :func:`stabkit.trace`: layer 0 is the input, 1..depth the hidden layers,
 ``depth + 1`` the readout; layers beyond a config's ``depth + 1`` are NaN.
@@ -57,13 +57,15 @@ one-axis mesh, no communication between devices), and results are bit-identical 
 device count. That needs care: XLA rewrites ``v / b`` (``b`` broadcast) as ``v * (1 / b)`` in
 some programs and not in others (a program partitioned for several devices is simplified in
 another order), so no statistic divides by a broadcast value; the RMS scales by an exact power of
-two instead. Across hosts (``jax.distributed``) the mesh would span every host, but gathering
-results to process 0 is not written yet: run one sweep per host on a slice of the grid instead.
+two instead.
+
+Processes: on ``N`` processes (``jax.distributed``; :mod:`stabkit.distributed`) each computes
+whole zarr chunks of the store on its own devices, about ``1/N`` of the work, and writes them
+into the one store (:mod:`stabkit.sweeps.processes`); nothing is gathered.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
@@ -77,8 +79,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from stabkit._checks import check_memory, int_values, strict_bool
+from stabkit.distributed import _Group
 from stabkit.sweeps.dataset import _config_bytes, _dataset, _meta, _var_dtype, _var_shape
+from stabkit.sweeps.files import _out_path
 from stabkit.sweeps.kernel import _INIT_KIND, _kernel, _multiplier, _Static
+from stabkit.sweeps.processes import _agree, _end, _shared_store, _split
 from stabkit.sweeps.spec import _INT_VARS, CONFIG_VARS, LAYER_VARS, SweepSpec
 from stabkit.sweeps.store import _check_disk, _Store, load
 
@@ -160,8 +165,9 @@ def _work(spec: SweepSpec):
 
 
 def _check_devices(devices: Any) -> tuple[jax.Device, ...]:
+    """The devices this process splits its chunks over: its own (all of them by default)."""
     if devices is None:
-        return tuple(jax.devices())
+        return tuple(jax.local_devices())
     if isinstance(devices, (str, bytes)) or not isinstance(devices, Sequence):
         raise TypeError(
             f"devices must be a sequence of jax devices (e.g. jax.devices()[:2]) or None, got "
@@ -177,6 +183,12 @@ def _check_devices(devices: Any) -> tuple[jax.Device, ...]:
         raise ValueError(f"devices must be distinct, got {[str(d) for d in out]}")
     if len({d.platform for d in out}) > 1:
         raise ValueError(f"devices must be of one platform, got {[str(d) for d in out]}")
+    foreign = [d for d in out if d.process_index != jax.process_index()]
+    if foreign:
+        raise ValueError(
+            f"devices must be this process's own (jax.local_devices()), got {foreign[0]} of "
+            f"process {foreign[0].process_index}: each process of a sweep uses its own devices"
+        )
     return out
 
 
@@ -190,6 +202,9 @@ def sweep(
     progress: bool = True,
     load_result: bool = True,
     devices: Sequence[jax.Device] | None = None,
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
 ):
     """Trace every configuration of ``spec``; one compiled kernel per (dtype, width).
 
@@ -215,9 +230,21 @@ def sweep(
         progress: a progress bar (configs/s, ETA) on stderr.
         load_result: with ``out``, return the dataset read back (True) or only the path (False:
             a sweep larger than memory streams to disk without ever being held whole).
-        devices: the devices to split each chunk's configs over, distinct and of one platform;
-            default every device JAX sees (``jax.devices()``). The results are the same bit for
-            bit whatever the devices (the dataset's ``devices`` attribute names them).
+        devices: the devices to split each chunk's configs over, distinct, of one platform and
+            this process's own; default every device of this process (``jax.local_devices()``).
+            The results are the same bit for bit whatever the devices (the dataset's
+            ``devices`` attribute names them).
+        coordinator, num_processes, process_id: run on several processes (see
+            :mod:`stabkit.distributed`): process 0's ``"HOST:PORT"``, the process count and this
+            process's index; all ``None``: a SLURM, Open MPI, Kubernetes or Cloud TPU job of
+            several processes is detected, or ``jax.distributed`` already initialized is used;
+            ``num_processes=1``: this process alone. Every process runs the same call; each
+            computes about ``1/N`` of the configs (whole zarr chunks of about equal work) on its
+            own devices and writes them into the one store ``out`` (required, on a file system
+            every process sees). Every process returns once all have finished (the dataset, with
+            ``load_result``). The store is bit-identical to a one-process sweep's on the same
+            kind of machine, and a run in which processes were killed is finished by running
+            every process again with ``resume=True`` (any process count).
 
     Returns:
         An ``xarray.Dataset`` with dims ``dtype, width, activation, init, depth, scale, bias_std,
@@ -236,6 +263,8 @@ def sweep(
             (without ``out``, or with ``load_result``); a store larger than the free disk
             space; a budget too small for one config.
         BlockingIOError: another sweep is writing ``out`` (the message names its pid and host).
+        stabkit.distributed.ProcessFailure: (several processes) another process stopped or
+            failed before finishing its part; what every process completed is kept.
 
     Examples:
         The note's net (width 2, :math:`W = aI`, zero biases, linear) in float16, two depths and
@@ -250,6 +279,7 @@ def sweep(
         >>> ds.first_inf_forward.sel(scale=1.5).values, ds.first_nan_forward.sel(scale=1.5).values
         (array([-1, 28], dtype=int32), array([-1, 29], dtype=int32))
     """
+    from stabkit.distributed import initialize
     from stabkit.sweeps.net_spec import NetSweepSpec  # (it imports this package's spec)
 
     if not isinstance(spec, (SweepSpec, NetSweepSpec)):
@@ -260,7 +290,20 @@ def sweep(
     resume = strict_bool(resume, "resume")
     progress = strict_bool(progress, "progress")
     load_result = strict_bool(load_result, "load_result")
+    if out is not None:
+        _out_path(out)  # a bad path is refused before any process joins the job
+    procs = initialize(coordinator, num_processes, process_id)  # before JAX's first computation
     devices = _check_devices(devices)
+    if procs.count > 1 and (out is None or isinstance(spec, NetSweepSpec)):
+        raise ValueError(
+            f"a sweep on {procs.count} processes writes one zarr store: "
+            + (
+                "give out= (a directory every process sees)"
+                if out is None
+                else "not supported for a NetSweepSpec yet (its dataset is returned in memory; "
+                "give each process a slice of the grid)"
+            )
+        )
     if isinstance(spec, NetSweepSpec):
         if out is not None or resume:
             raise ValueError(
@@ -287,8 +330,6 @@ def sweep(
         )
         check_memory(n * per, "spec.n_configs", n, f"the results ({per} bytes a config; {hint})")
     meta = _meta(spec, devices)
-    store = contextlib.nullcontext()
-    flat = None
     if out is None:
         flat = {
             k: np.full(
@@ -298,35 +339,55 @@ def sweep(
             )
             for k in {**LAYER_VARS, **CONFIG_VARS}
         }
+        _run(spec, devices, chunk_size, memory_budget, progress, None, flat, "sweep")
+        return _dataset(meta, flat)
+    group = None
+    if procs.count > 1:
+        group = _Group("sweep")
+        meta["devices"] = _agree(group, spec, devices)
+        # Process 0 opens (or creates) and locks it; the others join once it is ready.
+        store = _shared_store(out, spec, meta, resume, _store_rows(spec), group)
     else:
         # Refuses a directory that is not its own before touching it; takes the writer lock.
-        store = _Store(out, spec, meta, resume, jax.process_index() == 0, _store_rows(spec))
+        store = _Store(out, spec, meta, resume, _store_rows(spec))
     with store:
-        if out is not None:
+        if group is None and store.new:
             _check_disk(store)
             store.start()  # a new store: the marker, the lock, the zarr arrays
-            if store.repaired and progress:
-                sys.stderr.write(
-                    f"sweep: recomputing {len(store.repaired)} damaged or missing chunk(s); "
-                    f"first: {store.repaired[0]}\n"
-                )
-            needed, done = store.needed, store.done
-        else:
-            needed, done = (lambda a, b: b - a), 0
-        _run(spec, devices, chunk_size, memory_budget, needed, done, progress, store, flat)
-    if out is not None:
-        return load(store.path) if load_result else store.path
-    return _dataset(meta, flat)
+        store.verify(None if group is None else _split(spec, store.rows, procs.count)[procs.index])
+        _check_disk(store)
+        if store.repaired and progress:
+            sys.stderr.write(
+                f"sweep: recomputing {len(store.repaired)} damaged or missing chunk(s); "
+                f"first: {store.repaired[0]}\n"
+            )
+        desc = "sweep" if group is None else f"sweep (process {procs.index} of {procs.count})"
+        try:
+            _run(spec, devices, chunk_size, memory_budget, progress, store, None, desc)
+            if group is not None:
+                store.finish_part(procs.index, procs.count)
+        except BaseException as e:
+            if group is not None:
+                _end(group, e)
+            raise
+        if group is not None:
+            _end(group, None)  # process 0 keeps the writer lock until every process is done
+    return load(store.path) if load_result else store.path
 
 
-def _run(spec, devices, chunk_size, memory_budget, needed, done, progress, store, flat):
-    """Every kernel chunk holding a config still ``needed``; results to ``store`` or ``flat``."""
+def _run(spec, devices, chunk_size, memory_budget, progress, store, flat, desc):
+    """Every kernel chunk holding a config that ``store`` still needs (this process's part), or
+    every chunk into ``flat`` (``store`` None)."""
+    if store is None:
+        needed, total, done = (lambda a, b: b - a), spec.n_configs, 0
+    else:
+        needed, total, done = store.needed, store.total, store.done
     # tqdm.auto: a text bar on stderr, a widget in a notebook.
     bar = tqdm(
-        total=spec.n_configs,
+        total=total,
         initial=done,
         disable=not progress,
-        desc="sweep",
+        desc=desc,
         unit="config",
         file=sys.stderr,
         dynamic_ncols=True,
@@ -416,9 +477,9 @@ def _run_chunks(spec, devices, chunk_size, memory_budget, needed, store, flat, b
                     finish(pending)
                 pending = (flat_start, count, res)
             finish(pending)
-    if flat is None and store.write and store.done != spec.n_configs:
+    if flat is None and store.done != store.total:
         raise RuntimeError(  # a bug, not a user error: every chunk should now be written
-            f"stabkit bug: the sweep ended with {store.done} of {spec.n_configs} configs stored"
+            f"stabkit bug: the sweep ended with {store.done} of {store.total} configs stored"
         )
 
 

@@ -5,7 +5,8 @@ A store is a directory that stabkit owns from its first file on (format 2)::
     stabkit-store.json      the marker, created first (O_CREAT|O_EXCL, before any zarr file):
                             {"stabkit": "sweep store", "format": 2, "spec": {...}}
     stabkit-writer.lock     while a sweep writes: {"pid", "host", "started", "token", ...},
-                            created with O_CREAT|O_EXCL, removed when the sweep ends
+                            created with O_CREAT|O_EXCL, removed when the sweep ends (held by
+                            process 0 of a multi-process sweep until every process is done)
     zarr.json               the zarr v3 group; attribute "stabkit": format, spec, versions,
                             probe (the backend's floating-point behaviour), devices
     <variable>/             one flat config-major zarr array per variable (LAYER_VARS: configs x
@@ -15,6 +16,11 @@ A store is a directory that stabkit owns from its first file on (format 2)::
                             {"chunk", "configs": [start, stop], "sha256": {variable: hex digest
                             of the decoded chunk}}, written (tmp file + atomic rename) after all
                             of the chunk's files
+    stabkit-processes/<i>-of-<N>.json
+                            a multi-process sweep's record that process ``i`` of ``N`` wrote all
+                            its chunks: {"process", "processes", "chunks": [first, stop],
+                            "configs", "host", "pid", "finished"} (see
+                            :mod:`stabkit.sweeps.processes`; :func:`load` needs only the chunks)
 
 A chunk is complete when its record exists and every variable's chunk file is there, passes its
 crc32c and hashes to the recorded digest. :func:`load` checks every chunk of every variable each
@@ -32,10 +38,12 @@ atomic files: :mod:`stabkit.sweeps.files`; the arrays and their chunks:
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
 import os
 import pathlib
 import shutil
+import socket
 
 import numpy as np
 
@@ -62,6 +70,7 @@ from stabkit.sweeps.files import (
 from stabkit.sweeps.spec import CONFIG_VARS, LAYER_VARS, SweepSpec, _layer_slots
 
 _MARKER = "stabkit-store.json"
+_PROCESSES = "stabkit-processes"  # a multi-process sweep's per-process completion records
 
 
 # ---------------------------------------------------------------------------------------- store
@@ -78,22 +87,38 @@ def _has_records(path: pathlib.Path) -> bool:
 class _Store:
     """The zarr store of a streamed sweep: opened (or checked for creation), locked, verified.
 
-    ``done`` counts the configs of the verified complete chunks; :meth:`needed` says which of a
-    range are still to compute; :meth:`add` buffers results until a zarr chunk is whole, then
+    :meth:`verify` takes this process's chunks (all of them in a one-process sweep) and finds
+    the complete ones; ``done`` counts their configs; :meth:`needed` says which of a range are
+    still to compute; :meth:`add` buffers results until a zarr chunk is whole, then
     writes it and its completion record. Use as a context manager: the lock is released on exit.
     """
 
-    def __init__(self, out, spec: SweepSpec, meta: dict, resume: bool, write: bool, rows: int):
-        """``rows``: configs per zarr chunk of a new store (an existing one keeps its own)."""
+    def __init__(
+        self,
+        out,
+        spec: SweepSpec,
+        meta: dict,
+        resume: bool,
+        rows: int,
+        *,
+        member: str | None = None,
+    ):
+        """``rows``: configs per zarr chunk of a new store (an existing one keeps its own).
+        ``member``: the writer lock's token, for a process > 0 of a multi-process sweep: it
+        joins the store process 0 holds (which must hold that lock) instead of opening it."""
         self.path = path = _out_path(out)
-        self.spec, self.meta, self.write, self.rows = spec, meta, write, rows
+        self.spec, self.meta, self.rows = spec, meta, rows
         self.n = spec.n_configs
         self.lock = _WriterLock(path)
         self.arrays: _Arrays | None = None
+        self.own: range | None = None  # the chunks this process computes; None: all
         self.complete: set[int] = set()
         self.repaired: list[str] = []
         self.buffers: dict[int, tuple[dict[str, np.ndarray], np.ndarray]] = {}
         self.new = True
+        if member is not None:
+            self._join(member)
+            return
         try:
             nonempty = path.is_dir() and any(path.iterdir())
         except OSError as e:
@@ -120,8 +145,7 @@ class _Store:
                     f"{path} exists; pass resume=True to continue it, or remove it"
                 )
             self.new = False
-            if write:
-                self.lock.acquire()
+            self.lock.acquire()
             try:
                 self._open()
             except BaseException:
@@ -146,17 +170,28 @@ class _Store:
             )
 
     def _open(self) -> None:
-        """An existing store (locked): finish its creation if it was cut short, verify chunks."""
+        """An existing store (locked): finish its creation if it was cut short."""
         self._check_marker()
-        if not self.write:  # another process's writer: read what it has completed
-            if (self.path / "zarr.json").exists():
-                self.arrays = _Arrays(self.path, self.meta["spec"], "r")
-                for name in _VARS:
-                    self.arrays.open(name)
-                self._verify()
-            return
         self._initialise()
-        self._verify()
+
+    def _join(self, token: str) -> None:
+        """Join the store process 0 opened and locked (token: its lock's), to write chunks."""
+        holder = None
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            holder = _read_retrying(self.lock.file, "the store's writer lock")
+        if holder is None or holder.get("token") != token:
+            raise ValueError(
+                f"out={str(self.path)!r}: this process does not see the store that process 0 "
+                f"opened there (its writer lock {self.lock.file} is "
+                + ("missing" if holder is None else "another sweep's")
+                + "): every process must see out= on a file system they share"
+            )
+        self.new = False
+        self._check_marker()
+        arrays = _Arrays(self.path, self.meta["spec"], "a")
+        for name in _VARS:
+            arrays.arrays[name] = arrays.open(name).with_config({"write_empty_chunks": True})
+        self.arrays, self.rows = arrays, arrays.rows
 
     def _initialise(self) -> None:
         """Create whatever of the zarr group is missing (all of it right after the marker).
@@ -196,9 +231,13 @@ class _Store:
         (self.path / _RECORDS).mkdir(exist_ok=True)
         self.arrays, self.rows = arrays, arrays.rows
 
-    def _verify(self) -> None:
+    def verify(self, own: range | None = None) -> None:
+        """Take the chunks ``own`` (default: all) as this process's, and find which of them are
+        complete (verified: present, checksummed, hashed as recorded); a damaged one's record
+        is removed (it must never vouch for a bad chunk) and the chunk is recomputed."""
         arrays = self.arrays
-        for c in range(arrays.n_chunks):
+        self.own = range(arrays.n_chunks) if own is None else own
+        for c in self.own:
             if not arrays.record_file(c).exists():
                 continue
             problem = arrays.read_chunk(c)
@@ -206,13 +245,12 @@ class _Store:
                 self.complete.add(c)
             else:
                 self.repaired.append(problem)
-                if self.write:  # the record must never vouch for a bad chunk
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(arrays.record_file(c))
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(arrays.record_file(c))
 
     def start(self) -> None:
         """Create a new store: the marker first, then the lock, then the zarr group."""
-        if not self.new or not self.write:
+        if not self.new:
             return
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -231,18 +269,24 @@ class _Store:
 
     @property
     def done(self) -> int:
+        """Configs of this process's chunks that are complete."""
         if self.arrays is None:
             return 0
         return sum(b - a for a, b in map(self.arrays.bounds, self.complete))
 
+    @property
+    def total(self) -> int:
+        """Configs of this process's chunks (every config in a one-process sweep)."""
+        if self.own is None or not self.own:
+            return 0 if self.own is not None else self.n
+        return self.arrays.bounds(self.own[-1])[1] - self.arrays.bounds(self.own[0])[0]
+
     def needed(self, start: int, stop: int) -> int:
-        """How many of configs ``start:stop`` belong to chunks not yet complete."""
-        if not self.complete:
-            return stop - start
+        """How many of configs ``start:stop`` belong to this process's chunks not yet complete."""
         rows = self.rows
         n = 0
         for c in range(start // rows, (stop - 1) // rows + 1):
-            if c not in self.complete:
+            if c not in self.complete and (self.own is None or c in self.own):
                 n += min(stop, (c + 1) * rows) - max(start, c * rows)
         return n
 
@@ -251,12 +295,10 @@ class _Store:
     def add(self, start: int, results: dict[str, np.ndarray]) -> None:
         """Take a kernel chunk's results (configs ``start...``); write every zarr chunk that
         they complete. Rows of chunks already complete are dropped."""
-        if not self.write:
-            return
         stop = start + len(next(iter(results.values())))
         rows = self.rows
         for c in range(start // rows, (stop - 1) // rows + 1):
-            if c in self.complete:
+            if c in self.complete or (self.own is not None and c not in self.own):
                 continue
             a, b = self.arrays.bounds(c)
             if c not in self.buffers:
@@ -286,6 +328,20 @@ class _Store:
         _write_atomically(self.arrays.record_file(c), record)
         self.complete.add(c)
 
+    def finish_part(self, index: int, count: int) -> None:
+        """Record that process ``index`` of ``count`` has written its chunks (every one)."""
+        (self.path / _PROCESSES).mkdir(exist_ok=True)
+        record = {
+            "process": index,
+            "processes": count,
+            "chunks": [self.own.start, self.own.stop],
+            "configs": self.done,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
+        _write_atomically(self.path / _PROCESSES / f"{index}-of-{count}.json", record)
+
     def close(self) -> None:
         self.buffers.clear()
         self.lock.release()
@@ -309,7 +365,7 @@ def _store_bytes(spec: SweepSpec, configs: int) -> int:
 
 def _check_disk(store: _Store) -> None:
     """ValueError if the configs still to compute would not fit in the free disk space."""
-    todo = store.n - store.done
+    todo = store.total - store.done
     need = _store_bytes(store.spec, todo)
     free = _free_bytes(store.path)
     if free is not None and need > free:
