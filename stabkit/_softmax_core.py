@@ -10,6 +10,7 @@ what they cost.
 from __future__ import annotations
 
 import math
+import os
 from functools import partial
 
 import jax
@@ -22,6 +23,10 @@ _LOG1P_SWITCH = 0.375
 
 # Rows up to this many entries take the fused sums of ``_stats``; longer ones XLA's own reduction.
 _FUSED_ROWS = 8192
+
+# The forward of softmax / log_softmax over the last axis runs over blocks of about this many bytes
+# of rows (see ``_row_blocks``).
+_BLOCK_BYTES = 1 << 20
 
 
 def _masked(x: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -106,6 +111,44 @@ def _stats(x, axes):
     return m, finite, d, e, u + (c - 1), u + c
 
 
+def _block_rows(shape: tuple[int, ...], itemsize: int) -> int:
+    """Rows per block for ``_row_blocks`` over the last axis of ``shape``, or 0 for no blocks.
+
+    The largest divisor of the row count whose rows take at most ``_BLOCK_BYTES``, if that is
+    at least a quarter of it and leaves at least two blocks (small arrays stay in cache anyway).
+    """
+    n = shape[-1] if shape else 0
+    rows = math.prod(shape[:-1])
+    if n == 0 or n > _FUSED_ROWS or rows < 2:
+        return 0
+    fit = min(rows // 2, _BLOCK_BYTES // (n * itemsize))
+    for b in range(fit, 0, -1):
+        if rows % b == 0:
+            return b if 4 * b * n * itemsize >= _BLOCK_BYTES else 0
+    return 0
+
+
+def _row_blocks(f, x, mask, axes):
+    """``f(x, mask)`` (a per-row map over the last axis, keepdims) computed block of rows by block.
+
+    XLA:CPU (with its YNNPACK reductions) writes ``x - m`` and the sums' weights to memory as
+    full arrays between the max, the sums and the output: five to ten passes over a large ``x``.
+    ``lax.map`` over blocks of about ``_BLOCK_BYTES`` keeps those in cache, so memory sees one
+    read of ``x`` and one write of the result (``benchmarks/bench_softmax.py``). Each row is
+    reduced as it would be alone: the results are the same bits as ``f(x, mask)``.
+    """
+    b = _block_rows(x.shape, x.dtype.itemsize) if axes == (x.ndim - 1,) else 0
+    if b == 0 or (mask is not None and mask.shape != x.shape):
+        return f(x, mask)
+    shape = x.shape
+    blocks = (-1, b, shape[-1])
+    if mask is None:
+        out = lax.map(lambda xb: f(xb, None), x.reshape(blocks))
+    else:
+        out = lax.map(lambda a: f(*a), (x.reshape(blocks), mask.reshape(blocks)))
+    return out.reshape(shape)
+
+
 def _compensated_exp(x, m0):
     """``exp(x - m0)`` with the rounding error of the subtraction put back (Knuth's TwoSum).
 
@@ -146,21 +189,32 @@ def _lse(x, mask, axes, compensate):
 
 @partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _softmax(x, mask, axes, compensate):
-    xm = _masked(x, mask)
-    m, _, _, e, _, k = _stats(xm, axes)
-    if compensate:  # float32/float64: the tails keep their relative accuracy
-        e = _compensated_exp(xm, _floor(m))
-    # An empty row: e = 0 and k = 0, so 0 everywhere. A +inf or NaN row: NaN (k is NaN there).
-    return e / jnp.maximum(k, 1)
+    def rows(x, mask):
+        xm = _masked(x, mask)
+        m, _, _, e, _, k = _stats(xm, axes)
+        if compensate:  # float32/float64: the tails keep their relative accuracy
+            e = _compensated_exp(xm, _floor(m))
+        # An empty row: e = 0 and k = 0, so 0 everywhere. A +inf or NaN row: NaN (k is NaN).
+        return e / jnp.maximum(k, 1)
+
+    return _row_blocks(rows, x, mask, axes)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _log_softmax(x, mask, axes, compensate):
     del compensate  # fl(x - m) is within half an ulp of the result already
-    # d is -inf on an empty row and the norm 0; NaN on +inf and NaN rows: no select, so that
-    # XLA:CPU fuses the output into the sums (one loop over memory, as in jax.nn).
-    _, _, d, _, t, _ = _stats(_masked(x, mask), axes)
-    return d - _log_norm(t)
+    if os.environ.get("STABKIT_PALLAS_SOFTMAX") == "1":  # opt-in GPU kernel (_softmax_pallas)
+        from stabkit import _softmax_pallas
+
+        if _softmax_pallas.fits(x, mask, axes):
+            return _softmax_pallas.log_softmax(x)
+
+    def rows(x, mask):
+        # d is -inf on an empty row and the norm 0; NaN on +inf and NaN rows: no select.
+        _, _, d, _, t, _ = _stats(_masked(x, mask), axes)
+        return d - _log_norm(t)
+
+    return _row_blocks(rows, x, mask, axes)
 
 
 @_lse.defjvp
