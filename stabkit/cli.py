@@ -288,11 +288,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise ValueError("--resume continues a store: give its path with --out")
     # Before anything computes (JAX's rule); a user error in the flags is named by its flag.
     procs = _processes(args)
-    if procs.count > 1 and args.out is None:
-        raise ValueError(
-            f"--num-processes={procs.count}: a sweep on several processes writes one store; give "
-            "--out (a directory every process sees)"
-        )
     check_memory(args.memory_budget, "--memory-budget", args.memory_budget, "a sweep chunk")
     seeds = list(range(1 if args.seeds is None else args.seeds)) if args.seed is None else args.seed
     spec = sk.SweepSpec(
@@ -365,7 +360,19 @@ def _processes(args: argparse.Namespace):
             distributed._check_coordinator(args.coordinator)
         except ValueError as e:
             raise ValueError(f"--{e}") from None
-    return distributed.initialize(*given)
+    if (args.num_processes or 1) > 1 and args.out is None:
+        raise ValueError(
+            f"--num-processes={args.num_processes}: a sweep on several processes writes one "
+            "store; give --out (a directory every process sees)"
+        )
+    procs = distributed.initialize(*given)
+    if procs.count > 1 and args.out is None:  # a cluster job, detected
+        raise ValueError(
+            f"this is process {procs.index} of a {procs.count}-process job: a sweep on several "
+            "processes writes one store; give --out (a directory every process sees), or "
+            "--num-processes 1 for a sweep of this process alone"
+        )
+    return procs
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:

@@ -171,6 +171,13 @@ def initialize(
     return Processes(jax.process_index(), jax.process_count())
 
 
+def _current() -> Processes:
+    """The job this process runs in: the running ``jax.distributed`` one, else this alone."""
+    if jax.distributed.is_initialized():
+        return Processes(jax.process_index(), jax.process_count())
+    return Processes(0, 1)
+
+
 def _running(coordinator, num_processes, process_id) -> Processes:
     """The job already running; ValueError if a given value contradicts it."""
     from jax._src import distributed
@@ -194,11 +201,15 @@ def _running(coordinator, num_processes, process_id) -> Processes:
 _EXIT_WAIT_S = 600.0
 
 
+#: Seconds without a heartbeat after which the runtime counts a process dead (JAX's default).
+_HEARTBEAT_S = 100
+
+
 def _start(**kwargs) -> None:
     jax.config.update("jax_enable_recoverability", True)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
-        jax.distributed.initialize(**kwargs)
+        jax.distributed.initialize(**kwargs, heartbeat_timeout_seconds=_HEARTBEAT_S)
     except RuntimeError as e:
         if "before" in str(e):
             raise RuntimeError(

@@ -292,6 +292,11 @@ def sweep(
     load_result = strict_bool(load_result, "load_result")
     if out is not None:
         _out_path(out)  # a bad path is refused before any process joins the job
+    elif num_processes not in (None, 1):
+        raise ValueError(
+            f"num_processes={num_processes}: a sweep on several processes writes one zarr store; "
+            "give out= (a directory every process sees)"
+        )
     procs = initialize(coordinator, num_processes, process_id)  # before JAX's first computation
     devices = _check_devices(devices)
     if procs.count > 1 and (out is None or isinstance(spec, NetSweepSpec)):

@@ -26,8 +26,9 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from stabkit._checks import strict_bool
+from stabkit._checks import int_values, strict_bool
 from stabkit.activations import select_activation
+from stabkit.distributed import _current, initialize
 from stabkit.fixes import all_finite, loss_scale_of
 from stabkit.nets import MLPParams, mlp_apply, mlp_init
 from stabkit.networks.network import NetParams, net_init
@@ -36,6 +37,7 @@ from stabkit.precision.float8 import float8_combine, float8_partition
 from stabkit.stable_softmax import logsumexp, softmax_cross_entropy
 from stabkit.training.history import History, Raw, _summarise
 from stabkit.training.optimizers import _build_optimizer, _build_rounding
+from stabkit.training.processes import _chunk_runs, _combine, _mine, _rows
 from stabkit.training.runs import _RUN_DTYPES, Runs, _check_runs, _Features, _features
 from stabkit.training.spec import TrainSpec, _needs_x64, _wide, _x64
 
@@ -347,7 +349,16 @@ class _Holder:
 _PROGRESS_RUN_STEPS = 200_000
 
 
-def train(spec: TrainSpec, runs: Runs, *, progress: bool | None = None) -> History:
+def train(
+    spec: TrainSpec,
+    runs: Runs,
+    *,
+    progress: bool | None = None,
+    chunk_size: int | None = None,
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> History:
     """Train every configuration in ``runs`` under ``spec``, in one compiled, vmapped kernel.
 
     One compilation serves any values of the runs (depth, scale, activation, initializer,
@@ -373,6 +384,18 @@ def train(spec: TrainSpec, runs: Runs, *, progress: bool | None = None) -> Histo
         spec: a :class:`TrainSpec`.
         runs: from :func:`make_runs` (or a :class:`Runs` of ``(R,)`` arrays; Python lists and
             NumPy arrays are accepted).
+        progress: a progress bar on stderr; default: for grids of at least 200k run-steps.
+        chunk_size: runs per compiled call (``K``; the last call padded with copies of the last
+            run); default all ``R`` runs in one call (``ceil(R / N)`` on ``N`` processes). A
+            run's numbers depend on ``K`` (XLA blocks the batched products by batch size) but
+            not on the process count: the same ``K`` gives the same bits on 1 or ``N``
+            processes (see :mod:`stabkit.training.processes`).
+        coordinator, num_processes, process_id: join a multi-process job as
+            :func:`stabkit.distributed.initialize` does (which must then run before any JAX
+            computation, so in practice call it at the top of the script instead). With the
+            runtime up (``jax.distributed``), each process trains its contiguous share of the
+            chunks and every process returns the whole :class:`History` (gathered by gloo
+            collectives between CPU processes). Nothing here detects a cluster job by itself.
 
     Returns:
         A :class:`History` of device arrays with a leading run axis (NumPy arrays for a
@@ -400,23 +423,58 @@ def train(spec: TrainSpec, runs: Runs, *, progress: bool | None = None) -> Histo
         raise TypeError(f"runs must be a Runs (from make_runs), got {type(runs).__name__}")
     if progress is not None:
         progress = strict_bool(progress, "progress")
+    if chunk_size is not None:
+        chunk_size = int_values("chunk_size", 1, 2**31 - 1)(chunk_size)
     runs = _check_runs(spec, runs)
     n_runs = int(np.shape(runs.depth)[0])
+    given = (coordinator, num_processes, process_id)
+    # Never a cluster job detected here: a TrainSpec's task is already a JAX computation, so
+    # the runtime must have started before (stabkit.distributed.initialize), if at all.
+    procs = initialize(*given) if any(v is not None for v in given) else _current()
     features = _features(spec, runs)
+    size = min(n_runs, chunk_size or -(-n_runs // procs.count))
+    n_chunks = -(-n_runs // size)
     if progress is None:
         progress = n_runs * spec.steps >= _PROGRESS_RUN_STEPS
     with _x64(spec):
         runs = Runs(*(jnp.asarray(v, dt) for v, dt in zip(runs, _RUN_DTYPES, strict=True)))
-        unit = _initial_params(spec, runs) if spec.block is None else ()
-        args = (runs, unit, spec.task.x, spec.task.y)
-        if progress:
-            history = _train_with_bar(spec, features, n_runs, args)
+        if n_chunks == 1 and procs.count == 1:
+            history = _train_chunk(spec, features, runs, progress)
         else:
-            history = _train_jit(_Holder(spec), features, False, *args)
+            parts, shape = [], None
+            for c in _mine(n_chunks, procs.index, procs.count):
+                part = _train_chunk(
+                    spec, features, _chunk_runs(runs, c * size, size, n_runs), progress
+                )
+                parts.append(_rows(part))
+                step = part.step
+            if not parts:  # a process with no chunk: the shapes its zeros take
+                part = jax.eval_shape(
+                    lambda r: _train_chunk(spec, features, r, False),
+                    _chunk_runs(runs, 0, size, n_runs),
+                )
+                step = np.arange(spec.steps // spec.log_every, dtype=np.int32) * spec.log_every
+            shape = jax.tree.map(
+                lambda a: jax.ShapeDtypeStruct((size, *a.shape[1:]), a.dtype), _rows(part)
+            )
+            per = -(-n_chunks // procs.count)
+            history = _combine(parts, step, runs, n_runs, per, size, shape, procs.count)
+            if not _needs_x64(spec):
+                history = jax.tree.map(jnp.asarray, history)
         if _needs_x64(spec):
             # On the host, so that float64 records stay float64 outside ``enable_x64`` too.
             history = jax.tree.map(np.asarray, history)
     return history
+
+
+def _train_chunk(spec: TrainSpec, features: _Features, runs: Runs, progress: bool) -> History:
+    """One compiled call on ``runs`` (device arrays of the run dtypes)."""
+    unit = _initial_params(spec, runs) if spec.block is None else ()
+    args = (runs, unit, spec.task.x, spec.task.y)
+    n_runs = int(np.shape(runs.depth)[0])
+    if progress:
+        return _train_with_bar(spec, features, n_runs, args)
+    return _train_jit(_Holder(spec), features, False, *args)
 
 
 def _train_with_bar(spec: TrainSpec, features: _Features, n_runs: int, args: tuple) -> History:
