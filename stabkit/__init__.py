@@ -32,6 +32,9 @@ Public API (each module's docstring has the details):
   bias x dtype x seed) in one compiled kernel per (dtype, width), sharded over the devices, into
   an ``xarray.Dataset``; streamed to zarr and resumable (``out=``, ``resume=True``); ``load``;
   its plots (``stabkit.sweeps.plots``) and its comparison with the theory.
+* :mod:`stabkit.distributed`: several processes (hosts, GPUs) running one ``sweep`` or ``train``
+  grid: ``initialize`` (explicit, or a SLURM, Open MPI, Kubernetes or Cloud TPU job detected),
+  ``ProcessFailure`` when another process stopped.
 * :mod:`stabkit.inspection`: ``inspect(fn, *args)`` evaluates any JAX function's jaxpr equation
   by equation in one compiled program and returns a ``Report``: every ``Origin`` of an inf, a
   NaN or an underflow (primitive, source line, scope, forward/backward, loop iteration, entry,
@@ -41,6 +44,7 @@ Public API (each module's docstring has the details):
 * :mod:`stabkit.reproduce`: the registry behind ``stabkit reproduce``.
 """
 
+from stabkit import distributed
 from stabkit.activations import (
     activation_names,
     derivative,

@@ -16,6 +16,9 @@ One concept per file:
   block kind, norm, placement and residual scale as axes) on the general path: one
   ``jit(shard_map(vmap(trace)))`` per (dtype, width, block, norm, placement, activation, init).
 * ``files.py``: the store's files: checked paths, atomic JSON, the exclusive writer lock.
+* ``processes.py``: a sweep over many processes: which zarr chunks each computes (split by
+  work), the store process 0 opens and the others join, the end of every part (the runtime is
+  :mod:`stabkit.distributed`).
 * ``theory_comparison.py``: a sweep against the mean field, :func:`predict_sweep` and
   :func:`compare_sweep`. It imports the theory; the theory imports nothing of the engine
   (:mod:`stabkit.theory` re-exports the two functions, loading this module at first use).

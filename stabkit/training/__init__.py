@@ -18,6 +18,8 @@ and recognises them from the run's history. Where each part lives:
 ``runs.py``               :class:`Runs` and :func:`make_runs`, the configurations trained
 ``history.py``            the :class:`History` :func:`train` records and one record's statistics
 ``loop.py``               the training kernel :func:`train`
+``processes.py``          a grid in chunks of runs (``chunk_size``), split over processes
+                          and gathered
 ``diagnosis.py``          :func:`diagnose` and its :class:`Diagnosis`
 ``trainability.py``       the trainable-depth study :func:`trainability_grid`, :class:`Trainability`
 ========================= ==================================================================
