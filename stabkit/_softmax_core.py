@@ -84,10 +84,11 @@ def _stats(x, axes):
     One pass after the max, as in :mod:`jax.nn`: ``below = min(-d * 2^emax, 1)`` is exactly 0
     at the max (``d = 0``) and 1 below it (``-d >=`` the smallest normal, so ``-d * 2^emax >=
     2``; -inf entries give ``min(inf, 1) = 1``), and ``u = sum(e * below)`` and the tie count
-    ``c = sum(1 - below)`` are two sums over ``d``. No compare or select: XLA:CPU does not fuse
-    those into its reductions (a ``where(d == 0, 0, e)`` sum, or a ``lax.cond`` that skips it,
-    cost 1.4-1.9x jax.nn's forward time on the benchmark; this costs 1.2x, most of it the two
-    sums sharing one loop). Where ``d`` is subnormal (rows of numbers below ~2^-100, and only
+    ``c = sum(1 - below)`` are two sums over ``d``. No compare or select: XLA:CPU's classic
+    emitter did not fuse those into its reductions (1.4-1.9x jax.nn's forward then, against
+    1.2x). Since jax 0.10 XLA:CPU hands reductions to YNNPACK, which fuses neither: ``d`` and
+    ``below`` are written out as full arrays (2.8x jax.nn on 2048 x 8192 float32), hence the
+    blocks of rows of ``_row_blocks`` (1.1-1.2x). Where ``d`` is subnormal (rows of numbers below ~2^-100, and only
     where the backend keeps subnormals) an entry is split between the two sums, ``e * below +
     (1 - below)``, which is ``e`` to within rounding: ``t`` is the same.
     """
@@ -115,11 +116,12 @@ def _block_rows(shape: tuple[int, ...], itemsize: int) -> int:
     """Rows per block for ``_row_blocks`` over the last axis of ``shape``, or 0 for no blocks.
 
     The largest divisor of the row count whose rows take at most ``_BLOCK_BYTES``, if that is
-    at least a quarter of it and leaves at least two blocks (small arrays stay in cache anyway).
+    at least a quarter of it. Arrays under ``8 * _BLOCK_BYTES`` stay whole: they are in cache
+    anyway, and the loop costs more than it saves (256 x 1024 float32: 1.2x slower blocked).
     """
     n = shape[-1] if shape else 0
     rows = math.prod(shape[:-1])
-    if n == 0 or n > _FUSED_ROWS or rows < 2:
+    if n == 0 or n > _FUSED_ROWS or rows * n * itemsize < 8 * _BLOCK_BYTES:
         return 0
     fit = min(rows // 2, _BLOCK_BYTES // (n * itemsize))
     for b in range(fit, 0, -1):
@@ -135,7 +137,9 @@ def _row_blocks(f, x, mask, axes):
     full arrays between the max, the sums and the output: five to ten passes over a large ``x``.
     ``lax.map`` over blocks of about ``_BLOCK_BYTES`` keeps those in cache, so memory sees one
     read of ``x`` and one write of the result (``benchmarks/bench_softmax.py``). Each row is
-    reduced as it would be alone: the results are the same bits as ``f(x, mask)``.
+    reduced on its own, as in ``f(x, mask)``, though not always in the same order (the reduction
+    vectorizes a block as it likes): a sum may differ in its last bits, within the accuracy the
+    module docstring of :mod:`stabkit.stable_softmax` states.
     """
     b = _block_rows(x.shape, x.dtype.itemsize) if axes == (x.ndim - 1,) else 0
     if b == 0 or (mask is not None and mask.shape != x.shape):

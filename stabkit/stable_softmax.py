@@ -51,8 +51,9 @@ ones, no ``0 * inf`` on empty rows) written with differentiable operations, so `
 ``grad``, ``jvp`` and higher derivatives all work, and reverse mode keeps only the output as a
 residual. The forward pass is the same max / sum-exp / output sweep as :mod:`jax.nn`'s, with the
 special cases repaired per row: the sum below the max and the number of ties at the max are two
-sums in the one fused loop after the max (see ``_softmax_core._stats`` and
-``benchmarks/bench_softmax.py``).
+sums after the max (see ``_softmax_core._stats``). Over the last axis of a large array, softmax and
+log_softmax run block of rows by block, so that ``x - m`` and the sums' weights stay in cache
+(``_softmax_core._row_blocks`` and ``benchmarks/bench_softmax.py``).
 
 References:
     Blanchard, Higham & Higham, "Accurately computing the log-sum-exp and softmax functions",
