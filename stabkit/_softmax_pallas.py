@@ -59,6 +59,12 @@ def _block_rows(rows: int, n: int) -> int:
     return b
 
 
+def _triton_params(entries: int):
+    from jax.experimental.pallas import triton as pl_triton
+
+    return pl_triton.CompilerParams(num_warps=min(16, max(4, entries // 2048)), num_stages=1)
+
+
 def _kernel(x_ref, o_ref):
     x = x_ref[...].astype(jnp.float32)
     nan = jnp.isnan(x)
@@ -97,6 +103,8 @@ def log_softmax(x: jax.Array, *, interpret: bool = False) -> jax.Array:
     x2 = x.reshape(-1, n)
     rows = x2.shape[0]
     b = _block_rows(rows, n)
+    # Enough warps that a 32768-entry block is 64 values a thread, not 256 (register spills).
+    params = {} if interpret else {"compiler_params": _triton_params(b * n)}
     out = pl.pallas_call(
         _kernel,
         out_shape=jax.ShapeDtypeStruct(x2.shape, x.dtype),
@@ -104,5 +112,6 @@ def log_softmax(x: jax.Array, *, interpret: bool = False) -> jax.Array:
         in_specs=[pl.BlockSpec((b, n), lambda i: (i, 0))],
         out_specs=pl.BlockSpec((b, n), lambda i: (i, 0)),
         interpret=interpret,
+        **params,
     )(x2)
     return out.reshape(shape)
