@@ -4,10 +4,12 @@ Standard grid: activations linear, relu, tanh, sigmoid x 16 depths (4..64) x 8 s
 (0.5..2.0) x 4 seeds = 2048 configs, width 64, batch 128, float32, gaussian init, forward and
 backward statistics. Measured in one run, each against a baseline measured in the same run:
 
-* against the loop a JAX user writes for the same grid and statistics: one
-  ``jit(vmap(trace(mlp_init(...))))`` per (activation, depth), vmapped over its 32 (scale, seed)
-  configs: end to end (compile included) and warm (every jit compiled; the fastest of
-  ``repeats`` runs, interleaved with the sweep's warm runs so both see the same load);
+* against the loop a JAX user writes for the same grid: one ``jit(vmap(...))`` per
+  (activation, depth), vmapped over its 32 (scale, seed) configs, in two forms: plain JAX
+  (forward RMS and max per layer, one ``jax.grad`` for the RMS of dL/dh and dL/dW) and
+  ``trace(mlp_init(...))`` (every statistic the sweep computes); end to end (compile included)
+  and warm (every jit compiled; the fastest of ``repeats`` runs, interleaved with the sweep's
+  warm runs so all see the same load);
 * against the naive loop: one ``jit`` of ``trace(mlp_init(...))`` per (activation, depth) and a
   Python loop over scales and seeds, end to end;
 * useful FLOP/s (the three matrix products of each config's own depth + 1 layers: forward,
@@ -94,24 +96,42 @@ def useful_flops(cfg: Config) -> float:
     return 3.0 * layers * 2.0 * cfg.batch * cfg.width**2
 
 
-def bench_sweep(cfg: Config) -> dict:
-    """The sweep and the jit(vmap)-per-(activation, depth) loop: first run (compile included),
-    then warm runs of each, interleaved (shared cores: both see the same load)."""
+def _subset(cfg: Config, pairs: list, fraction: float) -> tuple[list, float]:
+    """Every ``step``-th depth of each activation, the offset turning with the activation so the
+    depths run cover the grid's evenly; and the factor that scales their time up."""
+    step = max(1, round(1 / fraction))
+    n = len(cfg.depths)
+    keep = [f for i, f in enumerate(pairs) if (i % n) % step == (i // n) % step]
+    return keep, len(pairs) / len(keep)
+
+
+def bench_sweep(cfg: Config, fraction: float = 1.0) -> dict:
+    """The sweep and the two jit(vmap)-per-(activation, depth) loops (plain JAX, and trace):
+    first run (compile included), then warm runs of each, interleaved (shared cores: all see the
+    same load). With ``fraction`` < 1 the loops run a subset of the depths, scaled up."""
     spec = _spec(cfg)
     first = _timed(lambda: sk.sweep(spec, progress=False))
-    fns = _vmap_pairs(cfg)
-    vmap_first = _timed(lambda: _run_all(fns))
-    warm, vmap_warm = [], []
+    peers = {}
+    for name, make in (("plain", _plain_pairs), ("trace", _vmap_pairs)):
+        fns, factor = _subset(cfg, make(cfg), fraction)
+        peers[name] = (fns, factor, _timed(lambda fns=fns: _run_all(fns)) * factor)
+    warm = []
+    peer_warm = {name: [] for name in peers}
     for _ in range(cfg.repeats):
         warm.append(_timed(lambda: sk.sweep(spec, progress=False)))
-        vmap_warm.append(_timed(lambda: _run_all(fns)))
-    ratios = [v / s for v, s in zip(vmap_warm, warm, strict=True)]
-    # The fastest run is the least disturbed by other work on the machine (shared cores).
-    return {"configs": spec.n_configs, "first_s": first, "warm_s": min(warm),
-            "warm_median_s": statistics.median(warm), "warm_all_s": warm,
-            "vmap_first_s": vmap_first, "vmap_warm_s": min(vmap_warm),
-            "vmap_warm_all_s": vmap_warm, "warm_ratio_min": min(vmap_warm) / min(warm),
-            "warm_ratio_each_run": ratios}  # fmt: skip
+        for name, (fns, factor, _) in peers.items():
+            peer_warm[name].append(_timed(lambda fns=fns: _run_all(fns)) * factor)
+    out = {"configs": spec.n_configs, "first_s": first, "warm_s": min(warm),
+           "warm_median_s": statistics.median(warm), "warm_all_s": warm,
+           "peer_fraction": 1 / peers["plain"][1]}  # fmt: skip
+    for name, (_, _, peer_first) in peers.items():
+        w = peer_warm[name]
+        out[name] = {"first_s": peer_first, "warm_s": min(w), "warm_all_s": w,
+                     "end_to_end_ratio": peer_first / first,
+                     "warm_ratio": min(w) / min(warm),
+                     "warm_ratio_each_run": [a / b for a, b in zip(w, warm, strict=True)],
+                     }  # fmt: skip
+    return out
 
 
 def bench_loop(cfg: Config, fraction: float) -> dict:
@@ -151,6 +171,52 @@ def _vmap_pairs(cfg: Config) -> list:
             def one(key, scale, depth=depth, act=act):
                 p = sk.mlp_init(key, depth=depth, width=cfg.width, init=cfg.init, scale=scale)
                 return sk.trace(p, x, activation=act)
+
+            out.append(functools.partial(jax.jit(jax.vmap(one)), keys, scale))
+    return out
+
+
+_PLAIN_ACTIVATIONS = {"linear": lambda z: z, "relu": jax.nn.relu, "tanh": jnp.tanh,
+                      "sigmoid": jax.nn.sigmoid}  # fmt: skip
+
+
+def _plain_pairs(cfg: Config) -> list:
+    """The loop a JAX user writes: per (activation, depth) one ``jit(vmap(...))`` over the
+    (scale, seed) grid of the same networks (``mlp_init``) and input, computing per layer in
+    plain JAX the forward RMS of z and h, max|h|, the non-finite count, and by one ``jax.grad``
+    the RMS of dL/dh and dL/dW (the sweep computes these and more)."""
+    x = sk.sweep_input(0, cfg.batch, cfg.width, "float32")
+    scale, seed = np.meshgrid(np.asarray(cfg.scales, np.float32), np.arange(cfg.seeds))
+    scale = jnp.asarray(scale.ravel())
+    keys = jax.vmap(jax.random.key)(jnp.asarray(seed.ravel(), jnp.uint32))
+
+    def rms(v):
+        return jnp.sqrt(jnp.mean(jnp.square(v)))
+
+    out = []
+    for act in cfg.activations:
+        phi = _PLAIN_ACTIVATIONS[act]
+        for depth in cfg.depths:
+
+            def one(key, scale, depth=depth, phi=phi):
+                p = sk.mlp_init(key, depth=depth, width=cfg.width, init=cfg.init, scale=scale)
+                ws = [p.w_in, *p.w_hidden, p.w_out]
+                bs = [p.b_in, *p.b_hidden, p.b_out]
+
+                def loss(ws, dh):
+                    h, fwd = x + dh[0], []
+                    for i, (w, b) in enumerate(zip(ws[:-1], bs[:-1], strict=True)):
+                        z = h @ w + b
+                        h = phi(z) + dh[i + 1]
+                        fwd.append((rms(z), rms(h), jnp.max(jnp.abs(h)),
+                                    jnp.sum(~jnp.isfinite(h))))  # fmt: skip
+                    y = h @ ws[-1] + bs[-1]
+                    return 0.5 * jnp.mean(jnp.square(y)), fwd
+
+                dh = jnp.zeros((len(ws), *x.shape), x.dtype)
+                (gw, gh), fwd = jax.grad(loss, argnums=(0, 1), has_aux=True)(ws, dh)
+                grad_h = jnp.sqrt(jnp.mean(jnp.square(gh), axis=(1, 2)))
+                return fwd, grad_h, [rms(g) for g in gw]
 
             out.append(functools.partial(jax.jit(jax.vmap(one)), keys, scale))
     return out
@@ -333,7 +399,7 @@ def main() -> None:
         return
 
     load_before = os.getloadavg()
-    sweep = bench_sweep(cfg)
+    sweep = bench_sweep(cfg, args.loop_fraction)
     loop = bench_loop(cfg, args.loop_fraction)
     spec = _spec(cfg)
     block = spec.n_configs // len(cfg.activations)
@@ -345,26 +411,35 @@ def main() -> None:
     rate = flops / sweep["warm_s"]
     compile_ = bench_compile(cfg) if extra else None
     million = None if args.skip_million or not extra else bench_million(cfg)
+    plain, trace = sweep["plain"], sweep["trace"]
     ratios = {
-        "vmap_loop_end_to_end": sweep["vmap_first_s"] / sweep["first_s"],
-        "vmap_loop_warm": sweep["warm_ratio_min"],
-        "vmap_loop_warm_each_run": sweep["warm_ratio_each_run"],
+        "plain_loop_end_to_end": plain["end_to_end_ratio"],
+        "plain_loop_warm": plain["warm_ratio"],
+        "plain_loop_warm_each_run": plain["warm_ratio_each_run"],
+        "trace_loop_end_to_end": trace["end_to_end_ratio"],
+        "trace_loop_warm": trace["warm_ratio"],
         "config_loop_end_to_end": loop["seconds"] / sweep["first_s"],
         "matmul_share_of_warm_sweep": dots["share_of_warm_sweep"],
     }
-    each = ", ".join(f"{r:.2f}" for r in ratios["vmap_loop_warm_each_run"])
+    each = ", ".join(f"{r:.2f}" for r in plain["warm_ratio_each_run"])
+    scaled = "" if sweep["peer_fraction"] == 1 else f" (scaled from {sweep['peer_fraction']:.2f})"
     rows = [
         ("configs", f"{sweep['configs']}"),
         ("sweep, compile included", f"{sweep['first_s']:.2f} s"),
         ("sweep, warm (fastest run)", f"{sweep['warm_s']:.2f} s"),
-        ("jit(vmap) per (activation, depth), compile incl.", f"{sweep['vmap_first_s']:.2f} s"),
-        ("jit(vmap) per (activation, depth), warm", f"{sweep['vmap_warm_s']:.2f} s"),
-        ("jit per (activation, depth), loop over configs", f"{loop['seconds']:.2f} s"
+        ("plain-JAX jit(vmap) per (act, depth), compile incl.",
+         f"{plain['first_s']:.2f} s{scaled}"),
+        ("plain-JAX jit(vmap) per (act, depth), warm", f"{plain['warm_s']:.2f} s"),
+        ("jit(vmap(trace)) per (act, depth), compile incl.", f"{trace['first_s']:.2f} s"),
+        ("jit(vmap(trace)) per (act, depth), warm", f"{trace['warm_s']:.2f} s"),
+        ("jit(trace) per (act, depth), loop over configs", f"{loop['seconds']:.2f} s"
          + ("" if loop["fraction"] == 1 else f" (scaled from {loop['fraction']:.2f})")),
-        ("speedup vs jit(vmap) loop, compile included",
-         f"{ratios['vmap_loop_end_to_end']:.1f}x (target 20x)"),
-        ("speedup vs jit(vmap) loop, warm",
-         f"{ratios['vmap_loop_warm']:.2f}x (runs: {each}; target 2x)"),
+        ("speedup vs plain jit(vmap), compile included",
+         f"{ratios['plain_loop_end_to_end']:.1f}x (target 20x)"),
+        ("speedup vs plain jit(vmap), warm",
+         f"{ratios['plain_loop_warm']:.2f}x (runs: {each}; target 2x)"),
+        ("speedup vs jit(vmap(trace)), compile incl. / warm",
+         f"{ratios['trace_loop_end_to_end']:.1f}x / {ratios['trace_loop_warm']:.2f}x"),
         ("speedup vs per-config loop, compile included",
          f"{ratios['config_loop_end_to_end']:.1f}x (target 20x)"),
         ("useful FLOP/s of the sweep", f"{rate / 1e9:.1f} GFLOP/s"),

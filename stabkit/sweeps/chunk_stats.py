@@ -137,6 +137,58 @@ class ChunkStats:
             f"{prefix}_nan": nan,
         }
 
+    def layer_counts(self, hn, dphi, threshold, finite):
+        """A hidden layer's integer statistics in one pass over ``hn`` and ``phi'(z)``: the
+        census of ``hn`` (``post_*``; inf/NaN as in :meth:`counts`), ``saturated`` (the fraction
+        of entries with ``|phi'| < threshold``) and ``dead`` (:meth:`dead`).
+
+        Four per-unit counts over the batch (each at most ``batch``) are packed in 8-bit fields
+        of one uint32 sum along the batch axis, where ``batch < 256``: one pass and one
+        temporary instead of three of each. Every count is an exact integer, so the statistics
+        are the same bit for bit as :meth:`counts`, :meth:`dead` and the float mean of the
+        saturated mask (a sum of 0s and 1s below 2^24 is exact; it is divided the same way).
+        """
+        sat = jnp.abs(dphi).astype(self.sdt) < threshold
+        if self.batch >= 256:
+            return {
+                **self.counts(hn, "post", finite),
+                "saturated": jnp.mean(sat, axis=(1, 2), dtype=self.sdt),
+                "dead": self.dead(dphi),
+            }
+        u32, i32, info = jnp.uint32, jnp.int32, self.info
+        _, sub, zero, _, _ = classify(
+            jax.lax.bitcast_convert_type(hn, self.ubits), self.nbits, info.nexp, info.nmant
+        )
+        off = (jax.lax.bitcast_convert_type(dphi, self.ubits) & self.magnitude) == 0
+        packed = (
+            zero.astype(u32)
+            | (sub.astype(u32) << 8)
+            | (off.astype(u32) << 16)
+            | (sat.astype(u32) << 24)
+        )
+        per_unit = jnp.sum(packed, axis=1, dtype=u32)  # (config, units)
+
+        def total(shift):
+            return jnp.sum(((per_unit >> shift) & 0xFF).astype(i32), axis=1, dtype=i32)
+
+        none = jnp.zeros(hn.shape[0], i32)
+
+        def nonfinite(v):
+            out = self.counts(v, "post")
+            return out["post_inf"], out["post_nan"]
+
+        inf, nan = jax.lax.cond(jnp.all(finite), lambda v: (none, none), nonfinite, hn)
+        dead = ((per_unit >> 16) & 0xFF) == self.batch
+        return {
+            "post_subnormal": total(8),
+            "post_zero": total(0),
+            "post_inf": inf,
+            "post_nan": nan,
+            # jnp.mean's own steps: the (exact) sum in sdt divided by the entry count.
+            "saturated": jax.lax.div(total(24).astype(self.sdt), self.sdt.type(self.entries)),
+            "dead": jnp.mean(dead, axis=1, dtype=self.sdt),
+        }
+
     def dead(self, dphi):
         """Fraction of units whose phi' is exactly 0 (+0 or -0, by bit pattern) on every example."""
         a = jax.lax.bitcast_convert_type(dphi, self.ubits) & self.magnitude

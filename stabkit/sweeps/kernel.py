@@ -174,10 +174,8 @@ def _forward(ops: ChunkStats, phis, weights: _Weights, act, trip, threshold, dep
             post_rms=ops.rms(hn, hmax),
             post_max=hmax,
             dphi_rms=dphi_rms,
-            saturated=jnp.mean(jnp.abs(dphi).astype(sdt) < threshold, axis=(1, 2), dtype=sdt),
             # By bit pattern: XLA on CPU reads subnormals as 0 in comparisons.
-            dead=ops.dead(dphi),
-            **ops.counts(hn, "post", jnp.isfinite(hmax)),
+            **ops.layer_counts(hn, dphi, threshold, jnp.isfinite(hmax)),
         )
         hs = jax.lax.dynamic_update_index_in_dim(hs, jnp.swapaxes(h, 1, 2), i, 0)
         dps = jax.lax.dynamic_update_index_in_dim(dps, dphi, i, 0)
