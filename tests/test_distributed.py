@@ -276,3 +276,26 @@ def test_train_on_two_processes_gives_the_one_process_chunks(tmp_path):
         assert set(got.files) == {"processes", *ref}
         for name, value in ref.items():  # every process holds the whole grid, bit for bit
             np.testing.assert_array_equal(got[name], value, err_msg=f"process {i}: {name}")
+
+
+def test_a_lock_left_on_another_host_is_taken_over_once_it_stops_beating(tmp_path, monkeypatch):
+    """A cluster job resumed on other nodes finds process 0's old lock from another host."""
+    from stabkit.sweeps import files as fl
+
+    monkeypatch.setattr(fl, "_BEAT_S", 0.2)
+    read = lambda: json.loads((tmp_path / fl._LOCK).read_text())
+    left = {"pid": 1, "host": "elsewhere.example", "started": "x", "token": "t0", "beat": 7}
+    (tmp_path / fl._LOCK).write_text(json.dumps(left))
+    lock = fl._WriterLock(tmp_path)
+    start = time.monotonic()
+    lock.acquire()
+    assert time.monotonic() - start >= fl._STALE_BEATS * fl._BEAT_S * 0.9  # watched, then broken
+    assert read()["token"] == lock.token and read()["host"] == socket.gethostname()
+    beat = read()["beat"]
+    time.sleep(5 * fl._BEAT_S)
+    assert read()["beat"] > beat  # the holder's thread keeps it beating
+    monkeypatch.setattr(fl.socket, "gethostname", lambda: "other.example")
+    with pytest.raises(BlockingIOError, match="refreshed every"):  # seen from another host: alive
+        fl._WriterLock(tmp_path).acquire()
+    lock.release()
+    assert not (tmp_path / fl._LOCK).exists() and not lock._beater.is_alive()

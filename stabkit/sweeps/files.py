@@ -14,11 +14,18 @@ import json
 import os
 import pathlib
 import socket
+import threading
 import time
 import uuid
 from typing import Any
 
 _LOCK = "stabkit-writer.lock"
+
+#: A held lock is rewritten every this many seconds with its "beat" count raised, so that a lock
+#: left on another host (a cluster job resumed on other nodes) can be told stale: its beat has
+#: not moved for ``_STALE_BEATS`` periods. No clocks are compared, only the count.
+_BEAT_S = 5.0
+_STALE_BEATS = 3
 
 
 def _out_path(out: Any, name: str = "out") -> pathlib.Path:
@@ -139,9 +146,12 @@ def _alive(pid: int, proc_start: str | None) -> bool:
 class _WriterLock:
     """One writer per store: a lock file created with O_CREAT|O_EXCL, naming its holder.
 
-    A lock whose holder died on this host is taken over. Two processes may both find the same
-    stale lock; each must first create ``<lock>.break-<tag>`` (O_EXCL, tagged by that lock's token),
-    and removes the lock only if it still holds that token, so at most one of them breaks it,
+    A lock whose holder died on this host is taken over; so is one from another host whose
+    holder stopped refreshing it (its ``beat`` did not move for ``_STALE_BEATS * _BEAT_S``
+    seconds; a lock without a beat, from an older stabkit, is refused as before). Two processes
+    may both find the same stale lock; each must first create ``<lock>.break-<tag>`` (O_EXCL,
+    tagged by that lock's token), and removes the lock only if it still holds that token, so at
+    most one of them breaks it,
     and the new lock is then won by exactly one O_EXCL create.
     """
 
@@ -149,6 +159,8 @@ class _WriterLock:
         self.store, self.file = store, store / _LOCK
         self.token = uuid.uuid4().hex
         self.held = False
+        self._stop: threading.Event | None = None
+        self._beater: threading.Thread | None = None
 
     def _describe(self, h: dict[str, Any]) -> str:
         return f"pid {h.get('pid')} on host {h.get('host')!r} since {h.get('started')}"
@@ -161,10 +173,12 @@ class _WriterLock:
             "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "token": self.token,
             "proc_start": _proc_start(pid),
+            "beat": 0,
         }
         for _ in range(100):
             if _create_exclusive(self.file, mine):
                 self.held = True
+                self._start_beating(mine)
                 return
             try:
                 holder = _read_retrying(self.file, "the store's writer lock")
@@ -181,6 +195,16 @@ class _WriterLock:
                     f"{self.file} is a damaged writer lock ({holder}); if no sweep is writing "
                     f"{self.store}, delete {self.file} and resume"
                 )
+            if h_host != host and "beat" in holder:
+                state = self._watch(holder)
+                if state == "alive":
+                    raise BlockingIOError(
+                        f"{self.store} is being written by {self._describe(holder)} (lock "
+                        f"{self.file}, refreshed every {_BEAT_S:g} s); one writer at a time"
+                    )
+                if state == "stale":
+                    self._break(holder)
+                continue
             if h_host != host:
                 raise BlockingIOError(
                     f"{self.store} is being written by {self._describe(holder)} (lock "
@@ -195,6 +219,40 @@ class _WriterLock:
                 )
             self._break(holder)
         raise BlockingIOError(f"could not take the writer lock {self.file}: it keeps changing")
+
+    def _watch(self, holder: dict[str, Any]) -> str:
+        """'alive' if ``holder``'s lock beats within ``_STALE_BEATS`` periods, 'gone' if it is
+        released or replaced meanwhile, else 'stale'."""
+        deadline = time.monotonic() + _STALE_BEATS * _BEAT_S
+        while time.monotonic() < deadline:
+            time.sleep(_BEAT_S / 10)
+            try:
+                now = _read_retrying(self.file, "the store's writer lock")
+            except ValueError:
+                continue  # torn mid-replace: look again
+            if now is None or now.get("token") != holder.get("token"):
+                return "gone"
+            if now.get("beat") != holder.get("beat"):
+                return "alive"
+        return "stale"
+
+    def _start_beating(self, record: dict[str, Any]) -> None:
+        """Rewrite the lock every ``_BEAT_S`` seconds (a daemon thread) while it is held."""
+        stop = self._stop = threading.Event()
+
+        def beat():
+            n = 0
+            while not stop.wait(_BEAT_S):
+                n += 1
+                try:
+                    if _read_json(self.file, "the store's writer lock").get("token") != self.token:
+                        return  # taken over (it was judged stale): never write it back
+                    _write_atomically(self.file, {**record, "beat": n})
+                except (OSError, ValueError):
+                    pass  # a missed beat; the next one tries again
+
+        self._beater = threading.Thread(target=beat, name="stabkit-lock-beat", daemon=True)
+        self._beater.start()
 
     def _break(self, stale: dict[str, Any]) -> None:
         token = stale.get("token")
@@ -223,6 +281,9 @@ class _WriterLock:
         if not self.held:
             return
         self.held = False
+        if self._stop is not None:
+            self._stop.set()
+            self._beater.join()
         with contextlib.suppress(FileNotFoundError, ValueError):
             if _read_json(self.file, "the store's writer lock").get("token") == self.token:
                 os.unlink(self.file)
