@@ -356,28 +356,35 @@ def sweep(
         # Refuses a directory that is not its own before touching it; takes the writer lock.
         store = _Store(out, spec, meta, resume, _store_rows(spec))
     with store:
-        if group is None and store.new:
-            _check_disk(store)
-            store.start()  # a new store: the marker, the lock, the zarr arrays
-        store.verify(None if group is None else _split(spec, store.rows, procs.count)[procs.index])
-        _check_disk(store)
-        if store.repaired and progress:
-            sys.stderr.write(
-                f"sweep: recomputing {len(store.repaired)} damaged or missing chunk(s); "
-                f"first: {store.repaired[0]}\n"
-            )
-        desc = "sweep" if group is None else f"sweep (process {procs.index} of {procs.count})"
-        try:
-            _run(spec, devices, chunk_size, memory_budget, progress, store, None, desc)
-            if group is not None:
-                store.finish_part(procs.index, procs.count)
-        except BaseException as e:
-            if group is not None:
-                _end(group, e)
-            raise
-        if group is not None:
+        if group is None:
+            _stream(spec, devices, chunk_size, memory_budget, progress, store, None)
+        else:
+            try:
+                _stream(spec, devices, chunk_size, memory_budget, progress, store, procs)
+            except BaseException as e:
+                _end(group, e)  # the others learn why at once
+                raise
             _end(group, None)  # process 0 keeps the writer lock until every process is done
     return load(store.path) if load_result else store.path
+
+
+def _stream(spec, devices, chunk_size, memory_budget, progress, store, procs) -> None:
+    """This process's chunks (``procs``: its place in a multi-process sweep, or None) into the
+    open ``store``: verified, then the missing ones computed and written."""
+    if procs is None and store.new:
+        _check_disk(store)
+        store.start()  # a new store: the marker, the lock, the zarr arrays
+    store.verify(None if procs is None else _split(spec, store.rows, procs.count)[procs.index])
+    _check_disk(store)
+    if store.repaired and progress:
+        sys.stderr.write(
+            f"sweep: recomputing {len(store.repaired)} damaged or missing chunk(s); "
+            f"first: {store.repaired[0]}\n"
+        )
+    desc = "sweep" if procs is None else f"sweep (process {procs.index} of {procs.count})"
+    _run(spec, devices, chunk_size, memory_budget, progress, store, None, desc)
+    if procs is not None:
+        store.finish_part(procs.index, procs.count)
 
 
 def _run(spec, devices, chunk_size, memory_budget, progress, store, flat, desc):

@@ -100,7 +100,11 @@ def _shared_store(out, spec: SweepSpec, meta: dict, resume: bool, rows: int, gro
     if "error" in msg:
         error = _ERRORS.get(msg["type"], RuntimeError)
         raise error(f"process 0 could not open the store: {msg['error']}")
-    return _Store(out, spec, meta, resume, rows, member=msg["token"])
+    try:
+        return _Store(out, spec, meta, resume, rows, member=msg["token"])
+    except Exception as e:
+        _end(group, e)  # process 0 learns why at once
+        raise
 
 
 def _end(group, error: BaseException | None) -> None:
