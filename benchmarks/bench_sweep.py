@@ -137,9 +137,7 @@ def bench_sweep(cfg: Config, fraction: float = 1.0) -> dict:
 def bench_loop(cfg: Config, fraction: float) -> dict:
     """One jit per (depth, activation), a Python loop over scales and seeds: the naive sweep."""
     x = sk.sweep_input(0, cfg.batch, cfg.width, "float32")
-    pairs = [(d, a) for d in cfg.depths for a in cfg.activations]
-    step = max(1, round(1 / fraction))
-    pairs = pairs[::step]
+    pairs, factor = _subset(cfg, [(d, a) for a in cfg.activations for d in cfg.depths], fraction)
 
     def run():
         for depth, act in pairs:
@@ -154,8 +152,8 @@ def bench_loop(cfg: Config, fraction: float) -> dict:
                     jax.block_until_ready(f(jax.random.key(seed), jnp.float32(scale)))
 
     seconds = _timed(run)
-    return {"pairs_run": len(pairs), "fraction": len(pairs) * step / (len(cfg.depths) * 4),
-            "seconds_measured": seconds, "seconds": seconds * step}  # fmt: skip
+    return {"pairs_run": len(pairs), "fraction": 1 / factor,
+            "seconds_measured": seconds, "seconds": seconds * factor}  # fmt: skip
 
 
 def _vmap_pairs(cfg: Config) -> list:
