@@ -24,7 +24,9 @@ How it is fast:
 * **Few passes over the data.** On CPU the per-layer statistics, not the matrix products, are
   the cost. Each RMS is one pass, scaled by an exact power of two guessed from the layer before
   (two passes, max then sum, only for the configs whose guess failed); ``post_max`` is the one max;
-  census classes come from the bit pattern, two counts packed in one int32 sum, and the inf/NaN
+  census classes come from the bit pattern, two counts packed in one int32 sum (a hidden layer's
+  census of h, its dead units and its saturated entries are one pass: four per-unit counts in
+  8-bit fields of one uint32 sum, for batches under 256), and the inf/NaN
   pass runs only in chunks where an RMS is not finite; dL/dW's product reads the layer input
   stored transposed, the form XLA:CPU's fast dot library takes.
 
