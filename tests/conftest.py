@@ -96,33 +96,36 @@ def fake_memory(monkeypatch):
 # in collection order, and collected alphabetically these came last and ran alone at the end (a
 # tail of minutes on CI's 2 cores). Rough CPU seconds on 2 shared cores, 2026-12 (user CPU of one
 # cold single-process run of the file where given as "CPU", 2026-12-01).
-_LONGEST_FIRST = (
-    "tests/test_sweep.py",  # ~110-150 s (one worker, 2026-12)
-    "tests/test_train.py",  # ~105 s
-    "tests/test_softmax.py",  # ~100 s
-    "tests/test_trace.py",  # ~95 s CPU
-    "tests/test_train_transformer.py",  # ~90 s CPU (loaded): transformer + bfloat16 kernels
-    "tests/test_seed_rule.py",  # ~75 s CPU
-    "tests/test_train_precision.py",  # ~70 s CPU (loaded): three roundings, a float8 network
-    "tests/test_nets.py",  # ~65 s CPU
-    "tests/test_inspect_interop.py",  # ~60 s CPU
-    "tests/test_networks.py",  # ~60 s CPU
-    "tests/test_net_sweep.py",  # ~57 s CPU
-    "tests/test_inspect.py",  # ~54 s CPU
-    "tests/test_inspect_mlp.py",  # ~50 s CPU
-    "tests/test_theory.py",
-    "tests/test_attention_block.py",  # ~40 s CPU
-    "tests/test_low_precision_updates.py",  # ~37 s (loaded)
-    "tests/test_float8.py",  # ~33 s (loaded)
-    "tests/test_normalization.py",  # ~30 s
+_LONGEST_FIRST = (  # per-file worker seconds of a run on a loaded machine (2026-12-01)
+    "tests/test_train.py",  # ~505 s (loaded)
+    "tests/test_theory.py",  # ~350 s
+    "tests/test_trace.py",  # ~340 s
+    "tests/test_sweep.py",  # ~335 s
+    "tests/test_softmax.py",  # ~250 s
+    "tests/test_inspect_interop.py",  # ~230 s
+    "tests/test_networks.py",  # ~190 s
+    "tests/test_nets.py",  # ~180 s
+    "tests/test_seed_rule.py",  # ~180 s
+    "tests/test_inspect_mlp.py",  # ~165 s
+    "tests/test_validation_nets.py",  # ~160 s
+    "tests/test_net_sweep.py",  # ~150 s
+    "tests/test_store.py",  # ~145 s
+    "tests/test_train_precision.py",  # ~140 s
+    "tests/test_train_transformer.py",  # ~140 s
+    "tests/test_attention_block.py",  # ~135 s
+    "tests/test_distributed.py",  # ~130 s: two-process sweeps and training in subprocesses
+    "tests/test_inspect.py",
+    "tests/test_train_validation.py",  # ~65 s
+    "tests/test_low_precision_updates.py",
+    "tests/test_float8.py",
+    "tests/test_normalization.py",
     "tests/test_conv_block.py",
     "tests/test_train_blocks.py",
     "tests/test_residual_theory.py",
+    "tests/test_sweep_kernel_bits.py",
     "stabkit/training/__init__.py",  # doctests that train (~17 s)
-    "tests/test_softmax_fuzz.py",  # ~23 s CPU
-    "stabkit/tracing.py",  # ~22 s CPU
-    "tests/test_store.py",
-    "tests/test_validation_nets.py",
+    "tests/test_softmax_fuzz.py",
+    "stabkit/tracing.py",
 )
 
 
