@@ -277,8 +277,10 @@ class _Store:
     @property
     def total(self) -> int:
         """Configs of this process's chunks (every config in a one-process sweep)."""
-        if self.own is None or not self.own:
-            return 0 if self.own is not None else self.n
+        if self.own is None:
+            return self.n
+        if not self.own:
+            return 0
         return self.arrays.bounds(self.own[-1])[1] - self.arrays.bounds(self.own[0])[0]
 
     def needed(self, start: int, stop: int) -> int:

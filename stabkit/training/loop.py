@@ -37,7 +37,7 @@ from stabkit.precision.float8 import float8_combine, float8_partition
 from stabkit.stable_softmax import logsumexp, softmax_cross_entropy
 from stabkit.training.history import History, Raw, _summarise
 from stabkit.training.optimizers import _build_optimizer, _build_rounding
-from stabkit.training.processes import _chunk_runs, _combine, _mine, _rows
+from stabkit.training.processes import _train_grid
 from stabkit.training.runs import _RUN_DTYPES, Runs, _check_runs, _Features, _features
 from stabkit.training.spec import TrainSpec, _needs_x64, _wide, _x64
 
@@ -441,24 +441,15 @@ def train(
         if n_chunks == 1 and procs.count == 1:
             history = _train_chunk(spec, features, runs, progress)
         else:
-            parts, shape = [], None
-            for c in _mine(n_chunks, procs.index, procs.count):
-                part = _train_chunk(
-                    spec, features, _chunk_runs(runs, c * size, size, n_runs), progress
-                )
-                parts.append(_rows(part))
-                step = part.step
-            if not parts:  # a process with no chunk: the shapes its zeros take
-                part = jax.eval_shape(
-                    lambda r: _train_chunk(spec, features, r, False),
-                    _chunk_runs(runs, 0, size, n_runs),
-                )
-                step = np.arange(spec.steps // spec.log_every, dtype=np.int32) * spec.log_every
-            shape = jax.tree.map(
-                lambda a: jax.ShapeDtypeStruct((size, *a.shape[1:]), a.dtype), _rows(part)
+            step = np.arange(spec.steps // spec.log_every, dtype=np.int32) * spec.log_every
+            history = _train_grid(
+                partial(_train_chunk, spec, features, progress=progress),
+                runs,
+                n_runs,
+                size,
+                procs,
+                step,
             )
-            per = -(-n_chunks // procs.count)
-            history = _combine(parts, step, runs, n_runs, per, size, shape, procs.count)
             if not _needs_x64(spec):
                 history = jax.tree.map(jnp.asarray, history)
         if _needs_x64(spec):

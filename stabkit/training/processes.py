@@ -35,36 +35,39 @@ def _mine(n_chunks: int, index: int, count: int) -> range:
 
 
 def _rows(history: History) -> dict[str, Any]:
-    """The fields of ``history`` with a leading run axis (all but ``step`` and ``runs``)."""
-    return {k: v for k, v in history._asdict().items() if k not in ("step", "runs")}
+    """The fields of ``history`` with a leading run axis (all but ``step`` and ``runs``), on the
+    host."""
+    rows = {k: v for k, v in history._asdict().items() if k not in ("step", "runs")}
+    return jax.tree.map(np.asarray, rows)
 
 
-def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    return jax.tree.map(lambda *a: np.concatenate([np.asarray(x) for x in a]), *parts)
-
-
-def _combine(parts, step, runs, n_runs: int, per: int, size: int, shape, count: int) -> History:
-    """One History from this process's chunk histories (``parts``, each of ``size`` runs),
-    gathered from every process when ``count`` > 1. ``shape``: one chunk's fields (their shapes
-    and dtypes), for a process that has no chunk."""
-    if count == 1:
-        rows = _concat(parts)
+def _train_grid(train_chunk, runs: Any, n_runs: int, size: int, procs, step) -> History:
+    """Every chunk of ``size`` runs through ``train_chunk`` (one compiled call each): this
+    process's share, gathered from every process when there are several. ``step``: the
+    History's record steps."""
+    n_chunks = -(-n_runs // size)
+    mine = _mine(n_chunks, procs.index, procs.count)
+    parts = [_rows(train_chunk(_chunk_runs(runs, c * size, size, n_runs))) for c in mine]
+    if procs.count == 1:
+        rows = jax.tree.map(lambda *a: np.concatenate(a), *parts)
     else:
         from jax.experimental import multihost_utils
 
-        cap = per * size
+        if not parts:
+            # More processes than chunks: this one computes chunk 0 only for its shapes (no
+            # later than the others finish theirs) and sends zeros.
+            like = _rows(train_chunk(_chunk_runs(runs, 0, size, n_runs)))
+        else:
+            like = parts[0]
+        cap = -(-n_chunks // procs.count) * size  # every process sends as many rows
 
-        def padded(like, have=None):
-            out = np.zeros((cap, *like.shape[1:]), like.dtype)
-            if have is not None:
-                out[: len(have)] = have
+        def padded(first, *have):
+            out = np.zeros((cap, *first.shape[1:]), first.dtype)
+            if have:
+                out[: size * len(have)] = np.concatenate(have)
             return out
 
-        if parts:
-            local = jax.tree.map(padded, shape, _concat(parts))
-        else:  # more processes than chunks: this one sends zeros
-            local = jax.tree.map(padded, shape)
-        gathered = multihost_utils.process_allgather(local, tiled=True)
-        rows = jax.tree.map(np.asarray, gathered)
+        local = jax.tree.map(padded, like, *parts)
+        rows = jax.tree.map(np.asarray, multihost_utils.process_allgather(local, tiled=True))
     rows = jax.tree.map(lambda a: a[:n_runs], rows)
     return History(step=step, runs=runs, **rows)
